@@ -1,0 +1,45 @@
+"""Livora data pipelines: event contract, transform library, connectors and Beam pipelines."""
+
+from setuptools import find_packages, setup
+
+INSTALL_REQUIRES = [
+    "apache-beam[aws]==2.77.0",
+    "pyarrow>=18",
+    "boto3>=1.35",
+    "fastavro>=1.9",
+    "pydantic>=2.7,<3",
+    "pyyaml>=6",
+    "great-expectations>=1.3",
+    "ua-parser[re2]>=1.0",
+    "maxminddb>=2.6",
+    "geoip2>=4.8",
+    "phonenumbers>=8.13",
+    "currencyconverter>=0.17",
+    "moto[server]>=5.0",
+    "duckdb>=1.1",
+    "psycopg[binary]>=3.2",
+    "numpy>=1.26",
+    "scipy>=1.11",
+]
+
+TEST_REQUIRES = [
+    "pytest>=8",
+    "pytest-timeout>=2.3",
+    "hypothesis>=6.100",
+    "ruff>=0.6",
+    "mmdb-writer>=0.2",
+    "netaddr>=1.0",
+    "lifetimes==0.11.3",
+]
+
+setup(
+    name="livora-pipelines",
+    version="0.1.0",
+    description=__doc__,
+    python_requires=">=3.11",
+    packages=find_packages(include=["pipelines*", "transforms*", "schemas*", "connectors*", "infra*"]),
+    package_data={"schemas": ["*.yaml", "tracking_plans/*.yaml"], "infra": ["*.yaml", "*.json"]},
+    install_requires=INSTALL_REQUIRES,
+    extras_require={"test": TEST_REQUIRES},
+    entry_points={"console_scripts": ["livora=pipelines.cli:main"]},
+)
