@@ -1,0 +1,96 @@
+"""Reusable option groups and the one place that runs a pipeline.
+
+Each pipeline composes its own ``PipelineOptions`` subclass from these groups; ``run()``
+checks cross-flag rules before building the graph. Local runs default to the in-process
+``FnApiRunner`` because the plain ``DirectRunner`` first tries to download Prism (see
+../shared/REFERENCE.md); pass ``--runner`` to choose any other runner (PortableRunner, Flink,
+Dataflow).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+from connectors.aws import AwsSettings
+
+DEFAULT_LOCAL_RUNNER = "FnApiRunner"
+
+
+def iso_date(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected a date as YYYY-MM-DD, got {text!r}") from err
+
+
+class AwsOptions(PipelineOptions):
+    """Which AWS to talk to: the embedded local emulation or the real one."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument(
+            "--aws-profile",
+            dest="aws_profile",
+            choices=("local", "aws"),
+            default="local",
+            help="local: the moto server of `python -m infra.local_stack` (endpoint from --aws-endpoint-url "
+            "or $LIVORA_AWS_ENDPOINT); aws: real AWS through the default credential chain.",
+        )
+        parser.add_argument(
+            "--aws-endpoint-url", dest="aws_endpoint_url", default=None, help="Override the AWS endpoint URL."
+        )
+        parser.add_argument("--aws-region", dest="aws_region", default="ap-south-1", help="AWS region.")
+
+    def settings(self) -> AwsSettings:
+        return AwsSettings.from_profile(self.aws_profile, self.aws_endpoint_url, self.aws_region)
+
+
+class DateRangeOptions(PipelineOptions):
+    """The slice of the lake a batch pipeline reads (inclusive dates, UTC event_date partitions)."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument(
+            "--start-date",
+            dest="start_date",
+            type=iso_date,
+            default=None,
+            help="First event date (YYYY-MM-DD, inclusive).",
+        )
+        parser.add_argument(
+            "--end-date", dest="end_date", type=iso_date, default=None, help="Last event date (YYYY-MM-DD, inclusive)."
+        )
+        parser.add_argument("--tenant", dest="tenant", default=None, help="Only this tenant (default: all tenants).")
+
+    def check_range(self) -> None:
+        if self.start_date and self.end_date and self.start_date > self.end_date:
+            raise ValueError(f"--start-date {self.start_date} is after --end-date {self.end_date}")
+
+
+def with_default_runner(options: PipelineOptions) -> PipelineOptions:
+    """Pick the in-process runner when none was asked for (never the Prism download)."""
+    standard = options.view_as(StandardOptions)
+    if standard.runner is None:
+        standard.runner = DEFAULT_LOCAL_RUNNER
+    return options
+
+
+def run_pipeline(build, options: PipelineOptions):
+    """Build the graph with ``build(pipeline)`` and run it to completion; returns the result."""
+    with_default_runner(options)
+    pipeline = beam.Pipeline(options=options)
+    build(pipeline)
+    result = pipeline.run()
+    result.wait_until_finish()
+    return result
+
+
+def setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("apache_beam", "botocore", "urllib3", "root"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
