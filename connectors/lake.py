@@ -1,22 +1,45 @@
 """The Parquet lake: where the events table and the analytics tables live.
 
-Read side here; the partitioned writer for Beam pipelines is :class:`WriteLakePartitions`
-(below, added with the ingest pipeline). Paths may be local directories or ``s3://`` URLs.
+Files are written whole and published atomically (temp file + rename locally, a single PUT on
+S3): a reader never sees half a file. File names are deterministic (``part-<tag>-<bucket>``, the
+tag naming the input), so a rerun over the same input replaces files instead of adding copies.
+Paths may be local directories or ``s3://`` URLs.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import os
-from collections.abc import Sequence
+import tempfile
+import zlib
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
+import apache_beam as beam
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
 
-from schemas.lake import EVENTS_SCHEMA, EVENTS_TABLE
+from schemas.failures import FailedEvent
+from schemas.lake import EVENTS_FILE_SCHEMA, EVENTS_SCHEMA, EVENTS_TABLE
 
-__all__ = ["events_dataset", "partition_dirs", "read_events", "table_path"]
+__all__ = [
+    "WriteDeadLetters",
+    "WriteLakePartitions",
+    "events_dataset",
+    "input_fingerprint",
+    "partition_dirs",
+    "read_events",
+    "rows_to_table",
+    "table_path",
+    "write_partition_file",
+]
+
+DEAD_LETTERS_DIR = "dead_letters"
 
 
 def table_path(lake: str, table: str) -> str:
@@ -79,3 +102,148 @@ def partition_dirs(
     expr = _range_filter(start, end, tenant)
     files = [frag.path for frag in dataset.get_fragments(filter=expr)]
     return sorted({os.path.dirname(path) for path in files})
+
+
+# --- writing -------------------------------------------------------------------------------
+
+
+def input_fingerprint(paths: Iterable[str]) -> str:
+    """A short tag naming an input: the same files (path, size) give the same lake file names."""
+    digest = hashlib.sha1()
+    for meta in sorted(FileSystems.match(list(paths))[0].metadata_list if paths else [], key=lambda m: m.path):
+        digest.update(f"{meta.path}\x1f{meta.size_in_bytes}\n".encode())
+    return digest.hexdigest()[:12]
+
+
+def rows_to_table(rows: Sequence[Mapping[str, Any]], schema: pa.Schema = EVENTS_FILE_SCHEMA) -> pa.Table:
+    """Rows (dicts with at least the schema's columns; extra keys ignored) → an Arrow table."""
+    return pa.Table.from_pylist(list(rows), schema=schema)
+
+
+def _write_bytes_atomically(path: str, data: bytes) -> None:
+    if "://" in path:
+        with FileSystems.create(path) as handle:  # one object PUT: visible whole or not at all
+            handle.write(data)
+        return
+    directory = os.path.dirname(path)
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def partition_path(lake: str, table: str, partition: Mapping[str, str]) -> str:
+    parts = "/".join(f"{key}={value}" for key, value in partition.items())
+    return f"{table_path(lake, table)}/{parts}" if parts else table_path(lake, table)
+
+
+def write_partition_file(
+    lake: str,
+    table: str,
+    partition: Mapping[str, str],
+    rows_or_table: Sequence[Mapping[str, Any]] | pa.Table,
+    file_name: str,
+    schema: pa.Schema = EVENTS_FILE_SCHEMA,
+) -> str:
+    """Write one Parquet file at ``LAKE/table/k=v/.../file_name`` atomically; returns its path."""
+    table_ = rows_or_table if isinstance(rows_or_table, pa.Table) else rows_to_table(rows_or_table, schema)
+    sink = pa.BufferOutputStream()
+    pq.write_table(table_, sink, compression="zstd")
+    path = f"{partition_path(lake, table, partition)}/{file_name}"
+    _write_bytes_atomically(path, sink.getvalue().to_pybytes())
+    return path
+
+
+def event_sort_key(row: Mapping[str, Any]) -> tuple:
+    return (row["timestamp"], row["message_id"])
+
+
+class _WritePartitionBatchFn(beam.DoFn):
+    def __init__(self, lake: str, table: str, tag: str):
+        self.lake, self.table, self.tag = lake, table, tag
+        self.files = Metrics.counter("livora", "lake_files_written")
+
+    def process(self, element):
+        (tenant, date, bucket), rows = element
+        rows = sorted(rows, key=event_sort_key)  # deterministic bytes for the same input
+        path = write_partition_file(
+            self.lake,
+            self.table,
+            {"tenant_id": tenant, "event_date": date},
+            rows,
+            f"part-{self.tag}-{bucket:04d}.parquet",
+        )
+        self.files.inc()
+        yield path, len(rows)
+
+
+class WriteLakePartitions(beam.PTransform):
+    """Write ``((tenant_id, event_date, bucket), rows)`` batches as one Parquet file each.
+
+    Args:
+        lake: lake root (local directory or ``s3://bucket/prefix``).
+        tag: names the input (see :func:`input_fingerprint`); a rerun with the same tag replaces files.
+        table: table directory under the lake.
+
+    Returns a PCollection of ``(path, rows written)``.
+    """
+
+    def __init__(self, lake: str, tag: str, table: str = EVENTS_TABLE):
+        super().__init__()
+        if not lake:
+            raise ValueError("WriteLakePartitions needs a lake path")
+        if not tag or "/" in tag:
+            raise ValueError(f"invalid file tag {tag!r}")
+        self.lake, self.tag, self.table = lake, tag, table
+
+    def expand(self, batches):
+        return batches | "WritePartitionFiles" >> beam.ParDo(_WritePartitionBatchFn(self.lake, self.table, self.tag))
+
+
+class _WriteDeadLetterFileFn(beam.DoFn):
+    def __init__(self, path: str, tag: str):
+        self.path, self.tag = path, tag
+
+    def process(self, element):
+        bucket, lines = element
+        body = "".join(line + "\n" for line in sorted(lines))
+        target = f"{self.path.rstrip('/')}/part-{self.tag}-{bucket:04d}.jsonl"
+        _write_bytes_atomically(target, body.encode("utf-8"))
+        yield target, len(lines)
+
+
+class WriteDeadLetters(beam.PTransform):
+    """All failures of a run into JSON-lines files ``PATH/part-<tag>-<bucket>.jsonl`` (atomic, rerun-safe)."""
+
+    def __init__(self, path: str, tag: str, buckets: int = 4):
+        super().__init__()
+        if not path:
+            raise ValueError("WriteDeadLetters needs a path")
+        self.path, self.tag, self.buckets = path, tag, buckets
+
+    def expand(self, failures):
+        buckets = self.buckets
+        return (
+            failures
+            | "DeadLetterLine"
+            >> beam.Map(
+                lambda f: (zlib.crc32((f.source_ref or f.message_id or "").encode()) % buckets, f.to_json_line())
+            )
+            | "GroupDeadLetters" >> beam.GroupByKey()
+            | "WriteDeadLetterFiles" >> beam.ParDo(_WriteDeadLetterFileFn(self.path, self.tag))
+        )
+
+
+def read_dead_letters(path: str) -> list[FailedEvent]:
+    """Every dead letter under ``path`` (local directory), for summaries, tests and replays."""
+    found: list[FailedEvent] = []
+    for meta in FileSystems.match([f"{path.rstrip('/')}/**.jsonl"])[0].metadata_list:
+        with FileSystems.open(meta.path) as handle:
+            found += [FailedEvent.from_json_line(line) for line in handle.read().splitlines() if line.strip()]
+    return found

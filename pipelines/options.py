@@ -72,6 +72,27 @@ class DateRangeOptions(PipelineOptions):
             raise ValueError(f"--start-date {self.start_date} is after --end-date {self.end_date}")
 
 
+def parse_options(argv: list[str], options_cls: type[PipelineOptions], description: str) -> PipelineOptions:
+    """Parse a pipeline's flags; ``-h/--help`` prints them (Beam's own parser does not)."""
+    if "-h" in argv or "--help" in argv:
+        parser = argparse.ArgumentParser(
+            description=description,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            epilog="Any other Beam pipeline option is accepted too, e.g. --runner=PortableRunner "
+            "--job_endpoint=embed --environment_type=EXTERNAL, --flink_master, --streaming. "
+            f"Default runner: {DEFAULT_LOCAL_RUNNER} (in-process).",
+        )
+        for cls in reversed(options_cls.__mro__):
+            if "_add_argparse_args" in vars(cls) and cls is not PipelineOptions:
+                group = parser.add_argument_group(
+                    cls.__name__, (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else None
+                )
+                cls._add_argparse_args(group)
+        parser.print_help()
+        raise SystemExit(0)
+    return PipelineOptions(argv)
+
+
 def with_default_runner(options: PipelineOptions) -> PipelineOptions:
     """Pick the in-process runner when none was asked for (never the Prism download)."""
     standard = options.view_as(StandardOptions)

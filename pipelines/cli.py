@@ -1,0 +1,34 @@
+"""The ``livora`` command: ``livora PIPELINE [flags]`` runs ``python -m pipelines.PIPELINE``."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import sys
+
+import pipelines
+
+
+def available() -> list[str]:
+    skip = {"cli", "options"}
+    return sorted(m.name for m in pkgutil.iter_modules(pipelines.__path__) if m.name not in skip)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    names = available()
+    if not args or args[0] in ("-h", "--help"):
+        print("usage: livora PIPELINE [flags]   (livora PIPELINE --help for its flags)\n\npipelines:")
+        for name in names:
+            print(f"  {name.replace('_', '-')}")
+        return
+    name = args[0].replace("-", "_")
+    if name not in names:
+        sys.exit(f"livora: unknown pipeline {args[0]!r}; one of: {', '.join(names)}")
+    module = importlib.import_module(f"pipelines.{name}")
+    sys.argv = [f"livora {args[0]}", *args[1:]]
+    module.main(args[1:])
+
+
+if __name__ == "__main__":
+    main()
