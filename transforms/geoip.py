@@ -1,0 +1,90 @@
+"""Geo-IP lookup over a MaxMind-format City database (GeoIP2/GeoLite2-City or compatible).
+
+The database path is configuration (tenants' contracts decide whether the licensed GeoIP2-City or
+the free GeoLite2-City is used); tests and the demo build a small one with
+:func:`infra.geoip_sample.build_sample_city_db`. Lookups are cached per IP string.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+from typing import Any, NamedTuple
+
+import maxminddb
+
+__all__ = ["GeoInfo", "GeoIpLookup", "geo_from_record", "is_public_ip"]
+
+
+class GeoInfo(NamedTuple):
+    """The geo columns of a lake row; all ``None`` when unknown."""
+
+    geo_country: str | None = None
+    geo_region: str | None = None
+    geo_city: str | None = None
+    geo_latitude: float | None = None
+    geo_longitude: float | None = None
+
+
+NO_GEO = GeoInfo()
+
+
+def is_public_ip(ip: str) -> bool:
+    """True for a syntactically valid, globally routable address (private, loopback, CGNAT... are not)."""
+    try:
+        return ipaddress.ip_address(ip).is_global
+    except ValueError:
+        return False
+
+
+def _name(record: dict[str, Any] | None, language: str) -> str | None:
+    if not record:
+        return None
+    names = record.get("names") or {}
+    return names.get(language) or names.get("en")
+
+
+def geo_from_record(record: dict[str, Any] | None, language: str = "en") -> GeoInfo:
+    """GeoInfo from one City-database record (the GeoIP2-City JSON shape)."""
+    if not record:
+        return NO_GEO
+    country = record.get("country") or record.get("registered_country") or {}
+    subdivisions = record.get("subdivisions") or []
+    location = record.get("location") or {}
+    return GeoInfo(
+        geo_country=country.get("iso_code"),
+        geo_region=_name(subdivisions[0], language) if subdivisions else None,
+        geo_city=_name(record.get("city"), language),
+        geo_latitude=location.get("latitude"),
+        geo_longitude=location.get("longitude"),
+    )
+
+
+class GeoIpLookup:
+    """IP string -> :class:`GeoInfo` from a MaxMind DB file, cached per IP (bounded LRU).
+
+    The file is opened (memory-mapped when possible) on construction: build this lazily on the worker.
+    Private, reserved and unparseable addresses give all-null geo columns without touching the file.
+    """
+
+    def __init__(self, path: str, cache_size: int = 100_000, language: str = "en") -> None:
+        self.path = path
+        self.language = language
+        self._reader = maxminddb.open_database(path, maxminddb.MODE_AUTO)
+        self.lookup = functools.lru_cache(maxsize=cache_size)(self._lookup)
+
+    def _lookup(self, ip: str | None) -> GeoInfo:
+        if not ip or not is_public_ip(ip):
+            return NO_GEO
+        try:
+            record = self._reader.get(ip)
+        except ValueError:  # an IPv6 address against an IPv4-only database
+            return NO_GEO
+        return geo_from_record(record, self.language)
+
+    def close(self) -> None:
+        self._reader.close()
+
+    @property
+    def metadata(self) -> Any:
+        return self._reader.metadata()
