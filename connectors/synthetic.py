@@ -44,7 +44,8 @@ USER_AGENTS = [
     "Mozilla/5.0 (Linux; Android 12; Redmi Note 11) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/118.0.0.0 Mobile Safari/537.36",
     "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
 ]
-IP_PREFIXES = ["49.36.", "103.21.", "106.51.", "117.200.", "8.8."]  # India-heavy, some elsewhere
+IP_PREFIXES = ["49.36.", "106.51.", "117.96.", "182.64.", "27.4.", "157.32.", "49.36.", "106.51.", "94.200.", "103.21."]
+"""Mostly Indian metros (the ranges of infra.geoip_sample), some Gulf shoppers, some unknown ranges."""
 ACQUISITION = [  # (weight, referrer, utm source, medium, campaign)
     (30, None, None, None, None),
     (20, "https://www.google.com/", None, None, None),
