@@ -1,0 +1,284 @@
+"""BG/NBD + Gamma-Gamma: published CDNOW results, hand-made summaries, independent numerical checks."""
+
+from __future__ import annotations
+
+import collections
+import csv
+import datetime as dt
+import importlib.util
+import math
+import os
+
+import numpy as np
+import pytest
+from scipy import integrate, stats
+
+from transforms.clv import (
+    BgNbdParams,
+    GammaGammaParams,
+    bgnbd_log_likelihood,
+    customer_lifetime_value,
+    expected_average_order_value,
+    expected_purchases,
+    fit_bgnbd,
+    fit_gamma_gamma,
+    gamma_gamma_log_likelihood_terms,
+    merge_same_day,
+    period_discount_rate,
+    probability_alive,
+    summarise_orders,
+)
+
+LIFETIMES_DATA = os.path.join(importlib.util.find_spec("lifetimes").submodule_search_locations[0], "datasets")
+CALIBRATION_END = dt.date(1997, 9, 30)
+HOLDOUT_END = dt.date(1998, 6, 30)
+PUBLISHED_BGNBD = BgNbdParams(r=0.243, alpha=4.414, a=0.793, b=2.426)
+PUBLISHED_GG = GammaGammaParams(p=6.25, q=3.74, v=15.44)
+
+D = dt.date
+
+
+def read_cdnow_sample() -> dict[int, list[tuple[dt.date, float]]]:
+    """The raw CDNOW 1/10 sample: one (day, dollars) per row, nothing merged."""
+    orders: dict[int, list[tuple[dt.date, float]]] = collections.defaultdict(list)
+    with open(os.path.join(LIFETIMES_DATA, "CDNOW_sample.txt")) as fh:
+        for line in fh:
+            _master, sample_id, day, _cds, dollars = line.split()
+            orders[int(sample_id)].append((dt.datetime.strptime(day, "%Y%m%d").date(), float(dollars)))
+    return orders
+
+
+@pytest.fixture(scope="module")
+def cdnow():
+    orders = read_cdnow_sample()
+    summaries = {cid: summarise_orders(o, CALIBRATION_END, 7.0, HOLDOUT_END) for cid, o in orders.items()}
+    ids = sorted(summaries)
+    arr = {
+        "id": ids,
+        "x": np.array([summaries[i].frequency for i in ids], dtype=float),
+        "t_x": np.array([summaries[i].recency for i in ids]),
+        "T": np.array([summaries[i].T for i in ids]),
+        "m": np.array([summaries[i].monetary for i in ids]),
+        "holdout": np.array([summaries[i].holdout_transactions for i in ids]),
+        "rows": sum(len(o) for o in orders.values()),
+    }
+    return arr
+
+
+# ----------------------------------------------------------------------------- summary
+
+
+def test_same_day_orders_are_one_transaction():
+    orders = [(D(2024, 1, 1), 100.0), (D(2024, 1, 1), 50.0), (D(2024, 1, 8), 30.0), (D(2024, 1, 8), 10.0)]
+    assert merge_same_day(orders) == [(D(2024, 1, 1), 150.0), (D(2024, 1, 8), 40.0)]
+    s = summarise_orders(orders, calibration_end=D(2024, 1, 29), period_days=7)
+    assert s.frequency == 1
+    assert s.recency == pytest.approx(1.0)  # 7 days / 7
+    assert s.T == pytest.approx(4.0)  # noqa: SIM300 (T is not a constant): 28 days / 7
+    assert s.monetary == pytest.approx(40.0)  # the repeat day's merged value, the first day excluded
+
+
+def test_single_purchase_has_zero_frequency_and_no_monetary():
+    s = summarise_orders([(D(2024, 3, 1), 999.0)], calibration_end=D(2024, 3, 11), period_days=1)
+    assert (s.frequency, s.recency, s.T) == (0, 0.0, 10.0)
+    assert math.isnan(s.monetary)
+
+
+def test_monetary_is_mean_of_repeat_days_and_period_is_only_the_unit():
+    orders = [(D(2024, 1, 1), 10.0), (D(2024, 1, 2), 20.0), (D(2024, 1, 3), 40.0), (D(2024, 1, 3), 20.0)]
+    weekly = summarise_orders(orders, D(2024, 1, 15), period_days=7)
+    daily = summarise_orders(orders, D(2024, 1, 15), period_days=1)
+    # two distinct purchase days after the first, even though both fall into the same week
+    assert weekly.frequency == daily.frequency == 2
+    assert weekly.monetary == daily.monetary == pytest.approx((20.0 + 60.0) / 2)
+    assert daily.recency == pytest.approx(2.0) and weekly.recency == pytest.approx(2 / 7)
+    assert daily.T == pytest.approx(14.0) and weekly.T == pytest.approx(2.0)  # noqa: SIM300
+
+
+def test_calibration_and_holdout_split():
+    orders = [
+        (D(2024, 1, 1), 5.0),
+        (D(2024, 1, 20), 5.0),
+        (D(2024, 2, 5), 7.0),
+        (D(2024, 2, 5), 1.0),
+        (D(2024, 3, 9), 2.0),
+    ]
+    s = summarise_orders(orders, calibration_end=D(2024, 1, 31), period_days=1, holdout_end=D(2024, 2, 29))
+    assert (s.frequency, s.recency, s.T) == (1, 19.0, 30.0)
+    assert s.holdout_transactions == 1  # Feb 5 (two orders, one day); Mar 9 is after the holdout
+    assert s.holdout_value == pytest.approx(8.0)
+    assert summarise_orders([(D(2024, 2, 1), 1.0)], calibration_end=D(2024, 1, 31)) is None
+
+
+def test_orders_without_value_count_as_purchases():
+    orders = [(D(2024, 1, 1), 10.0), (D(2024, 1, 5), None), (D(2024, 1, 9), 30.0)]
+    s = summarise_orders(orders, D(2024, 1, 10), period_days=1)
+    assert s.frequency == 2
+    assert s.monetary == pytest.approx(30.0)
+
+
+def test_cdnow_summary_matches_the_published_summary(cdnow):
+    """Our summary from the raw rows vs the authors' own x, t_x, T, zbar (rounded to 2 decimals)."""
+    assert cdnow["rows"] == 6919
+    assert len(cdnow["id"]) == 2357
+    index = {cid: k for k, cid in enumerate(cdnow["id"])}
+    with open(os.path.join(LIFETIMES_DATA, "cdnow_customers_summary_with_transactions.csv")) as fh:
+        published = list(csv.DictReader(fh))
+    assert len(published) > 2300
+    for row in published:
+        k = index[int(row["ID"])]
+        assert cdnow["x"][k] == int(row["x"])
+        assert cdnow["t_x"][k] == pytest.approx(float(row["t_x"]), abs=0.006)
+        assert cdnow["T"][k] == pytest.approx(float(row["T"]), abs=0.006)
+        if int(row["x"]) > 0:
+            assert cdnow["m"][k] == pytest.approx(float(row["zbar"]), abs=0.006)
+
+
+# ----------------------------------------------------------------------------- BG/NBD
+
+
+def test_bgnbd_log_likelihood_at_published_parameters(cdnow):
+    ll = bgnbd_log_likelihood(PUBLISHED_BGNBD, cdnow["x"], cdnow["t_x"], cdnow["T"])
+    assert ll == pytest.approx(-9582.4, abs=0.5)
+
+
+def test_bgnbd_fit_reproduces_published_estimates(cdnow):
+    params, fit = fit_bgnbd(cdnow["x"], cdnow["t_x"], cdnow["T"])
+    for name in ("r", "alpha", "a", "b"):
+        assert getattr(params, name) == pytest.approx(getattr(PUBLISHED_BGNBD, name), rel=0.01), name
+    assert fit.log_likelihood == pytest.approx(-9582.4, abs=0.5)
+    assert fit.log_likelihood >= bgnbd_log_likelihood(PUBLISHED_BGNBD, cdnow["x"], cdnow["t_x"], cdnow["T"]) - 1e-6
+
+
+def test_bgnbd_weighted_fit_equals_fit_on_repeated_rows():
+    x = np.array([0, 1, 3, 0, 2])
+    t_x = np.array([0.0, 5.0, 20.0, 0.0, 12.0])
+    T = np.array([30.0, 30.0, 25.0, 10.0, 40.0])
+    w = np.array([40, 12, 5, 30, 8])
+    weighted = bgnbd_log_likelihood(PUBLISHED_BGNBD, x, t_x, T, w)
+    expanded = bgnbd_log_likelihood(PUBLISHED_BGNBD, np.repeat(x, w), np.repeat(t_x, w), np.repeat(T, w))
+    assert weighted == pytest.approx(expanded)
+
+
+def _posterior_parts(params: BgNbdParams, x, t_x, T, t):
+    """The individual-level model (FHL 2005 eqs. 3 and 7) integrated over the priors, without 2F1.
+
+    Over lam ~ Gamma(r, alpha) analytically: ∫ lam^x e^(-lam s) g(lam) dlam = K(s); over
+    p ~ Beta(a, b) numerically. Returns (likelihood, P(data and alive), E[future purchases; data]).
+    An alive customer buys (1 - exp(-lam p t)) / p times on average in the next t periods.
+    """
+    r, alpha = params.r, params.alpha
+    const = math.lgamma(r + x) - math.lgamma(r) + r * math.log(alpha)
+
+    def K(s):
+        return math.exp(const - (r + x) * math.log(alpha + s))
+
+    prior_p = stats.beta(params.a, params.b).pdf
+
+    def quad(f):
+        return integrate.quad(lambda p: f(p) * prior_p(p), 0, 1, epsabs=1e-14, epsrel=1e-10, limit=200)[0]
+
+    alive = quad(lambda p: (1 - p) ** x * K(T))
+    dropped = quad(lambda p: p * (1 - p) ** (x - 1) * K(t_x)) if x > 0 else 0.0
+    future = quad(lambda p: (1 - p) ** x / p * (K(T) - K(T + p * t)))
+    return alive + dropped, alive, future
+
+
+@pytest.mark.parametrize(("x", "t_x", "T"), [(0, 0.0, 38.86), (2, 30.43, 38.86), (5, 10.0, 35.0), (1, 1.71, 20.0)])
+def test_predictions_match_numerical_integration_over_the_posterior(x, t_x, T):
+    params, t = PUBLISHED_BGNBD, 39.0
+    total, alive, future = _posterior_parts(params, x, t_x, T, t)
+    assert float(probability_alive(params, x, t_x, T)) == pytest.approx(alive / total, rel=1e-6)
+    assert float(expected_purchases(params, t, x, t_x, T)) == pytest.approx(future / total, rel=1e-6)
+    # and the closed-form likelihood is the log of the same integral
+    assert bgnbd_log_likelihood(params, [x], [t_x], [T]) == pytest.approx(math.log(total), abs=1e-6)
+
+
+def test_cdnow_holdout_prediction(cdnow):
+    """Weeks 40-78: the published comparison is ~1,882 actual vs ~1,654 predicted repeat transactions."""
+    predicted = expected_purchases(PUBLISHED_BGNBD, 39.0, cdnow["x"], cdnow["t_x"], cdnow["T"])
+    assert int(cdnow["holdout"].sum()) == pytest.approx(1882, abs=5)
+    assert float(predicted.sum()) == pytest.approx(1654, rel=0.01)
+    assert np.corrcoef(predicted, cdnow["holdout"])[0, 1] == pytest.approx(0.63, abs=0.02)
+
+
+# ----------------------------------------------------------------------------- Gamma-Gamma
+
+
+def test_gamma_gamma_fit_reproduces_published_estimates(cdnow):
+    repeat = cdnow["x"] > 0
+    assert int(repeat.sum()) == 946
+    params, fit = fit_gamma_gamma(cdnow["x"][repeat], cdnow["m"][repeat])
+    assert params.p == pytest.approx(PUBLISHED_GG.p, rel=0.01)
+    assert params.q == pytest.approx(PUBLISHED_GG.q, rel=0.01)
+    assert params.v == pytest.approx(PUBLISHED_GG.v, rel=0.01)
+    assert np.isfinite(fit.log_likelihood)
+
+
+def test_gamma_gamma_spend_scale():
+    """p and q are unit-free; v scales with the currency unit (dollars -> cents multiplies v by 100)."""
+    rng = np.random.default_rng(7)
+    x = rng.integers(1, 8, size=400).astype(float)
+    nu = rng.gamma(shape=4.0, scale=1 / 20.0, size=400)  # q = 4, v = 20
+    m = np.array([rng.gamma(shape=3.0 * k, scale=1 / (n * k)) for k, n in zip(x, nu, strict=True)])  # p = 3
+    dollars, _ = fit_gamma_gamma(x, m)
+    cents, _ = fit_gamma_gamma(x, m * 100)
+    assert cents.p == pytest.approx(dollars.p, rel=1e-3)
+    assert cents.q == pytest.approx(dollars.q, rel=1e-3)
+    assert cents.v == pytest.approx(dollars.v * 100, rel=1e-3)
+
+
+def test_gamma_gamma_density_integrates_to_one():
+    for x in (1, 2, 7):
+        value, _ = integrate.quad(
+            lambda m, x=x: math.exp(gamma_gamma_log_likelihood_terms(PUBLISHED_GG, [x], [m])[0]), 0, np.inf
+        )
+        assert value == pytest.approx(1.0, abs=1e-6)
+
+
+@pytest.mark.parametrize(("x", "m"), [(1, 11.77), (2, 22.35), (6, 80.0)])
+def test_expected_aov_matches_posterior_mean(x, m):
+    """E[M] = E[p / nu | data] with nu's posterior ∝ Gamma(q, v) prior * nu^(px) exp(-nu x m)."""
+    p, q, v = PUBLISHED_GG.p, PUBLISHED_GG.q, PUBLISHED_GG.v
+
+    mode = (q + p * x - 1) / (v + x * m)  # where the integrand peaks: helps quad find the mass
+
+    def log_weight(nu):
+        return stats.gamma(a=q, scale=1 / v).logpdf(nu) + p * x * math.log(nu) - nu * x * m
+
+    def weight(nu):  # scaled by its value at the mode so that quad's absolute tolerance means something
+        return math.exp(log_weight(nu) - log_weight(mode))
+
+    norm, _ = integrate.quad(weight, 0, 50 * mode, points=[mode], limit=200)
+    mean, _ = integrate.quad(lambda nu: p / nu * weight(nu), 0, 50 * mode, points=[mode], limit=200)
+    assert float(expected_average_order_value(PUBLISHED_GG, x, m)) == pytest.approx(mean / norm, rel=1e-6)
+
+
+def test_expected_aov_without_repeat_is_the_population_mean():
+    population = PUBLISHED_GG.p * PUBLISHED_GG.v / (PUBLISHED_GG.q - 1)
+    assert float(expected_average_order_value(PUBLISHED_GG, 0, math.nan)) == pytest.approx(population)
+
+
+# ----------------------------------------------------------------------------- CLV
+
+
+def test_clv_without_discount_is_expected_purchases_times_aov():
+    x, t_x, T, m = np.array([0, 3]), np.array([0.0, 20.0]), np.array([30.0, 30.0]), np.array([math.nan, 50.0])
+    clv = customer_lifetime_value(PUBLISHED_BGNBD, PUBLISHED_GG, x, t_x, T, m, horizon_periods=52, discount_rate=0.0)
+    expected = expected_purchases(PUBLISHED_BGNBD, 52, x, t_x, T) * expected_average_order_value(PUBLISHED_GG, x, m)
+    np.testing.assert_allclose(clv, expected, rtol=1e-10)
+
+
+def test_clv_discounting_by_hand():
+    """Two periods by hand: purchases in period 1 discounted once, in period 2 twice."""
+    x, t_x, T, m, d = 2, 10.0, 20.0, 30.0, 0.05
+    y1 = float(expected_purchases(PUBLISHED_BGNBD, 1, x, t_x, T))
+    y2 = float(expected_purchases(PUBLISHED_BGNBD, 2, x, t_x, T))
+    aov = float(expected_average_order_value(PUBLISHED_GG, x, m))
+    by_hand = aov * (y1 / 1.05 + (y2 - y1) / 1.05**2)
+    assert float(customer_lifetime_value(PUBLISHED_BGNBD, PUBLISHED_GG, x, t_x, T, m, 2, d)) == pytest.approx(by_hand)
+
+
+def test_period_discount_rate_compounds_the_monthly_rate():
+    assert period_discount_rate(0.01, 365.25 / 12) == pytest.approx(0.01)
+    assert (1 + period_discount_rate(0.01, 7)) ** (365.25 / 7) == pytest.approx(1.01**12)
