@@ -19,6 +19,8 @@ from typing import Any, NamedTuple
 
 from currency_converter import CurrencyConverter, RateNotFoundError
 
+from schemas.events import MONEY_EVENTS
+
 __all__ = [
     "AMOUNT_KEYS",
     "MAX_MONEY",
@@ -36,8 +38,9 @@ MAX_MONEY = Decimal("1e14")  # the lake's Decimal(18, 4) holds |x| < 10**14
 MAX_WALK_DAYS = 31  # no ECB gap (holidays, currency suspensions) is longer than this within the bounds
 
 RAZORPAY_AMOUNT_EVENTS = frozenset({"Payment Captured", "Payment Failed", "Refund Processed"})
-NO_REVENUE_EVENTS = frozenset({"Product Added", "Product Viewed"})
 AMOUNT_KEYS = ("revenue", "total", "value")
+REVENUE_EVENTS = MONEY_EVENTS | RAZORPAY_AMOUNT_EVENTS
+"""Events that book an amount as revenue (see :func:`money_fields`)."""
 
 
 class UnknownCurrency(ValueError):
@@ -74,8 +77,6 @@ def money_fields(event_name: str | None, properties: dict[str, Any]) -> tuple[st
     Money events (schemas.events.MONEY_EVENTS) book ``revenue``, else ``total``, else ``value``;
     Razorpay-derived payment/refund events book ``amount`` (rupees); nothing else books revenue.
     """
-    from schemas.events import MONEY_EVENTS
-
     if event_name in MONEY_EVENTS:
         for key in AMOUNT_KEYS:
             value = properties.get(key)

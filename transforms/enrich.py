@@ -30,7 +30,7 @@ from transforms.attribution import Attribution, attribute
 from transforms.currency import (
     MAX_MONEY,
     MONEY_QUANTUM,
-    NO_REVENUE_EVENTS,
+    REVENUE_EVENTS,
     FxTable,
     InvalidAmount,
     UnknownCurrency,
@@ -83,7 +83,6 @@ ENRICH_COLUMNS = (
 """The LakeEvent columns :meth:`Enricher.enrich` returns, in LakeEvent order."""
 
 TRAIT_TYPES = frozenset({EventType.IDENTIFY, EventType.GROUP})
-UA_PATHS = ("context.user_agent", "context.userAgent")
 
 
 class EnrichConfig(BaseModel):
@@ -223,16 +222,10 @@ class Enricher:
             return money
 
         ip = raw_ip
-        if raw_ip is not None:
-            if policy.drops("context.ip"):
-                ip = None
-            elif policy.hashes("context.ip"):
-                ip = r.hash_cached(policy.salt, raw_ip)
-        if user_agent is not None and (policy.drop or policy.hash):
-            if any(policy.drops(p) for p in UA_PATHS):
-                user_agent = None
-            elif any(policy.hashes(p) for p in UA_PATHS):
-                user_agent = r.hash_cached(policy.salt, user_agent)
+        if raw_ip is not None and policy.ip_action is not None:
+            ip = None if policy.ip_action == "drop" else r.hash_cached(policy.salt, raw_ip)
+        if user_agent is not None and policy.ua_action is not None:
+            user_agent = None if policy.ua_action == "drop" else r.hash_cached(policy.salt, user_agent)
 
         properties_json = dumps_json(apply_policy(properties, "properties", policy))
         traits = event.traits
@@ -269,7 +262,7 @@ class Enricher:
         raw_currency = properties.get("currency")
         currency = raw_currency.strip().upper() if isinstance(raw_currency, str) and raw_currency.strip() else None
         event_name = ev.event.event
-        if event_name in NO_REVENUE_EVENTS:
+        if event_name not in REVENUE_EVENTS:  # includes Product Added/Viewed: no revenue booked
             return order_id, currency, None, None, None, None
         field, raw_amount = money_fields(event_name, properties)
         if field is None:

@@ -49,12 +49,20 @@ Path = tuple[str, ...]
 class CompiledPolicy:
     """A :class:`PiiPolicy` split by root (``properties``, ``traits``, ``context``) into key tuples."""
 
-    __slots__ = ("drop", "hash", "salt")
+    __slots__ = ("drop", "hash", "ip_action", "salt", "ua_action")
 
     def __init__(self, policy: PiiPolicy) -> None:
         self.salt = policy.salt
         self.hash = _by_root(policy.hash_fields)
         self.drop = _by_root(policy.drop_fields)
+        self.ip_action = self.action("context.ip")
+        self.ua_action = self.action("context.user_agent") or self.action("context.userAgent")
+
+    def action(self, path: str) -> str | None:
+        """'drop', 'hash' or None for one dotted path (drop wins)."""
+        if self.drops(path):
+            return "drop"
+        return "hash" if self.hashes(path) else None
 
     def hashes(self, path: str) -> bool:
         root, _, rest = path.partition(".")

