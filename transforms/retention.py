@@ -1,0 +1,202 @@
+"""Retention cohorts (PostHog-style), computed on Arrow/numpy batches.
+
+* ``first_time``: a person's cohort is the period of their first-ever start event.
+* ``recurring``: a person is in the cohort of every period in which they did the start event.
+* Periods are days, ISO weeks (Monday) or calendar months of the *local* wall clock in the
+  tenant's timezone (default Asia/Kolkata). Bucketing on the UTC date is the PostHog "one day off
+  east of UTC" bug (#17415): an event at 20:00 UTC is already the next day in India.
+* ``on``: returned in exactly period k; ``on_or_after``: returned in period k or any later one.
+* Period 0: a person counts when they did the return event in the cohort period at or after
+  their (first, in that period) start event; a start event that is also a return event counts
+  itself, so with return event = start event, period 0 equals the cohort size (PostHog's figure).
+  For ``on_or_after`` period 0 means any return at or after the start event.
+* Periods that end after the data range (``end_date``) are not reported (they would be partial
+  zeros, not information).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["RETENTION_SCHEMA", "RetentionDefinition", "period_index", "period_start", "retention_table"]
+
+DEFAULT_TIMEZONE = "Asia/Kolkata"
+_EPOCH = dt.date(1970, 1, 1)
+
+RETENTION_SCHEMA = pa.schema(
+    [
+        pa.field("tenant_id", pa.string()),
+        pa.field("cohort_start", pa.date32()),
+        pa.field("period", pa.int32()),
+        pa.field("persons", pa.int64()),
+        pa.field("cohort_size", pa.int64()),
+        pa.field("rate", pa.float64()),
+    ]
+)
+
+
+class RetentionDefinition(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    start_event: str
+    return_event: str
+    period: Literal["day", "week", "month"] = "day"
+    periods: int = Field(8, ge=1, le=400)
+    kind: Literal["first_time", "recurring"] = "first_time"
+    mode: Literal["on", "on_or_after"] = "on"
+    timezone: str = DEFAULT_TIMEZONE
+
+
+def _local_days(ts: pa.ChunkedArray | pa.Array, timezone: str) -> np.ndarray:
+    """Days since 1970-01-01 of the local wall-clock date in ``timezone``."""
+    local = pc.local_timestamp(pc.cast(ts, pa.timestamp("us", tz=timezone)))
+    return pc.cast(pc.cast(local, pa.date32()), pa.int32()).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def period_index(days: np.ndarray, period: str) -> np.ndarray:
+    """Period number of local dates (days since epoch): days, Monday weeks, or months since 1970-01."""
+    days = np.asarray(days, dtype=np.int64)
+    if period == "day":
+        return days
+    if period == "week":
+        return (days + 3) // 7  # 1970-01-01 was a Thursday; weeks start on Monday 1970-01-05 = index 1
+    dates = days.astype("datetime64[D]")
+    return dates.astype("datetime64[M]").astype(np.int64)
+
+
+def period_start(index: np.ndarray, period: str) -> np.ndarray:
+    """First local date (days since epoch) of each period number."""
+    index = np.asarray(index, dtype=np.int64)
+    if period == "day":
+        return index
+    if period == "week":
+        return index * 7 - 3
+    return index.astype("datetime64[M]").astype("datetime64[D]").astype(np.int64)
+
+
+def _first_per_group(group: np.ndarray, order_key: np.ndarray) -> np.ndarray:
+    """Index of the row with the smallest ``order_key`` in each ``group`` (sorted by group)."""
+    order = np.lexsort((order_key, group))
+    g = group[order]
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = g[1:] != g[:-1]
+    return order[first]
+
+
+def retention_table(
+    table: pa.Table,
+    definition: RetentionDefinition,
+    start_date: dt.date | None = None,
+    end_date: dt.date | None = None,
+) -> pa.Table:
+    """Retention rows from event rows (columns tenant_id, person_id, event, timestamp).
+
+    ``start_date``/``end_date`` are local dates: cohorts and returns count inside them. For
+    ``first_time`` pass start events from before ``start_date`` too (all history): they decide who
+    is new, and persons whose first start event is earlier belong to no cohort in the range.
+    Without dates the range is the data's own.
+    """
+    if table.num_rows == 0:
+        return RETENTION_SCHEMA.empty_table()
+    tenant = table.column("tenant_id").combine_chunks().dictionary_encode()
+    person = table.column("person_id").combine_chunks().dictionary_encode()
+    t_codes = tenant.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    p_codes = person.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    key = t_codes * (len(person.dictionary) + 1) + p_codes
+    ts = pc.cast(table.column("timestamp"), pa.int64()).to_numpy(zero_copy_only=False).astype(np.int64)
+    days = _local_days(table.column("timestamp"), definition.timezone)
+    per = period_index(days, definition.period)
+    event = table.column("event")
+    is_start = pc.fill_null(pc.equal(event, definition.start_event), False).to_numpy(zero_copy_only=False)
+    is_return = pc.fill_null(pc.equal(event, definition.return_event), False).to_numpy(zero_copy_only=False)
+    lo = (start_date - _EPOCH).days if start_date else int(days.min())
+    hi = (end_date - _EPOCH).days if end_date else int(days.max())
+    is_start &= days <= hi
+    is_return &= (days >= lo) & (days <= hi)
+    first_period = int(period_index(np.array([lo]), definition.period)[0])
+    last_period = int(period_index(np.array([hi]), definition.period)[0])
+    n = definition.periods
+    # (key, period) packed in one int64: period offset from ``base`` in [0, span)
+    base = min(first_period, int(per.min()))
+    span = max(last_period, int(per.max())) - base + n + 2
+
+    # cohort entries: (key, cohort period, start ts)
+    s_rows = np.flatnonzero(is_start)
+    if definition.kind == "first_time":
+        chosen = s_rows[_first_per_group(key[s_rows], ts[s_rows])]
+        chosen = chosen[days[chosen] >= lo]
+    else:
+        s_rows = s_rows[days[s_rows] >= lo]
+        chosen = s_rows[_first_per_group(key[s_rows] * span + (per[s_rows] - base), ts[s_rows])]
+    if len(chosen) == 0:
+        return RETENTION_SCHEMA.empty_table()
+    c_key, c_per, c_ts, c_tenant = key[chosen], per[chosen], ts[chosen], t_codes[chosen]
+
+    # returns: latest return ts per (key, period), and the latest return per key
+    r_rows = np.flatnonzero(is_return)
+    r_comb = key[r_rows] * span + (per[r_rows] - base)
+    r_order = np.lexsort((-ts[r_rows], r_comb))
+    r_comb_sorted = r_comb[r_order]
+    keep = np.ones(len(r_order), dtype=bool)
+    keep[1:] = r_comb_sorted[1:] != r_comb_sorted[:-1]
+    ret_comb = r_comb_sorted[keep]  # unique (key, period), ascending
+    ret_max_ts = ts[r_rows][r_order][keep]
+    ret_key = ret_comb // span
+    ret_per = ret_comb % span + base
+
+    counted = np.zeros((len(chosen), n), dtype=bool)
+    if len(ret_comb):
+        if definition.mode == "on":
+            for k in range(n):
+                want = c_key * span + (c_per + k - base)
+                pos = np.minimum(np.searchsorted(ret_comb, want), len(ret_comb) - 1)
+                hit = ret_comb[pos] == want
+                if k == 0:
+                    hit &= ret_max_ts[pos] >= c_ts
+                counted[:, k] = hit
+        else:
+            # per key: latest return period and latest return ts (rows are sorted by key, period)
+            last_of_key = np.ones(len(ret_key), dtype=bool)
+            last_of_key[:-1] = ret_key[1:] != ret_key[:-1]
+            k_keys, k_per = ret_key[last_of_key], ret_per[last_of_key]
+            k_max_ts = np.maximum.reduceat(ret_max_ts, np.flatnonzero(np.r_[True, last_of_key[:-1]]))
+            pos = np.minimum(np.searchsorted(k_keys, c_key), len(k_keys) - 1)
+            has = k_keys[pos] == c_key
+            latest_per = np.where(has, k_per[pos], np.iinfo(np.int64).min)
+            latest_ts = np.where(has, k_max_ts[pos], np.iinfo(np.int64).min)
+            counted[:, 0] = latest_ts >= c_ts
+            for k in range(1, n):
+                counted[:, k] = latest_per >= c_per + k
+
+    # aggregate per (tenant, cohort period)
+    groups, inverse = np.unique(c_tenant * span + (c_per - base), return_inverse=True)
+    inverse = inverse.ravel()
+    n_groups = len(groups)
+    size = np.bincount(inverse, minlength=n_groups)
+    persons = np.zeros((n_groups, n), dtype=np.int64)
+    for k in range(n):
+        persons[:, k] = np.bincount(inverse, weights=counted[:, k], minlength=n_groups).astype(np.int64)
+    g_tenant, g_per = groups // span, groups % span + base
+    k_grid = np.arange(n)
+    visible = (g_per[:, None] + k_grid[None, :]) <= last_period
+    gi, ki = np.nonzero(visible)
+    tenants = tenant.dictionary.take(pa.array(g_tenant[gi]))
+    cohort_start = pa.array(period_start(g_per[gi], definition.period).astype(np.int32), pa.int32()).cast(pa.date32())
+    out = pa.table(
+        {
+            "tenant_id": tenants,
+            "cohort_start": cohort_start,
+            "period": pa.array(ki, pa.int32()),
+            "persons": pa.array(persons[gi, ki], pa.int64()),
+            "cohort_size": pa.array(size[gi], pa.int64()),
+            "rate": pa.array(persons[gi, ki] / size[gi], pa.float64()),
+        },
+        schema=RETENTION_SCHEMA,
+    )
+    return out.sort_by([("tenant_id", "ascending"), ("cohort_start", "ascending"), ("period", "ascending")])
