@@ -212,21 +212,21 @@ def _define() -> tuple[FeatureDef, ...]:
             LIFETIMES,
             "float64",
             "lifetimes summary",
-            "Repeat purchase periods: distinct purchase days - 1 (transforms.clv summary; period = 1 day).",
+            "Repeat purchase periods: distinct purchase days - 1 (transforms.clv.summarise_orders, period = 1 day).",
         ),
         FeatureDef(
             "lt_recency_days",
             LIFETIMES,
             "float64",
             "lifetimes summary",
-            "Age at last purchase: days between the first and the last purchase day (transforms.clv summary).",
+            "Age at last purchase: days between the first and the last purchase day (transforms.clv.summarise_orders).",
         ),
         FeatureDef(
             "lt_T_days",
             LIFETIMES,
             "float64",
             "lifetimes summary",
-            "Age at the as-of date: days between the first purchase day and T's date (transforms.clv summary).",
+            "Age at the as-of date: days between the first purchase day and the date of T (transforms.clv.summarise_orders).",
         ),
     ]
     return tuple(f)

@@ -17,6 +17,7 @@ event is older than the TTL at T.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 import zlib
 from collections.abc import Iterable, Sequence
@@ -44,6 +45,7 @@ from schemas.features import (
     PREFERENCES,
     features_of,
 )
+from transforms import clv
 
 __all__ = [
     "INPUT_COLUMNS",
@@ -351,10 +353,37 @@ def _pairs(prep: PreparedEvents, pcode: np.ndarray, t_us: np.ndarray) -> tuple[n
     return qidx[keep], eidx[keep]
 
 
-def _lifetimes_columns(n: int) -> dict[str, pa.Array]:
-    # TODO(clv): wire transforms.clv's lifetimes summary (frequency, recency, T) when it lands;
-    # until then these columns are null rather than a second, diverging definition.
-    return {feat.name: pa.nulls(n, feat.arrow_type) for feat in features_of(LIFETIMES)}
+def _lifetimes_columns(q: np.ndarray, is_order: np.ndarray, ts: np.ndarray, revenue: np.ndarray, t_us: np.ndarray):
+    """frequency / recency / T from :func:`transforms.clv.summarise_orders` (one day per period).
+
+    The CLV helper owns the definition (same-day orders are one transaction); it is a per-person
+    Python function, so it runs once per query *with orders* only.
+    """
+    n = len(t_us)
+    frequency = np.full(n, np.nan)
+    recency = np.full(n, np.nan)
+    age = np.full(n, np.nan)
+    oq, ots, orev = q[is_order], ts[is_order], revenue[is_order]
+    if len(oq):
+        epoch = dt.date(1970, 1, 1)
+        day_numbers = ots // US_PER_DAY
+        bounds = np.flatnonzero(np.r_[True, oq[1:] != oq[:-1], True])
+        for start, end in itertools.pairwise(bounds):
+            query = int(oq[start])
+            orders = [
+                (epoch + dt.timedelta(days=int(d)), float(v))
+                for d, v in zip(day_numbers[start:end], orev[start:end], strict=True)
+            ]
+            summary = clv.summarise_orders(
+                orders, epoch + dt.timedelta(days=int(t_us[query] // US_PER_DAY)), period_days=1.0
+            )
+            if summary is not None:
+                frequency[query], recency[query], age[query] = summary.frequency, summary.recency, summary.T
+    return {
+        "lt_frequency": pa.array(frequency, mask=np.isnan(frequency)),
+        "lt_recency_days": pa.array(recency, mask=np.isnan(recency)),
+        "lt_T_days": pa.array(age, mask=np.isnan(age)),
+    }
 
 
 def compute_features(prep: PreparedEvents, tenants: pa.Array, persons: pa.Array, as_of: np.ndarray) -> pa.Table:
@@ -428,7 +457,7 @@ def compute_features(prep: PreparedEvents, tenants: pa.Array, persons: pa.Array,
     cols["preferred_channel_90d"] = _strings(_mode(q, prep.channel[e], recent, n), d["channel"])
     cols["preferred_device_90d"] = _strings(_mode(q, prep.device[e], recent, n), d["device"])
     cols["preferred_os_90d"] = _strings(_mode(q, prep.os[e], recent, n), d["os"])
-    cols.update(_lifetimes_columns(n))
+    cols.update(_lifetimes_columns(q, is_order, ts, revenue, t_us))
 
     group_ts = {
         ORDERS: _last(q, prep.is_order_group[e], ts, n),
