@@ -1,6 +1,6 @@
 """Customer lifetime value: the BG/NBD purchase model and the Gamma-Gamma spend model.
 
-Pure numpy/scipy; no Beam, no IO. The pipeline (``pipelines/clv.py``) summarises each person's
+The models are pure numpy/scipy; the thin Beam wrappers at the bottom only move data (no IO). The pipeline (``pipelines/clv.py``) summarises each person's
 orders with :func:`summarise_orders`, fits both models once on the whole summary and predicts per
 person with the functions at the bottom.
 
@@ -18,31 +18,50 @@ of recency and T.
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
 import math
+import re
+import urllib.parse
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 
+import apache_beam as beam
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from apache_beam.metrics import Metrics
 from scipy import optimize, special
 
 __all__ = [
+    "PREDICTIONS_SCHEMA",
     "BgNbdParams",
     "CustomerSummary",
+    "FitClvModels",
     "GammaGammaParams",
+    "HoldoutComparison",
+    "Order",
+    "OrdersFromLakeBatches",
+    "PredictClv",
+    "SummariseCustomers",
     "bgnbd_log_likelihood",
     "bgnbd_log_likelihood_terms",
     "customer_lifetime_value",
+    "dedupe_orders",
     "expected_average_order_value",
     "expected_purchases",
     "fit_bgnbd",
     "fit_gamma_gamma",
+    "fit_models",
     "gamma_gamma_log_likelihood",
     "gamma_gamma_log_likelihood_terms",
     "merge_same_day",
+    "orders_from_table",
     "period_discount_rate",
+    "predict_rows",
     "probability_alive",
     "summarise_orders",
+    "tenant_from_path",
 ]
 
 DAYS_PER_MONTH = 365.25 / 12
@@ -372,3 +391,398 @@ def customer_lifetime_value(
         total = total + (cumulative - previous) / (1.0 + discount_rate) ** k
         previous = cumulative
     return total * aov
+
+
+# --------------------------------------------------------------------------------------------
+# Lake rows -> orders (pure, Arrow)
+# --------------------------------------------------------------------------------------------
+
+ORDER_EVENT = "Order Completed"
+MONEY_COLUMNS = ("revenue_inr", "revenue")
+ORDER_COLUMNS = ("type", "event", "person_id", "user_id", "timestamp", "order_id", "currency", *MONEY_COLUMNS)
+
+_TENANT_IN_PATH = re.compile(r"(?:^|/)tenant_id=([^/]+)/")
+
+
+def tenant_from_path(path: str) -> str:
+    """The tenant of a lake file from its Hive path (``.../tenant_id=T/event_date=D/part.parquet``)."""
+    match = _TENANT_IN_PATH.search(path.replace("\\", "/"))
+    if not match:
+        raise ValueError(f"not a lake events file (no tenant_id=... in the path): {path}")
+    return urllib.parse.unquote(match.group(1))
+
+
+@dataclass(frozen=True)
+class Order:
+    """One Order Completed event reduced to what the CLV models need."""
+
+    day: dt.date
+    value: float | None
+    order_id: str | None
+    currency: str | None
+    user_id: str | None
+
+
+def orders_from_table(table: pa.Table, money_column: str = "revenue_inr") -> list[tuple[str, Order]]:
+    """(person_id, Order) for the Order Completed track events of a lake table.
+
+    ``day`` is the UTC date of the event time; ``currency`` is INR for ``revenue_inr`` and the
+    event's own currency for ``revenue``.
+    """
+    if money_column not in MONEY_COLUMNS:
+        raise ValueError(f"money column must be one of {MONEY_COLUMNS}, got {money_column!r}")
+    mask = pc.and_(pc.equal(table["type"], "track"), pc.equal(table["event"], ORDER_EVENT))
+    orders = table.filter(pc.fill_null(mask, False))
+    if orders.num_rows == 0:
+        return []
+    days = pc.cast(pc.cast(orders["timestamp"], pa.timestamp("us", tz="UTC")), pa.date32()).to_pylist()
+    values = pc.cast(orders[money_column], pa.float64()).to_pylist()
+    currencies = ["INR"] * orders.num_rows if money_column == "revenue_inr" else orders["currency"].to_pylist()
+    return [
+        (person, Order(day, value, order_id, currency, user))
+        for person, day, value, order_id, currency, user in zip(
+            orders["person_id"].to_pylist(),
+            days,
+            values,
+            orders["order_id"].to_pylist(),
+            currencies,
+            orders["user_id"].to_pylist(),
+            strict=True,
+        )
+    ]
+
+
+def dedupe_orders(orders: Iterable[Order]) -> tuple[list[Order], int]:
+    """One order per order_id (the SDK and a Shopify webhook may both report it): (kept, dropped).
+
+    Orders without an id are all kept. The survivor is the earliest (day, then value) so that the
+    choice does not depend on input order.
+    """
+    kept: dict[str, Order] = {}
+    anonymous: list[Order] = []
+    dropped = 0
+    for order in orders:
+        if order.order_id is None:
+            anonymous.append(order)
+            continue
+        previous = kept.get(order.order_id)
+        if previous is not None:
+            dropped += 1
+            if (order.day, _sort_value(order.value)) >= (previous.day, _sort_value(previous.value)):
+                continue
+        kept[order.order_id] = order
+    return sorted([*kept.values(), *anonymous], key=lambda o: (o.day, _sort_value(o.value))), dropped
+
+
+def _sort_value(value: float | None) -> float:
+    return -math.inf if value is None else value
+
+
+# --------------------------------------------------------------------------------------------
+# Beam wrappers
+# --------------------------------------------------------------------------------------------
+
+PREDICTIONS_SCHEMA = pa.schema(
+    [
+        pa.field("tenant_id", pa.string(), nullable=False),
+        pa.field("person_id", pa.string(), nullable=False),
+        pa.field("user_id", pa.string()),
+        pa.field("currency", pa.string()),
+        pa.field("first_purchase", pa.date32(), nullable=False),
+        pa.field("last_purchase", pa.date32(), nullable=False),
+        pa.field("frequency", pa.int64(), nullable=False),
+        pa.field("recency", pa.float64(), nullable=False),
+        pa.field("T", pa.float64(), nullable=False),
+        pa.field("monetary", pa.float64()),
+        pa.field("expected_purchases", pa.float64()),
+        pa.field("p_alive", pa.float64()),
+        pa.field("expected_aov", pa.float64()),
+        pa.field("clv", pa.float64()),
+        pa.field("holdout_transactions", pa.int64()),
+        pa.field("holdout_value", pa.float64()),
+        pa.field("holdout_expected_purchases", pa.float64()),
+    ]
+)
+"""``clv_predictions.parquet``: one row per (tenant, person) with an order up to the calibration end."""
+
+
+class _OrdersFromBatchFn(beam.DoFn):
+    def __init__(self, money_column: str):
+        self.money_column = money_column
+        self.orders = Metrics.counter("clv", "orders_read")
+        self.no_money = Metrics.counter("clv", "orders_without_money")
+
+    def process(self, element):
+        path, table = element
+        tenant = tenant_from_path(path)
+        for person, order in orders_from_table(table, self.money_column):
+            self.orders.inc()
+            if order.value is None:
+                self.no_money.inc()
+            yield (tenant, person), order
+
+
+class OrdersFromLakeBatches(beam.PTransform):
+    """(file path, Arrow table) lake batches -> ((tenant_id, person_id), Order)."""
+
+    def __init__(self, money_column: str = "revenue_inr"):
+        super().__init__()
+        if money_column not in MONEY_COLUMNS:
+            raise ValueError(f"money column must be one of {MONEY_COLUMNS}, got {money_column!r}")
+        self.money_column = money_column
+
+    def expand(self, batches):
+        return batches | "Orders" >> beam.ParDo(_OrdersFromBatchFn(self.money_column))
+
+
+class _SummariseFn(beam.DoFn):
+    def __init__(self, calibration_end: dt.date, period_days: float, holdout_end: dt.date | None):
+        self.calibration_end, self.period_days, self.holdout_end = calibration_end, period_days, holdout_end
+        self.duplicates = Metrics.counter("clv", "duplicate_order_ids")
+        self.persons = Metrics.counter("clv", "persons_summarised")
+        self.late = Metrics.counter("clv", "persons_without_calibration_orders")
+
+    def process(self, element):
+        (tenant, person), orders = element
+        orders, dropped = dedupe_orders(orders)
+        self.duplicates.inc(dropped)
+        summary = summarise_orders(
+            ((o.day, o.value) for o in orders), self.calibration_end, self.period_days, self.holdout_end
+        )
+        if summary is None:
+            self.late.inc()
+            return
+        self.persons.inc()
+        calibration = [o for o in orders if o.day <= self.calibration_end]
+        users = sorted({o.user_id for o in orders if o.user_id})
+        currencies = sorted({o.currency for o in calibration if o.currency})
+        yield {
+            "tenant_id": tenant,
+            "person_id": person,
+            "user_id": users[0] if users else None,
+            "currencies": currencies,
+            **summary.as_dict(),
+        }
+
+
+class SummariseCustomers(beam.PTransform):
+    """((tenant, person), Order) -> one summary dict per person with an order up to the calibration end."""
+
+    def __init__(self, calibration_end: dt.date, period_days: float = 7.0, holdout_end: dt.date | None = None):
+        super().__init__()
+        if period_days <= 0:
+            raise ValueError("period_days must be positive")
+        if holdout_end is not None and holdout_end <= calibration_end:
+            raise ValueError("the holdout must end after the calibration end")
+        self.args = (calibration_end, period_days, holdout_end)
+
+    def expand(self, orders):
+        return orders | "GroupByPerson" >> beam.GroupByKey() | "Summarise" >> beam.ParDo(_SummariseFn(*self.args))
+
+
+class _FitCombineFn(beam.CombineFn):
+    """Sufficient statistics per tenant, then one fit.
+
+    BG/NBD customers with the same (x, t_x, T) share a likelihood term, so the accumulator is a
+    count per distinct triple (days are whole numbers: millions of customers collapse to far
+    fewer terms). Gamma-Gamma keeps (x, mean spend) of the repeat customers.
+    """
+
+    def create_accumulator(self):
+        return {"bg": collections.Counter(), "gg": [], "currencies": set(), "n": 0}
+
+    def add_input(self, acc, summary):
+        acc["bg"][(summary["frequency"], summary["recency"], summary["T"])] += 1
+        if summary["frequency"] > 0 and summary["monetary"] > 0:  # NaN (no known spend) fails the test
+            acc["gg"].append((summary["frequency"], summary["monetary"]))
+        acc["currencies"].update(summary["currencies"])
+        acc["n"] += 1
+        return acc
+
+    def merge_accumulators(self, accumulators):
+        merged = self.create_accumulator()
+        for acc in accumulators:
+            merged["bg"].update(acc["bg"])
+            merged["gg"].extend(acc["gg"])
+            merged["currencies"] |= acc["currencies"]
+            merged["n"] += acc["n"]
+        return merged
+
+    def extract_output(self, acc):
+        return fit_models(acc["bg"], acc["gg"], acc["currencies"], acc["n"])
+
+
+def fit_models(
+    bg_counts: collections.Counter, gg_pairs: Sequence[tuple[int, float]], currencies: set[str], n_customers: int
+) -> dict:
+    """Fit both models on one tenant's sufficient statistics; the result is what clv_model.json holds."""
+    if len(currencies) > 1:
+        raise ValueError(
+            f"the money column mixes currencies {sorted(currencies)}; use --money-column revenue_inr "
+            "or select one tenant with a single currency"
+        )
+    triples = np.array(list(bg_counts), dtype=float).reshape(-1, 3)
+    weights = np.array(list(bg_counts.values()), dtype=float)
+    bg, bg_fit = fit_bgnbd(triples[:, 0], triples[:, 1], triples[:, 2], weights)
+    model = {
+        "currency": next(iter(currencies), None),
+        "n_customers": int(n_customers),
+        "n_repeat_customers": int(np.sum(weights[triples[:, 0] > 0])),
+        "n_gamma_gamma_customers": len(gg_pairs),
+        "r": bg.r,
+        "alpha": bg.alpha,
+        "a": bg.a,
+        "b": bg.b,
+        "bgnbd_log_likelihood": bg_fit.log_likelihood,
+        "bgnbd_converged": bg_fit.converged,
+        "p": None,
+        "q": None,
+        "v": None,
+        "gamma_gamma_log_likelihood": None,
+        "gamma_gamma_converged": None,
+    }
+    if gg_pairs:
+        pairs = np.array(gg_pairs, dtype=float)
+        gg, gg_fit = fit_gamma_gamma(pairs[:, 0], pairs[:, 1])
+        model.update(
+            p=gg.p,
+            q=gg.q,
+            v=gg.v,
+            gamma_gamma_log_likelihood=gg_fit.log_likelihood,
+            gamma_gamma_converged=gg_fit.converged,
+        )
+    return model
+
+
+class FitClvModels(beam.PTransform):
+    """Summaries -> (tenant_id, model dict): one BG/NBD + Gamma-Gamma fit per tenant."""
+
+    def expand(self, summaries):
+        return (
+            summaries
+            | "KeyByTenant" >> beam.Map(lambda s: (s["tenant_id"], s))
+            | "Fit" >> beam.CombinePerKey(_FitCombineFn())
+        )
+
+
+def predict_rows(
+    summaries: Sequence[dict],
+    model: dict,
+    horizon_periods: int,
+    discount_rate: float,
+    holdout_periods: float | None = None,
+) -> list[dict]:
+    """Prediction rows (see :data:`PREDICTIONS_SCHEMA`) for summaries of one tenant, vectorised."""
+    bg = BgNbdParams(model["r"], model["alpha"], model["a"], model["b"])
+    x = np.array([s["frequency"] for s in summaries], dtype=float)
+    t_x = np.array([s["recency"] for s in summaries], dtype=float)
+    T = np.array([s["T"] for s in summaries], dtype=float)
+    m = np.array([s["monetary"] for s in summaries], dtype=float)
+    expected = expected_purchases(bg, horizon_periods, x, t_x, T)
+    alive = probability_alive(bg, x, t_x, T)
+    if model.get("p") is not None:
+        gg = GammaGammaParams(model["p"], model["q"], model["v"])
+        aov = expected_average_order_value(gg, x, m)
+        value = customer_lifetime_value(bg, gg, x, t_x, T, m, horizon_periods, discount_rate)
+    else:
+        aov = value = np.full(len(summaries), np.nan)
+    holdout = expected_purchases(bg, holdout_periods, x, t_x, T) if holdout_periods is not None else [None] * len(x)
+    rows = []
+    for k, s in enumerate(summaries):
+        rows.append(
+            {
+                "tenant_id": s["tenant_id"],
+                "person_id": s["person_id"],
+                "user_id": s.get("user_id"),
+                "currency": model.get("currency"),
+                "first_purchase": s["first_purchase"],
+                "last_purchase": s["last_purchase"],
+                "frequency": int(s["frequency"]),
+                "recency": float(s["recency"]),
+                "T": float(s["T"]),
+                "monetary": _or_none(s["monetary"]),
+                "expected_purchases": _or_none(expected[k]),
+                "p_alive": _or_none(alive[k]),
+                "expected_aov": _or_none(aov[k]),
+                "clv": _or_none(value[k]),
+                "holdout_transactions": s.get("holdout_transactions"),
+                "holdout_value": s.get("holdout_value"),
+                "holdout_expected_purchases": _or_none(holdout[k]),
+            }
+        )
+    return rows
+
+
+def _or_none(value) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return None if math.isnan(value) else value
+
+
+class _PredictBatchFn(beam.DoFn):
+    def __init__(self, horizon_periods: int, discount_rate: float, holdout_periods: float | None):
+        self.args = (horizon_periods, discount_rate, holdout_periods)
+
+    def process(self, batch, models):
+        by_tenant: dict[str, list[dict]] = collections.defaultdict(list)
+        for summary in batch:
+            by_tenant[summary["tenant_id"]].append(summary)
+        for tenant, summaries in by_tenant.items():
+            yield from predict_rows(summaries, models[tenant], *self.args)
+
+
+class PredictClv(beam.PTransform):
+    """Summaries + per-tenant models (side input) -> prediction rows, in vectorised batches.
+
+    Args:
+        models: the ``(tenant_id, model)`` PCollection from :class:`FitClvModels`.
+        horizon_periods: CLV and expected-purchases horizon, in periods.
+        discount_rate: per-period discount rate (see :func:`period_discount_rate`).
+        holdout_periods: length of the holdout in periods, to predict it per person (optional).
+    """
+
+    def __init__(self, models, horizon_periods: int, discount_rate: float, holdout_periods: float | None = None):
+        super().__init__()
+        if horizon_periods < 0 or discount_rate < 0:
+            raise ValueError("horizon_periods and discount_rate must be >= 0")
+        self.models = models
+        self.args = (horizon_periods, discount_rate, holdout_periods)
+
+    def expand(self, summaries):
+        return (
+            summaries
+            | "Batch" >> beam.BatchElements(min_batch_size=64, max_batch_size=4096)
+            | "Predict" >> beam.ParDo(_PredictBatchFn(*self.args), models=beam.pvalue.AsDict(self.models))
+        )
+
+
+class _HoldoutCombineFn(beam.CombineFn):
+    """Per tenant: actual vs predicted holdout transactions and their per-person correlation."""
+
+    def create_accumulator(self):
+        return [0, 0.0, 0.0, 0.0, 0.0, 0.0]  # n, Σa, Σp, Σa², Σp², Σap
+
+    def add_input(self, acc, row):
+        a, p = float(row["holdout_transactions"]), float(row["holdout_expected_purchases"])
+        return [acc[0] + 1, acc[1] + a, acc[2] + p, acc[3] + a * a, acc[4] + p * p, acc[5] + a * p]
+
+    def merge_accumulators(self, accumulators):
+        return [sum(column) for column in zip(*accumulators, strict=True)]
+
+    def extract_output(self, acc):
+        n, sa, sp, saa, spp, sap = acc
+        var_a, var_p = n * saa - sa * sa, n * spp - sp * sp
+        corr = (n * sap - sa * sp) / math.sqrt(var_a * var_p) if var_a > 0 and var_p > 0 else None
+        return {"actual_transactions": round(sa), "predicted_transactions": sp, "correlation": corr}
+
+
+class HoldoutComparison(beam.PTransform):
+    """Prediction rows (with holdout columns) -> (tenant_id, {actual, predicted, correlation})."""
+
+    def expand(self, rows):
+        return (
+            rows
+            | "KeyByTenant" >> beam.Map(lambda r: (r["tenant_id"], r))
+            | "Compare" >> beam.CombinePerKey(_HoldoutCombineFn())
+        )
