@@ -29,25 +29,36 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import urllib.parse
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import yaml
+from apache_beam.metrics import Metrics
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = [
+    "BucketLakeBatches",
+    "ComputeFunnels",
     "Exclusion",
     "FunnelDefinition",
     "FunnelStep",
     "PropertyFilter",
     "aggregate_entry_days",
     "aggregate_funnel",
+    "bucket_lake_batch",
+    "combine_funnel_outputs",
+    "funnel_events",
     "funnel_input_columns",
     "load_funnels",
+    "partition_of_path",
+    "person_buckets",
     "person_funnel",
     "window_funnel_levels",
 ]
@@ -763,3 +774,171 @@ def relevant_rows(table: pa.Table, definitions: Sequence[FunnelDefinition]) -> p
 
 def utc_day(value: dt.date) -> int:
     return (value - dt.date(1970, 1, 1)).days
+
+
+# ---------------------------------------------------------------------------------------------
+# Beam: lake batches -> person buckets -> funnel tables (shared with pipelines.retention)
+
+_PARTITION_IN_PATH = re.compile(r"tenant_id=([^/]+)/event_date=(\d{4}-\d{2}-\d{2})")
+
+
+def partition_of_path(path: str) -> tuple[str, dt.date]:
+    """(tenant_id, event_date) of a lake events file from its Hive path."""
+    found = _PARTITION_IN_PATH.search(path.replace("\\", "/"))
+    if not found:
+        raise ValueError(f"not a lake events file (no tenant_id=.../event_date=... in the path): {path}")
+    return urllib.parse.unquote(found.group(1)), dt.date.fromisoformat(found.group(2))
+
+
+def person_buckets(person_ids: pa.Array | pa.ChunkedArray, buckets: int) -> np.ndarray:
+    """Stable bucket per person id (CRC-32 of the UTF-8 id): the same on every worker and run."""
+    if isinstance(person_ids, pa.ChunkedArray):
+        person_ids = person_ids.combine_chunks()
+    encoded = pc.dictionary_encode(person_ids)
+    hashes = np.fromiter(
+        (zlib.crc32(v.encode()) for v in encoded.dictionary.to_pylist()), dtype=np.int64, count=len(encoded.dictionary)
+    )
+    return (hashes % buckets)[encoded.indices.to_numpy(zero_copy_only=False)]
+
+
+def bucket_lake_batch(
+    path: str,
+    batch: pa.Table | pa.RecordBatch,
+    buckets: int,
+    events: Sequence[str] | None = None,
+    events_from: dict[str, dt.date] | None = None,
+) -> list[tuple[tuple[str, int], pa.Table]]:
+    """Split one lake file batch by (tenant, person bucket), keeping only the rows a job needs.
+
+    Args:
+        events: keep only these event names (None: every row, as strict funnels need).
+        events_from: event name -> first partition date from which rows of that event are kept.
+    """
+    tenant, day = partition_of_path(path)
+    table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
+    if events is not None:
+        wanted = [e for e in events if not (events_from and e in events_from and day < events_from[e])]
+        table = table.filter(pc.fill_null(pc.is_in(table.column("event"), pa.array(wanted, pa.string())), False))
+    if table.num_rows == 0:
+        return []
+    if "tenant_id" not in table.column_names:
+        table = table.append_column("tenant_id", pa.array([tenant] * table.num_rows, pa.string()))
+    bucket = person_buckets(table.column("person_id"), buckets)
+    order = np.argsort(bucket, kind="stable")
+    sorted_buckets = bucket[order]
+    cuts = np.flatnonzero(np.diff(sorted_buckets)) + 1
+    out = []
+    for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, len(order)], strict=True):
+        out.append(((tenant, int(sorted_buckets[lo])), table.take(pa.array(order[lo:hi]))))
+    return out
+
+
+class _BucketFn(beam.DoFn):
+    def __init__(self, buckets: int, events: Sequence[str] | None, events_from: dict[str, dt.date] | None):
+        self.buckets, self.events, self.events_from = buckets, events, events_from
+        self.rows = Metrics.counter("analytics", "lake_rows_kept")
+
+    def process(self, element):
+        path, batch = element
+        for key, table in bucket_lake_batch(path, batch, self.buckets, self.events, self.events_from):
+            self.rows.inc(table.num_rows)
+            yield key, table
+
+
+class BucketLakeBatches(beam.PTransform):
+    """(file path, Arrow batch) from ``ReadAllFromParquetBatched(with_filename=True)`` ->
+    ((tenant_id, bucket), Arrow table): a person's rows all land in one bucket."""
+
+    def __init__(
+        self, buckets: int, events: Sequence[str] | None = None, events_from: dict[str, dt.date] | None = None
+    ):
+        super().__init__()
+        if buckets < 1:
+            raise ValueError("buckets must be >= 1")
+        self.buckets, self.events, self.events_from = buckets, events, events_from
+
+    def expand(self, batches):
+        return batches | "Bucket" >> beam.ParDo(_BucketFn(self.buckets, self.events, self.events_from))
+
+
+def funnel_events(definitions: Sequence[FunnelDefinition]) -> list[str] | None:
+    """Event names to read for these funnels (None = all rows: a strict funnel needs them)."""
+    if any(d.mode == "strict" for d in definitions):
+        return None
+    return sorted({c.event for d in definitions for c in [*d.steps, *d.exclusions]})
+
+
+class _PersonFunnelFn(beam.DoFn):
+    def __init__(self, definitions: Sequence[FunnelDefinition]):
+        self.definitions = list(definitions)
+        self.persons = Metrics.counter("funnels", "persons_in_funnel")
+        self.excluded = Metrics.counter("funnels", "persons_excluded")
+
+    def process(self, element):
+        _key, tables = element
+        table = pa.concat_tables(list(tables), promote_options="permissive")
+        for d in self.definitions:
+            persons = person_funnel(relevant_rows(table, [d]), d)
+            self.persons.inc(persons.num_rows)
+            self.excluded.inc(int(pc.sum(persons.column("excluded")).as_py() or 0))
+            yield d.name, persons
+
+
+class _AggregateFunnelFn(beam.DoFn):
+    def __init__(self, definitions: Sequence[FunnelDefinition]):
+        self.definitions = {d.name: d for d in definitions}
+
+    def process(self, element):
+        name, tables = element
+        d = self.definitions[name]
+        persons = pa.concat_tables(list(tables))
+        yield name, aggregate_funnel(persons, d), aggregate_entry_days(persons, d)
+
+
+class ComputeFunnels(beam.PTransform):
+    """Lake batches -> (funnel name, funnel_steps table, funnel_entry_days table), one per funnel.
+
+    Levels are computed per (tenant, person bucket) on Arrow/numpy; the per-person results
+    (a few columns per person) are then gathered per funnel, so medians and p90s are exact.
+    """
+
+    def __init__(self, definitions: Sequence[FunnelDefinition], buckets: int = 64):
+        super().__init__()
+        names = [d.name for d in definitions]
+        if not definitions or len(set(names)) != len(names):
+            raise ValueError(f"need at least one funnel and unique names, got {names}")
+        self.definitions, self.buckets = list(definitions), buckets
+
+    def expand(self, batches):
+        persons = (
+            batches
+            | "ByPersonBucket" >> BucketLakeBatches(self.buckets, funnel_events(self.definitions))
+            | "GroupBuckets" >> beam.GroupByKey()
+            | "PersonLevels" >> beam.ParDo(_PersonFunnelFn(self.definitions))
+        )
+        return (
+            persons
+            | "GroupFunnels" >> beam.GroupByKey()
+            | "Aggregate" >> beam.ParDo(_AggregateFunnelFn(self.definitions))
+        )
+
+
+def combine_funnel_outputs(
+    results: Sequence[tuple[str, pa.Table, pa.Table]], definitions: Sequence[FunnelDefinition]
+) -> tuple[pa.Table, pa.Table]:
+    """One funnel_steps and one funnel_entry_days table for all funnels, in definition order."""
+    with_bd = any(d.breakdown for d in definitions)
+    schema = funnel_steps_schema(with_bd)
+    by_name = {name: (steps, days) for name, steps, days in results}
+    steps_parts, day_parts = [], []
+    for d in definitions:
+        if d.name not in by_name:
+            continue
+        steps, days = by_name[d.name]
+        if with_bd and "breakdown_value" not in steps.column_names:
+            steps = steps.add_column(2, "breakdown_value", pa.nulls(steps.num_rows, pa.string()))
+        steps_parts.append(steps.select(schema.names).cast(schema))
+        day_parts.append(days)
+    steps_table = pa.concat_tables(steps_parts) if steps_parts else schema.empty_table()
+    days_table = pa.concat_tables(day_parts) if day_parts else ENTRY_DAYS_SCHEMA.empty_table()
+    return steps_table, days_table

@@ -1,0 +1,258 @@
+"""Funnels over the events lake (ClickHouse windowFunnel semantics), as a Beam batch job.
+
+    python -m pipelines.funnels --lake ./lake \\
+        --steps "Product Viewed,Product Added,Order Completed" --window 86400 \\
+        [--mode ordered|strict|strict_increase|unordered] [--breakdown channel --attribution first_touch] \\
+        [--start-date YYYY-MM-DD --end-date YYYY-MM-DD] [--tenant T] [--name NAME] \\
+        --output ./out [--warehouse duckdb:///wh.duckdb]
+    python -m pipelines.funnels --lake ./lake --config funnels.yaml --output ./out
+
+Reads the lake partitions in range (only the columns and, unless a funnel is strict, the events the
+funnels need), groups rows by (tenant, person bucket), computes person levels on Arrow/numpy per
+bucket and writes OUT/funnel_steps.parquet (+ .csv) and OUT/funnel_entry_days.parquet (+ .csv).
+Outputs are written to temporary names and renamed, so a rerun replaces them. See
+docs/analytics-funnels-retention.md.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import sys
+import uuid
+from collections.abc import Mapping, Sequence
+
+import apache_beam as beam
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.io.parquetio import ReadAllFromParquetBatched
+
+from connectors.lake import partition_dirs
+from pipelines.options import AwsOptions, DateRangeOptions, parse_options, run_pipeline, setup_logging
+from transforms.funnels import (
+    MODES,
+    ComputeFunnels,
+    FunnelDefinition,
+    combine_funnel_outputs,
+    funnel_input_columns,
+    load_funnels,
+)
+
+log = logging.getLogger("livora.funnels")
+STEPS_TABLE = "funnel_steps"
+ENTRY_DAYS_TABLE = "funnel_entry_days"
+
+
+class FunnelOptions(DateRangeOptions, AwsOptions):
+    """Which funnels, over which part of the lake, and where the tables go."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument("--lake", required=True, help="Lake root, local directory or s3://bucket/prefix.")
+        parser.add_argument(
+            "--steps",
+            default=None,
+            help="Ad hoc funnel: comma-separated event names, in order (use --config for property filters).",
+        )
+        parser.add_argument(
+            "--window",
+            type=int,
+            default=86400,
+            help="Conversion window in seconds, measured from the step-1 event, inclusive (default 86400).",
+        )
+        parser.add_argument(
+            "--config", default=None, help="YAML file with one or more funnel definitions (instead of --steps)."
+        )
+        parser.add_argument(
+            "--mode",
+            choices=MODES,
+            default=None,
+            help="ordered (default): other events may occur between steps; strict: ClickHouse strict_order "
+            "(after step 1 any other event of the person ends the funnel); strict_increase: step timestamps "
+            "strictly increasing; unordered: the steps in any order inside one window. With --config it "
+            "overrides every funnel's mode.",
+        )
+        parser.add_argument("--name", default=None, help="Name of the ad hoc funnel (default: 'adhoc').")
+        parser.add_argument(
+            "--breakdown",
+            default=None,
+            help="Ad hoc funnel: break down by a lake column (channel, geo_country, utm_source, ...) or "
+            "properties.<key>.",
+        )
+        parser.add_argument(
+            "--attribution",
+            default="first_touch",
+            help="Breakdown attribution: first_touch (default), last_touch or step_N.",
+        )
+        parser.add_argument(
+            "--timezone",
+            default=None,
+            help="Timezone of the entry day in funnel_entry_days (default Asia/Kolkata).",
+        )
+        parser.add_argument(
+            "--buckets",
+            type=int,
+            default=64,
+            help="Person buckets per tenant: the unit of parallelism of the level computation (default 64).",
+        )
+        parser.add_argument("--output", required=True, help="Output directory (local or s3://).")
+        parser.add_argument(
+            "--warehouse",
+            default=None,
+            help="Optional warehouse URL (duckdb:///path, postgresql://...): the tables are also loaded "
+            "there, replacing the (tenant, funnel) rows of funnel_steps and the (tenant, funnel, "
+            "entry_date) rows of funnel_entry_days.",
+        )
+
+
+def definitions_from_options(opts: FunnelOptions) -> list[FunnelDefinition]:
+    """The funnels to compute; fails before the graph is built when the flags don't add up."""
+    if bool(opts.steps) == bool(opts.config):
+        raise ValueError("give exactly one of --steps (ad hoc funnel) or --config (YAML definitions)")
+    if opts.buckets < 1:
+        raise ValueError("--buckets must be >= 1")
+    if opts.config:
+        definitions = load_funnels(opts.config)
+        updates = {}
+        if opts.mode:
+            updates["mode"] = opts.mode
+        if opts.timezone:
+            updates["timezone"] = opts.timezone
+        if updates:
+            definitions = [FunnelDefinition.model_validate({**d.model_dump(), **updates}) for d in definitions]
+        return definitions
+    steps = [s.strip() for s in opts.steps.split(",") if s.strip()]
+    spec = {
+        "name": opts.name or "adhoc",
+        "steps": steps,
+        "window_seconds": opts.window,
+        "mode": opts.mode or "ordered",
+        "breakdown": opts.breakdown,
+        "attribution": opts.attribution,
+    }
+    if opts.timezone:
+        spec["timezone"] = opts.timezone
+    return [FunnelDefinition.model_validate(spec)]
+
+
+def lake_file_patterns(lake: str, start, end, tenant) -> list[str]:
+    dirs = partition_dirs(lake, start, end, tenant)
+    if lake.startswith("s3://"):
+        dirs = [d if d.startswith("s3://") else f"s3://{d}" for d in dirs]
+    return [f"{d}/*.parquet" for d in dirs]
+
+
+def write_tables(output: str, tables: Mapping[str, pa.Table]) -> None:
+    """Write NAME.parquet and NAME.csv per table: to temporary names first, then renamed over the old ones."""
+    output = output.rstrip("/")
+    if "://" not in output:
+        os.makedirs(output, exist_ok=True)
+    tmp_names, final_names = [], []
+    token = uuid.uuid4().hex[:12]
+    for name, table in tables.items():
+        for ext in ("parquet", "csv"):
+            buffer = io.BytesIO()
+            if ext == "parquet":
+                pq.write_table(table, buffer)
+            else:
+                pacsv.write_csv(table, buffer)
+            tmp = f"{output}/.{name}.{ext}.{token}.tmp"
+            with FileSystems.create(tmp) as handle:
+                handle.write(buffer.getvalue())
+            tmp_names.append(tmp)
+            final_names.append(f"{output}/{name}.{ext}")
+    FileSystems.rename(tmp_names, final_names)
+
+
+def load_warehouse(url: str, tables: Mapping[str, tuple[pa.Table, Sequence[str]]]) -> None:
+    from connectors.warehouse import load_table
+
+    for name, (table, partitions) in tables.items():
+        if table.num_rows:
+            load_table(url, name, table, replace_partitions=list(partitions))
+
+
+class _WriteFunnelOutputs(beam.DoFn):
+    def __init__(self, output: str, definitions: Sequence[FunnelDefinition], warehouse: str | None):
+        self.output, self.definitions, self.warehouse = output, list(definitions), warehouse
+
+    def process(self, results):
+        steps, days = combine_funnel_outputs(results, self.definitions)
+        write_tables(self.output, {STEPS_TABLE: steps, ENTRY_DAYS_TABLE: days})
+        if self.warehouse:
+            load_warehouse(
+                self.warehouse,
+                {
+                    STEPS_TABLE: (steps, ("tenant_id", "funnel")),
+                    ENTRY_DAYS_TABLE: (days, ("tenant_id", "funnel", "entry_date")),
+                },
+            )
+        yield steps.num_rows
+
+
+def build(
+    pipeline: beam.Pipeline,
+    patterns: Sequence[str],
+    definitions: Sequence[FunnelDefinition],
+    output: str,
+    buckets: int = 64,
+    warehouse: str | None = None,
+) -> None:
+    columns = [c for c in funnel_input_columns(definitions) if c != "tenant_id"]
+    _ = (
+        pipeline
+        | "LakeFiles" >> beam.Create(list(patterns))
+        | "ReadLake" >> ReadAllFromParquetBatched(columns=columns, with_filename=True)
+        | "Funnels" >> ComputeFunnels(definitions, buckets)
+        | "AllFunnels" >> beam.combiners.ToList()
+        | "Write" >> beam.ParDo(_WriteFunnelOutputs(output, definitions, warehouse))
+    )
+
+
+def run(argv: list[str] | None = None) -> dict[str, pa.Table]:
+    """Parse, validate, run; returns the written tables (read back)."""
+    argv = list(argv or [])
+    options = parse_options(argv, FunnelOptions, __doc__)
+    opts = options.view_as(FunnelOptions)
+    opts.check_range()
+    definitions = definitions_from_options(opts)
+    if opts.lake.startswith("s3://") or opts.output.startswith("s3://"):
+        options = parse_options([*argv, *opts.settings().beam_s3_options()], FunnelOptions, __doc__)
+        opts = options.view_as(FunnelOptions)
+    patterns = lake_file_patterns(opts.lake, opts.start_date, opts.end_date, opts.tenant)
+    log.info("%d funnel(s) over %d lake partitions of %s", len(definitions), len(patterns), opts.lake)
+    if patterns:
+        run_pipeline(lambda p: build(p, patterns, definitions, opts.output, opts.buckets, opts.warehouse), options)
+    else:  # nothing in range: still replace the outputs, with empty tables
+        steps, days = combine_funnel_outputs([], definitions)
+        write_tables(opts.output, {STEPS_TABLE: steps, ENTRY_DAYS_TABLE: days})
+    out = opts.output.rstrip("/")
+    result = {}
+    for name in (STEPS_TABLE, ENTRY_DAYS_TABLE):
+        with FileSystems.open(f"{out}/{name}.parquet") as handle:
+            result[name] = pq.read_table(io.BytesIO(handle.read()))
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    setup_logging()
+    tables = run(argv if argv is not None else sys.argv[1:])
+    steps = tables[STEPS_TABLE]
+    for row in steps.to_pylist():
+        log.info(
+            "%s %s%s step %d %-24s persons=%d overall=%s",
+            row["tenant_id"],
+            row["funnel"],
+            f" [{row['breakdown_value']}]" if "breakdown_value" in row else "",
+            row["step"],
+            row["step_event"],
+            row["persons"],
+            f"{row['conversion_overall']:.3f}" if row["conversion_overall"] is not None else "-",
+        )
+
+
+if __name__ == "__main__":
+    main()
