@@ -221,7 +221,7 @@ def test_beam_transforms_write_profiles_and_identity_graph_through_throttling(aw
     with_repeats = rows + rows[::3]  # at-least-once delivery
     expected_keys = sorted({(r["tenant_id"], r["message_id"]) for r in with_repeats})
 
-    with beam.Pipeline(options=PipelineOptions(runner="FnApiRunner")) as pipeline:
+    with beam.Pipeline(options=PipelineOptions(flags=[], runner="FnApiRunner")) as pipeline:
         lake = pipeline | beam.Create(with_repeats)
         prof = lake | "Profiles" >> WriteProfiles(aws, PROFILES, max_buffer=7, client_factory=flaky_factory)
         ident = lake | "Identity" >> WriteIdentityGraph(aws, IDENTITY, max_buffer=9, client_factory=flaky_factory)
@@ -248,7 +248,7 @@ def test_refused_rows_become_sink_failures(aws):
     create_tables(aws, PROFILES, IDENTITY)
     bad = lake_row("m-bad", 0, "p1", type_="page", anonymous_id="x" * 2000)  # key longer than 1024 bytes
     good = lake_row("m-good", 0, "p2", type_="page", anonymous_id="fine")
-    with beam.Pipeline(options=PipelineOptions(runner="FnApiRunner")) as pipeline:
+    with beam.Pipeline(options=PipelineOptions(flags=[], runner="FnApiRunner")) as pipeline:
         result = pipeline | beam.Create([bad, good]) | WriteIdentityGraph(aws, IDENTITY)
         assert_that(result.applied, equal_to([("acme-in", "m-good")]), label="Applied")
         assert_that(
