@@ -39,24 +39,12 @@ log = logging.getLogger(__name__)
 JsonType = Literal["string", "number", "integer", "boolean", "object", "array", "null", "any"]
 
 
-def _type_ok(value: Any, json_type: str) -> bool:
-    if json_type == "any":
+def _type_ok_slow(value: Any, prop: _CompiledProperty) -> bool:
+    """Values whose exact type is not listed: JSON integers written as 3.0, subclasses (bool is not a number)."""
+    if prop.integral_floats and isinstance(value, float) and value.is_integer():
         return True
-    if json_type == "string":
-        return isinstance(value, str)
-    if json_type == "number":
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    if json_type == "integer":
-        return (isinstance(value, int) and not isinstance(value, bool)) or (
-            isinstance(value, float) and value.is_integer()
-        )
-    if json_type == "boolean":
-        return isinstance(value, bool)
-    if json_type == "object":
-        return isinstance(value, dict)
-    if json_type == "array":
-        return isinstance(value, list)
-    return value is None  # "null"
+    exact = prop.exact_types or frozenset()
+    return not isinstance(value, bool) and any(isinstance(value, t) for t in exact)
 
 
 def _json_type_name(value: Any) -> str:
@@ -124,6 +112,41 @@ class TrackingPlan(BaseModel):
         return value
 
 
+_PY_TYPES: dict[str, tuple[type, ...]] = {
+    "string": (str,),
+    "number": (int, float),
+    "integer": (int,),
+    "boolean": (bool,),
+    "object": (dict,),
+    "array": (list,),
+    "null": (type(None),),
+}
+
+
+class _CompiledProperty(NamedTuple):
+    """A property rule as exact Python types (JSON decoders give exact types: one set lookup per value)."""
+
+    name: str
+    path: str
+    exact_types: frozenset[type] | None  # None: any type
+    integral_floats: bool  # "integer" accepts 3.0 as JSON does
+    enum: tuple | None
+    expected: str
+
+
+def _compile_property(name: str, rule: PropertyRule) -> _CompiledProperty:
+    types = rule.types
+    exact = None if "any" in types else frozenset(t for name_ in types for t in _PY_TYPES[name_])
+    return _CompiledProperty(
+        name,
+        f"properties.{name}",
+        exact,
+        "integer" in types,
+        tuple(rule.enum) if rule.enum is not None else None,
+        " or ".join(types),
+    )
+
+
 class Violation(NamedTuple):
     field_path: str
     message: str
@@ -139,10 +162,15 @@ class TrackingPlans:
 
     def __init__(self, plans: Iterable[TrackingPlan] = ()):
         self._plans: dict[str, TrackingPlan] = {}
+        self._rules: dict[str, dict[str, tuple[tuple[str, ...], tuple[_CompiledProperty, ...]]]] = {}
         for plan in plans:
             if plan.tenant_id in self._plans:
                 raise ValueError(f"two tracking plans for tenant {plan.tenant_id!r}")
             self._plans[plan.tenant_id] = plan
+            self._rules[plan.tenant_id] = {
+                name: (tuple(rule.required), tuple(_compile_property(p, r) for p, r in rule.properties.items()))
+                for name, rule in plan.events.items()
+            }
         self._last_warning: dict[tuple[str, str], float] = {}
         self._suppressed: dict[tuple[str, str], int] = {}
 
@@ -178,25 +206,26 @@ class TrackingPlans:
         plan = self._plans.get(event.tenant_id)
         if plan is None or event.type is not EventType.TRACK:
             return []
-        rule = plan.events.get(event.event or "")
+        rule = self._rules[plan.tenant_id].get(event.event or "")
         if rule is None:
             if plan.allow_unplanned_events:
                 return []
             return [Violation("event", f"event {event.event!r} is not in the tracking plan of {plan.tenant_id}")]
+        required, properties = rule
         found = []
         props = event.properties
-        for name in rule.required:
+        for name in required:
             if props.get(name) is None:
                 found.append(Violation(f"properties.{name}", f"required by the plan for {event.event!r}"))
-        for name, prop in rule.properties.items():
-            value = props.get(name)
+        for prop in properties:
+            value = props.get(prop.name)
             if value is None:
                 continue  # absent: only `required` makes that a violation
-            if not any(_type_ok(value, t) for t in prop.types):
-                expected = " or ".join(prop.types)
-                found.append(Violation(f"properties.{name}", f"expected {expected}, got {_json_type_name(value)}"))
-            elif prop.enum is not None and value not in prop.enum:
-                found.append(Violation(f"properties.{name}", f"{value!r} is not one of {prop.enum}"))
+            if prop.exact_types is not None and type(value) not in prop.exact_types and not _type_ok_slow(value, prop):
+                found.append(Violation(prop.path, f"expected {prop.expected}, got {_json_type_name(value)}"))
+                continue
+            if prop.enum is not None and value not in prop.enum:
+                found.append(Violation(prop.path, f"{value!r} is not one of {list(prop.enum)}"))
         return found
 
     def check(self, event: Event) -> list[str]:

@@ -138,6 +138,9 @@ def _may_be_deep(body: bytes, max_depth: int) -> bool:
     return body.count(b"{") + body.count(b"[") > max_depth
 
 
+_loads = orjson.loads
+
+
 def _dumps(value: Any) -> bytes:
     return orjson.dumps(value)
 
@@ -207,6 +210,16 @@ def decode_record(
             without them a wrapper fails with ``bad_signature``.
         max_record_bytes: bound on a record's (decompressed) size.
     """
+    # Fast path: one plain JSON object, as almost every file line and SDK request is.
+    if type(record) is bytes and record[:1] == b"{" and record[-1:] == b"}" and len(record) <= max_event_bytes:
+        try:
+            value = _loads(record)
+        except orjson.JSONDecodeError:
+            value = None
+        if type(value) is dict and "batch" not in value and WEBHOOK_KEY not in value:
+            if record.count(b"{") + record.count(b"[") > max_depth and json_depth_exceeds(value, max_depth):
+                return [_fail(record, Reason.TOO_DEEP, f"JSON nested deeper than {max_depth}", source_ref, value)]
+            return [RawEvent(record, value, source_ref)]
     if not isinstance(record, bytes):
         if isinstance(record, str):
             record = record.encode("utf-8", "surrogatepass")
@@ -228,15 +241,6 @@ def decode_record(
         return [_fail(record, Reason.OVERSIZE, f"record of {len(body)} bytes > {max_record_bytes}", source_ref)]
     if body[:3] == _BOM:
         body = body[3:]
-    # Fast path: one JSON object, as almost every file line and SDK request is.
-    if body[:1] == b"{" and body[-1:] == b"}" and len(body) <= max_event_bytes:
-        value, reason, message = _parse(body)
-        if reason is None and isinstance(value, dict) and "batch" not in value and WEBHOOK_KEY not in value:
-            if _may_be_deep(body, max_depth) and json_depth_exceeds(value, max_depth):
-                return [_fail(body, Reason.TOO_DEEP, f"JSON nested deeper than {max_depth}", source_ref, value)]
-            return [RawEvent(body, value, source_ref)]
-        if reason is None or b"\n" not in body:
-            return _decode_value(body, value, reason, message, source_ref, max_event_bytes, max_depth, webhook_secrets)
     body = body.strip(_WHITESPACE)
     if not body:
         return [_fail(record, Reason.EMPTY, "empty record", source_ref)]
