@@ -569,3 +569,30 @@ def analyse(table: pa.Table | pd.DataFrame, cart_hours: float, data_end: dt.date
     """Everything on one machine (tests, small tenants): ``finalize([partials(table)])``."""
     end_date = (pd.Timestamp(data_end) - pd.Timedelta(microseconds=1)).date()
     return finalize([partials(table, cart_hours, data_end)], end_date)
+
+
+def merge_daily(
+    existing: pd.DataFrame | None,
+    new: pd.DataFrame,
+    start: dt.date | None,
+    end: dt.date,
+    tenant: str | None,
+) -> pd.DataFrame:
+    """A daily table where the run's days (``[start, end]``, ``tenant`` or all) are replaced by ``new``.
+
+    Days outside the run's range stay as an earlier run left them: a backfill of one day rewrites
+    that day only, and a rerun never duplicates rows.
+    """
+    if existing is None or not len(existing):
+        return new.reset_index(drop=True)
+    dates = pd.to_datetime(existing["date"]).dt.date
+    scope = dates <= end
+    if start is not None:
+        scope &= dates >= start
+    if tenant is not None:
+        scope &= existing["tenant_id"] == tenant
+    kept = existing.loc[~scope.to_numpy()]
+    out = pd.concat([kept, new], ignore_index=True) if len(new) else kept
+    keys = [c for c in ("tenant_id", "date", *GEO_KEYS) if c in out.columns]
+    out["date"] = pd.to_datetime(out["date"]).dt.date
+    return out.sort_values(keys, kind="stable", na_position="first").reset_index(drop=True)

@@ -1,0 +1,186 @@
+"""IO for the batch analytics pipelines: list and read lake event files, write result tables.
+
+Reads go through Beam's ``FileSystems`` so that the same code reads a local lake and ``s3://`` (with
+the Beam S3 flags from :meth:`connectors.aws.AwsSettings.beam_s3_options`). A file is read whole with
+only the needed columns; the Hive partition values (tenant_id, event_date) come from its path.
+Writes are atomic (temp file + rename locally, one PUT on S3) so a reader never sees half a table, and a
+rerun replaces a table instead of adding to it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import os
+import re
+import tempfile
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import apache_beam as beam
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+
+from schemas.lake import EVENTS_TABLE, PARTITION_COLUMNS
+
+__all__ = [
+    "EventFile",
+    "ReadEventBuckets",
+    "event_files",
+    "person_buckets",
+    "read_event_file",
+    "read_table",
+    "write_bytes_atomically",
+    "write_table",
+]
+
+_PARTITION = re.compile(r"/tenant_id=([^/]+)/event_date=(\d{4}-\d{2}-\d{2})/[^/]+\.parquet$")
+
+
+class EventFile(NamedTuple):
+    path: str
+    tenant_id: str
+    event_date: dt.date
+
+
+def event_files(
+    lake: str, start: dt.date | None = None, end: dt.date | None = None, tenant: str | None = None
+) -> list[EventFile]:
+    """The events table's Parquet files with partition values in ``[start, end]`` (inclusive), sorted."""
+    pattern = f"{lake.rstrip('/')}/{EVENTS_TABLE}/tenant_id=*/event_date=*/*.parquet"
+    found: list[EventFile] = []
+    for meta in FileSystems.match([pattern])[0].metadata_list:
+        m = _PARTITION.search(meta.path.replace(os.sep, "/"))
+        if not m or os.path.basename(meta.path).startswith("."):
+            continue
+        day = dt.date.fromisoformat(m.group(2))
+        if (tenant and m.group(1) != tenant) or (start and day < start) or (end and day > end):
+            continue
+        found.append(EventFile(meta.path, m.group(1), day))
+    return sorted(found)
+
+
+def read_event_file(
+    file: EventFile, columns: Sequence[str], events: Sequence[str] | None = None, before: dt.datetime | None = None
+) -> pa.Table:
+    """One partition file with ``columns`` (partition columns filled from the path).
+
+    ``events`` keeps only track rows with those event names; ``before`` only rows with ``timestamp < before``.
+    """
+    file_cols = [c for c in columns if c not in PARTITION_COLUMNS]
+    with FileSystems.open(file.path) as handle:
+        table = pq.read_table(io.BytesIO(handle.read()), columns=file_cols)
+    if events is not None:
+        table = table.filter(pc.is_in(table["event"], pa.array(list(events), pa.string())))
+    if before is not None:
+        table = table.filter(pc.less(table["timestamp"], pa.scalar(before, table.schema.field("timestamp").type)))
+    n = table.num_rows
+    if "tenant_id" in columns:
+        table = table.append_column("tenant_id", pa.array([file.tenant_id] * n, pa.string()))
+    if "event_date" in columns:
+        table = table.append_column("event_date", pa.array([file.event_date] * n, pa.date32()))
+    return table.select(list(columns))
+
+
+def person_buckets(person_ids: pa.ChunkedArray | pa.Array, buckets: int) -> np.ndarray:
+    """A stable bucket per person id (same id, same bucket, in every process and run)."""
+    values = np.asarray(person_ids.to_pandas(types_mapper=None).astype(object).fillna(""), dtype=object)
+    if not len(values):
+        return np.zeros(0, dtype="int64")
+    return (pd.util.hash_array(values, categorize=True) % np.uint64(buckets)).astype("int64")
+
+
+class _ReadBucketsFn(beam.DoFn):
+    def __init__(self, columns, events, before, buckets):
+        self.columns, self.events, self.before, self.buckets = list(columns), events, before, buckets
+        self.rows_read = Metrics.counter("livora.analytics", "rows_read")
+        self.files_read = Metrics.counter("livora.analytics", "files_read")
+
+    def process(self, file: EventFile):
+        table = read_event_file(EventFile(*file), self.columns, self.events, self.before)
+        self.files_read.inc()
+        self.rows_read.inc(table.num_rows)
+        if not table.num_rows:
+            return
+        bucket = person_buckets(table["person_id"], self.buckets)
+        for b in np.unique(bucket):
+            yield int(b), table.filter(pa.array(bucket == b))
+
+
+class ReadEventBuckets(beam.PTransform):
+    """PCollection[EventFile] → ``(person bucket, pa.Table)`` pieces: a person's rows share a bucket.
+
+    Args:
+        columns: lake columns to read (partition columns allowed).
+        events: keep only these track event names (None: all rows).
+        before: keep only rows with ``timestamp < before`` (as-of cut-offs).
+        buckets: number of person buckets (parallelism of the per-person work).
+    """
+
+    def __init__(
+        self,
+        columns: Sequence[str],
+        events: Sequence[str] | None = None,
+        before: dt.datetime | None = None,
+        buckets: int = 16,
+    ):
+        super().__init__()
+        if buckets < 1:
+            raise ValueError("buckets must be >= 1")
+        if "person_id" not in columns:
+            raise ValueError("ReadEventBuckets needs the person_id column")
+        self.columns, self.events, self.before, self.buckets = list(columns), events, before, buckets
+
+    def expand(self, files):
+        return files | "ReadFileBuckets" >> beam.ParDo(
+            _ReadBucketsFn(self.columns, self.events, self.before, self.buckets)
+        )
+
+
+def write_bytes_atomically(path: str, data: bytes) -> None:
+    if "://" in path:
+        with FileSystems.create(path) as handle:  # a single object PUT: visible whole or not at all
+            handle.write(data)
+        return
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _to_arrow(df: pd.DataFrame, schema: pa.Schema | None = None) -> pa.Table:
+    table = pa.Table.from_pandas(df, schema=schema, preserve_index=False)
+    # pandas' pyarrow-backed strings come back as large_string: store plain strings
+    fields = [pa.field(f.name, pa.string()) if pa.types.is_large_string(f.type) else f for f in table.schema]
+    return table.cast(pa.schema(fields)).replace_schema_metadata(None)
+
+
+def write_table(path: str, df: pd.DataFrame, csv: bool = True, schema: pa.Schema | None = None) -> str:
+    """Write ``df`` to ``path`` (``.parquet``) atomically, and the same rows to the ``.csv`` beside it."""
+    table = _to_arrow(df, schema)
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    write_bytes_atomically(path, sink.getvalue().to_pybytes())
+    if csv:
+        write_bytes_atomically(path.removesuffix(".parquet") + ".csv", df.to_csv(index=False).encode("utf-8"))
+    return path
+
+
+def read_table(path: str) -> pd.DataFrame | None:
+    """A table written by :func:`write_table`, or None when it does not exist."""
+    if not FileSystems.exists(path):
+        return None
+    with FileSystems.open(path) as handle:
+        return pq.read_table(io.BytesIO(handle.read())).to_pandas()

@@ -1,0 +1,189 @@
+"""Product and revenue analytics over the events lake (batch).
+
+    python -m pipelines.product_analytics --lake LAKE [--start-date D] [--end-date D] [--tenant T] --output OUT
+
+Writes ``OUT/product_funnel``, ``category_funnel``, ``revenue_daily``, ``ltv_cohorts`` and
+``cart_abandonment`` as ``.parquet`` + ``.csv`` (columns in docs/analytics-segments-products.md).
+
+Graph: partition files → read the product events, split by person bucket → orders deduplicated
+across the whole tenant by order id (earliest copy) → per bucket, vectorised partial aggregates
+(:func:`transforms.product_analytics.partials`; person counts add up because a person lives in one
+bucket) → one final merge → atomic writes. ``revenue_daily`` and ``cart_abandonment`` are daily tables:
+a rerun replaces only the days (and tenant) of its range and keeps the other days already in OUT; the
+range tables (funnels, LTV) are replaced whole.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import sys
+
+import apache_beam as beam
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+from apache_beam.metrics import Metrics
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from connectors.analytics_io import ReadEventBuckets, event_files, person_buckets, read_table, write_table
+from pipelines.options import DateRangeOptions, run_pipeline, setup_logging
+from schemas.lake import EVENTS_SCHEMA
+from transforms import product_analytics as pa_t
+
+log = logging.getLogger(__name__)
+
+TABLES = ("product_funnel", "category_funnel", "revenue_daily", "ltv_cohorts", "cart_abandonment")
+DAILY_TABLES = ("revenue_daily", "cart_abandonment")
+ORDER_EVENT = "Order Completed"
+
+
+class ProductAnalyticsOptions(DateRangeOptions):
+    """Flags of ``pipelines.product_analytics`` (plus --start-date/--end-date/--tenant and Beam's own)."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument("--lake", required=True, help="Lake root (local directory or s3://bucket/prefix).")
+        parser.add_argument("--output", required=True, help="Directory for the result tables (.parquet + .csv).")
+        parser.add_argument(
+            "--cart-hours",
+            dest="cart_hours",
+            type=float,
+            default=24.0,
+            help="Abandonment window N: a cart is purchased if an order follows its last activity within N hours.",
+        )
+        parser.add_argument(
+            "--buckets", type=int, default=16, help="Person buckets: the parallelism of the per-person work."
+        )
+
+
+class _PartialsFn(beam.DoFn):
+    """One person bucket's rows (+ its deduplicated orders) → additive partial aggregates."""
+
+    def __init__(self, cart_hours: float, data_end: dt.datetime, order_schema: pa.Schema):
+        self.cart_hours, self.data_end, self.order_schema = cart_hours, data_end, order_schema
+        self.buckets = Metrics.counter("livora.product_analytics", "buckets")
+
+    def process(self, element):
+        _bucket, groups = element
+        tables = list(groups["rows"])
+        orders = list(groups["orders"])
+        if orders:
+            tables.append(pa.Table.from_pylist(orders, schema=self.order_schema))
+        if not tables:
+            return
+        table = pa.concat_tables([t.cast(self.order_schema) for t in tables])
+        self.buckets.inc()
+        yield pa_t.partials(table, self.cart_hours, self.data_end)
+
+
+class _SplitOrdersFn(beam.DoFn):
+    """Order rows leave the bucket pieces: they are deduplicated tenant-wide by order id first."""
+
+    def process(self, element):
+        bucket, table = element
+        is_order = pc.fill_null(pc.equal(table["event"], ORDER_EVENT), False)
+        if pc.any(is_order).as_py():
+            for row in table.filter(is_order).to_pylist():
+                yield beam.pvalue.TaggedOutput("orders", row)
+            table = table.filter(pc.invert(is_order))
+        if table.num_rows:
+            yield bucket, table
+
+
+def _order_key(row: dict) -> tuple[str, str]:
+    return row["tenant_id"], row["order_id"] or f"msg:{row['message_id']}"
+
+
+def _earliest(rows):
+    return min(rows, key=lambda r: (r["timestamp"], r["message_id"]))
+
+
+class ProductAnalytics(beam.PTransform):
+    """PCollection[EventFile] → one dict of the final tables (see :func:`transforms.product_analytics.finalize`)."""
+
+    def __init__(self, cart_hours: float, data_end: dt.datetime, end_date: dt.date, buckets: int = 16):
+        super().__init__()
+        if cart_hours <= 0:
+            raise ValueError("cart_hours must be > 0")
+        self.cart_hours, self.data_end, self.end_date, self.buckets = cart_hours, data_end, end_date, buckets
+
+    def expand(self, files):
+        columns = list(pa_t.INPUT_COLUMNS)
+        schema = pa.schema([pa.field(c, EVENTS_SCHEMA.field(c).type) for c in columns])
+        buckets = self.buckets
+        split = (
+            files
+            | "ReadProductEvents" >> ReadEventBuckets(columns, pa_t.PRODUCT_EVENTS, buckets=buckets)
+            | "SplitOffOrders" >> beam.ParDo(_SplitOrdersFn()).with_outputs("orders", main="rows")
+        )
+        orders = (
+            split.orders
+            | "KeyByOrder" >> beam.Map(lambda r: (_order_key(r), r))
+            | "FirstCopyOfOrder" >> beam.CombinePerKey(_earliest)
+            | "OrderByPersonBucket"
+            >> beam.Map(lambda kv: (int(person_buckets(pa.array([kv[1]["person_id"]]), buckets)[0]), kv[1]))
+        )
+        rows = split.rows
+        end_date = self.end_date
+        return (
+            {"rows": rows, "orders": orders}
+            | "GroupByPersonBucket" >> beam.CoGroupByKey()
+            | "BucketPartials" >> beam.ParDo(_PartialsFn(self.cart_hours, self.data_end, schema))
+            | "AllPartials" >> beam.combiners.ToList()
+            | "FinalTables" >> beam.Map(lambda parts: pa_t.finalize(parts, end_date))
+        )
+
+
+class _WriteTablesFn(beam.DoFn):
+    def __init__(self, output: str, start: dt.date | None, end: dt.date, tenant: str | None):
+        self.output, self.start, self.end, self.tenant = output.rstrip("/"), start, end, tenant
+
+    def process(self, tables: dict[str, pd.DataFrame]):
+        for name in TABLES:
+            df = tables[name]
+            path = f"{self.output}/{name}.parquet"
+            if name in DAILY_TABLES:
+                df = pa_t.merge_daily(read_table(path), df, self.start, self.end, self.tenant)
+            write_table(path, df)
+            yield name, len(df)
+
+
+def data_bounds(files, start: dt.date | None, end: dt.date | None) -> tuple[dt.date, dt.datetime]:
+    """The last event date and the exclusive end of the data (end of ``--end-date``, else of the last file's day)."""
+    last = end or (max(f.event_date for f in files) if files else dt.date.today())
+    if start and start > last:
+        last = start
+    return last, dt.datetime.combine(last + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
+
+
+def build(pipeline: beam.Pipeline, opts: ProductAnalyticsOptions) -> None:
+    files = event_files(opts.lake, opts.start_date, opts.end_date, opts.tenant)
+    end_date, data_end = data_bounds(files, opts.start_date, opts.end_date)
+    log.info("product analytics over %d partition files up to %s", len(files), end_date)
+    (
+        pipeline
+        | "EventFiles" >> beam.Create([tuple(f) for f in files])
+        | "ProductAnalytics" >> ProductAnalytics(opts.cart_hours, data_end, end_date, opts.buckets)
+        | "WriteTables" >> beam.ParDo(_WriteTablesFn(opts.output, opts.start_date, end_date, opts.tenant))
+    )
+
+
+def run(argv: list[str] | None = None) -> ProductAnalyticsOptions:
+    opts = PipelineOptions(argv).view_as(ProductAnalyticsOptions)
+    opts.check_range()
+    if opts.cart_hours <= 0:
+        raise ValueError("--cart-hours must be > 0")
+    if opts.buckets < 1:
+        raise ValueError("--buckets must be >= 1")
+    run_pipeline(lambda p: build(p, opts), opts)
+    return opts
+
+
+def main(argv: list[str] | None = None) -> None:
+    setup_logging()
+    run(sys.argv[1:] if argv is None else argv)
+
+
+if __name__ == "__main__":
+    main()
