@@ -19,12 +19,24 @@ from __future__ import annotations
 import datetime as dt
 from typing import Literal
 
+import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from apache_beam.metrics import Metrics
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["RETENTION_SCHEMA", "RetentionDefinition", "period_index", "period_start", "retention_table"]
+from transforms.funnels import BucketLakeBatches
+
+__all__ = [
+    "RETENTION_SCHEMA",
+    "ComputeRetention",
+    "RetentionDefinition",
+    "period_index",
+    "period_start",
+    "retention_table",
+    "sum_retention_tables",
+]
 
 DEFAULT_TIMEZONE = "Asia/Kolkata"
 _EPOCH = dt.date(1970, 1, 1)
@@ -200,3 +212,75 @@ def retention_table(
         schema=RETENTION_SCHEMA,
     )
     return out.sort_by([("tenant_id", "ascending"), ("cohort_start", "ascending"), ("period", "ascending")])
+
+
+# ---------------------------------------------------------------------------------------------
+# Beam: lake batches -> person buckets -> per-bucket counts -> summed table
+
+
+def sum_retention_tables(tables: list[pa.Table]) -> pa.Table:
+    """Add up per-bucket retention rows (a person is in one bucket, so counts simply add)."""
+    tables = [t for t in tables if t.num_rows]
+    if not tables:
+        return RETENTION_SCHEMA.empty_table()
+    keys = ["tenant_id", "cohort_start", "period"]
+    summed = pa.concat_tables(tables).group_by(keys).aggregate([("persons", "sum"), ("cohort_size", "sum")])
+    persons = summed.column("persons_sum")
+    size = summed.column("cohort_size_sum")
+    out = pa.table(
+        {
+            "tenant_id": summed.column("tenant_id"),
+            "cohort_start": summed.column("cohort_start"),
+            "period": summed.column("period"),
+            "persons": persons,
+            "cohort_size": size,
+            "rate": pc.divide(pc.cast(persons, pa.float64()), pc.cast(size, pa.float64())),
+        },
+        schema=RETENTION_SCHEMA,
+    )
+    return out.sort_by([(k, "ascending") for k in keys])
+
+
+class _RetentionBucketFn(beam.DoFn):
+    def __init__(self, definition: RetentionDefinition, start_date: dt.date, end_date: dt.date):
+        self.definition, self.start_date, self.end_date = definition, start_date, end_date
+        self.cohort_persons = Metrics.counter("retention", "cohort_entries")
+
+    def process(self, element):
+        _key, tables = element
+        table = pa.concat_tables(list(tables), promote_options="permissive")
+        result = retention_table(table, self.definition, self.start_date, self.end_date)
+        if result.num_rows:
+            zeros = result.filter(pc.equal(result.column("period"), 0))
+            self.cohort_persons.inc(int(pc.sum(zeros.column("cohort_size")).as_py() or 0))
+            yield result
+
+
+class ComputeRetention(beam.PTransform):
+    """Lake batches (path, Arrow batch) -> one retention table (a single element).
+
+    ``start_date``/``end_date`` are local dates and must be fixed here (not derived per bucket), so
+    that every bucket reports the same periods.
+    """
+
+    def __init__(self, definition: RetentionDefinition, start_date: dt.date, end_date: dt.date, buckets: int = 64):
+        super().__init__()
+        if start_date > end_date:
+            raise ValueError("start_date is after end_date")
+        self.definition, self.start_date, self.end_date, self.buckets = definition, start_date, end_date, buckets
+
+    def expand(self, batches):
+        d = self.definition
+        events = sorted({d.start_event, d.return_event})
+        # returns only count from start_date (local); UTC partitions a day earlier may hold them
+        events_from = (
+            {d.return_event: self.start_date - dt.timedelta(days=1)} if d.return_event != d.start_event else {}
+        )
+        return (
+            batches
+            | "ByPersonBucket" >> BucketLakeBatches(self.buckets, events, events_from)
+            | "GroupBuckets" >> beam.GroupByKey()
+            | "BucketCounts" >> beam.ParDo(_RetentionBucketFn(d, self.start_date, self.end_date))
+            | "AllBuckets" >> beam.combiners.ToList()
+            | "Sum" >> beam.Map(sum_retention_tables)
+        )

@@ -1,0 +1,182 @@
+"""Retention cohorts over the events lake, as a Beam batch job.
+
+    python -m pipelines.retention --lake ./lake --start-event "Signed Up" --return-event "Order Completed" \\
+        --period day|week|month --periods 8 [--kind first_time|recurring] [--mode on|on_or_after] \\
+        [--timezone Asia/Kolkata] [--start-date YYYY-MM-DD --end-date YYYY-MM-DD] [--tenant T] \\
+        --output ./out [--warehouse duckdb:///wh.duckdb]
+
+Cohorts and periods are on the tenant's local calendar (--timezone). Reads only the start and return
+events, groups them by (tenant, person bucket), counts per bucket on Arrow/numpy, sums the counts and
+writes OUT/retention.parquet (+ .csv) by temp file + rename. See docs/analytics-funnels-retention.md.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import logging
+import re
+import sys
+
+import apache_beam as beam
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.io.parquetio import ReadAllFromParquetBatched
+
+from pipelines.funnels import lake_file_patterns, load_warehouse, write_tables
+from pipelines.options import AwsOptions, DateRangeOptions, parse_options, run_pipeline, setup_logging
+from transforms.retention import RETENTION_SCHEMA, ComputeRetention, RetentionDefinition
+
+log = logging.getLogger("livora.retention")
+RETENTION_TABLE = "retention"
+_DATE_IN_PATH = re.compile(r"event_date=(\d{4}-\d{2}-\d{2})")
+
+
+class RetentionOptions(DateRangeOptions, AwsOptions):
+    """Which cohorts, over which part of the lake, and where the table goes."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument("--lake", required=True, help="Lake root, local directory or s3://bucket/prefix.")
+        parser.add_argument(
+            "--start-event", dest="start_event", required=True, help="Event that puts a person in a cohort."
+        )
+        parser.add_argument(
+            "--return-event", dest="return_event", required=True, help="Event that counts as coming back."
+        )
+        parser.add_argument(
+            "--period",
+            choices=("day", "week", "month"),
+            default="day",
+            help="Cohort and return period: day, week (ISO, starting Monday) or calendar month (default day).",
+        )
+        parser.add_argument("--periods", type=int, default=8, help="Number of periods 0..N-1 to report (default 8).")
+        parser.add_argument(
+            "--kind",
+            choices=("first_time", "recurring"),
+            default="first_time",
+            help="first_time (default): cohort = period of the person's first-ever start event (history before "
+            "--start-date is read to know who is new); recurring: every period with a start event is a cohort.",
+        )
+        parser.add_argument(
+            "--mode",
+            choices=("on", "on_or_after"),
+            default="on",
+            help="on (default): returned in exactly period k; on_or_after: returned in period k or later.",
+        )
+        parser.add_argument(
+            "--timezone",
+            default="Asia/Kolkata",
+            help="IANA timezone whose calendar defines days, weeks and months (default Asia/Kolkata).",
+        )
+        parser.add_argument(
+            "--buckets", type=int, default=64, help="Person buckets per tenant (parallelism, default 64)."
+        )
+        parser.add_argument("--output", required=True, help="Output directory (local or s3://).")
+        parser.add_argument(
+            "--warehouse",
+            default=None,
+            help="Optional warehouse URL: also load the table there, replacing the (tenant, cohort_start) rows.",
+        )
+
+
+def definition_from_options(opts: RetentionOptions) -> RetentionDefinition:
+    if opts.buckets < 1:
+        raise ValueError("--buckets must be >= 1")
+    return RetentionDefinition(
+        start_event=opts.start_event,
+        return_event=opts.return_event,
+        period=opts.period,
+        periods=opts.periods,
+        kind=opts.kind,
+        mode=opts.mode,
+        timezone=opts.timezone,
+    )
+
+
+def _partition_dates(patterns: list[str]) -> list[dt.date]:
+    return sorted({dt.date.fromisoformat(m.group(1)) for p in patterns if (m := _DATE_IN_PATH.search(p))})
+
+
+def resolve_range(opts: RetentionOptions) -> tuple[dt.date, dt.date] | None:
+    """Local start/end dates: the flags, or the lake's first/last UTC partition dates."""
+    if opts.start_date and opts.end_date:
+        return opts.start_date, opts.end_date
+    dates = _partition_dates(lake_file_patterns(opts.lake, None, None, opts.tenant))
+    if not dates:
+        return None
+    return opts.start_date or dates[0], opts.end_date or dates[-1]
+
+
+def build(
+    pipeline: beam.Pipeline,
+    patterns: list[str],
+    definition: RetentionDefinition,
+    start: dt.date,
+    end: dt.date,
+    output: str,
+    buckets: int = 64,
+    warehouse: str | None = None,
+) -> None:
+    def write(table: pa.Table) -> int:
+        write_tables(output, {RETENTION_TABLE: table})
+        if warehouse:
+            load_warehouse(warehouse, {RETENTION_TABLE: (table, ("tenant_id", "cohort_start"))})
+        return table.num_rows
+
+    _ = (
+        pipeline
+        | "LakeFiles" >> beam.Create(patterns)
+        | "ReadLake"
+        >> ReadAllFromParquetBatched(columns=["person_id", "event", "timestamp", "message_id"], with_filename=True)
+        | "Retention" >> ComputeRetention(definition, start, end, buckets)
+        | "Write" >> beam.Map(write)
+    )
+
+
+def run(argv: list[str] | None = None) -> pa.Table:
+    """Parse, validate, run; returns the written table (read back)."""
+    argv = list(argv or [])
+    options = parse_options(argv, RetentionOptions, __doc__)
+    opts = options.view_as(RetentionOptions)
+    opts.check_range()
+    definition = definition_from_options(opts)
+    if opts.lake.startswith("s3://") or opts.output.startswith("s3://"):
+        options = parse_options([*argv, *opts.settings().beam_s3_options()], RetentionOptions, __doc__)
+        opts = options.view_as(RetentionOptions)
+    span = resolve_range(opts)
+    patterns = []
+    if span:
+        start, end = span
+        # local dates [start, end] live in UTC partitions [start - 1, end + 1]; first_time also needs history
+        read_from = None if definition.kind == "first_time" else start - dt.timedelta(days=1)
+        patterns = lake_file_patterns(opts.lake, read_from, end + dt.timedelta(days=1), opts.tenant)
+    if patterns:
+        log.info("retention %s over %d partitions, %s..%s (%s)", definition.kind, len(patterns), *span, opts.timezone)
+        run_pipeline(
+            lambda p: build(p, patterns, definition, start, end, opts.output, opts.buckets, opts.warehouse), options
+        )
+    else:
+        write_tables(opts.output, {RETENTION_TABLE: RETENTION_SCHEMA.empty_table()})
+    with FileSystems.open(f"{opts.output.rstrip('/')}/{RETENTION_TABLE}.parquet") as handle:
+        return pq.read_table(io.BytesIO(handle.read()))
+
+
+def main(argv: list[str] | None = None) -> None:
+    setup_logging()
+    table = run(argv if argv is not None else sys.argv[1:])
+    for row in table.to_pylist():
+        log.info(
+            "%s cohort %s period %d: %d/%d (%.3f)",
+            row["tenant_id"],
+            row["cohort_start"],
+            row["period"],
+            row["persons"],
+            row["cohort_size"],
+            row["rate"],
+        )
+
+
+if __name__ == "__main__":
+    main()
