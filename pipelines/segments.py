@@ -1,0 +1,268 @@
+"""Behavioural segment membership as of a date (batch), to the lake and the DynamoDB profile store.
+
+    python -m pipelines.segments --lake LAKE --config segments.yaml --as-of YYYY-MM-DD [--tenant T]
+        [--output OUT] [--dynamodb-table TABLE --aws-profile local|aws]
+
+Graph: partition files up to the as-of day → rows before the as-of end, split by person bucket →
+per bucket, vectorised person features (leaf counts, RFM values) → per tenant, RFM quintile cut points
+(a side input) → per bucket, the rule trees → membership files per tenant and, optionally,
+conditional writes to the profile store (an older as-of never overwrites a newer one).
+
+Output (``ROOT`` = ``--output`` or the lake): ``ROOT/segments/as_of=D/tenant_id=T/part-00000.parquet``
+(members) and ``ROOT/segment_sizes/as_of=D/tenant_id=T/part-00000.parquet``; a rerun of the same
+as-of date and tenant replaces exactly those files. Columns in docs/analytics-segments-products.md.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import sys
+
+import apache_beam as beam
+import pandas as pd
+import pyarrow as pa
+from apache_beam.metrics import Metrics
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from connectors.analytics_io import ReadEventBuckets, event_files, write_table
+from connectors.aws import AwsSettings
+from connectors.segment_store import DEFAULT_KEY_ATTRIBUTE, write_memberships
+from pipelines.options import AwsOptions, DateRangeOptions, iso_date, run_pipeline, setup_logging
+from transforms import segments as seg
+
+log = logging.getLogger(__name__)
+
+# as_of and tenant_id are Hive partition columns: in the path, not in the files (as in the events table)
+MEMBERS_SCHEMA = pa.schema(
+    [
+        pa.field("person_id", pa.string()),
+        pa.field("segment", pa.string()),
+        pa.field("rule_version", pa.string()),
+    ]
+)
+SIZES_SCHEMA = pa.schema(
+    [
+        pa.field("segment", pa.string()),
+        pa.field("rule_version", pa.string()),
+        pa.field("members", pa.int64()),
+        pa.field("evaluated_persons", pa.int64()),
+    ]
+)
+
+
+class SegmentsOptions(DateRangeOptions, AwsOptions):
+    """Flags of ``pipelines.segments`` (plus --start-date/--tenant, the AWS group and Beam's own)."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument("--lake", required=True, help="Lake root (local directory or s3://bucket/prefix).")
+        parser.add_argument("--config", required=True, help="Segment rules YAML (format in docs).")
+        parser.add_argument(
+            "--as-of",
+            dest="as_of",
+            type=iso_date,
+            required=True,
+            help="Membership as of the end of this day (in the config's timezone): later events are ignored.",
+        )
+        parser.add_argument(
+            "--output",
+            default=None,
+            help="Root for segments/ and segment_sizes/ (default: the lake itself).",
+        )
+        parser.add_argument(
+            "--dynamodb-table",
+            dest="dynamodb_table",
+            default=None,
+            help="Also write each evaluated person's segment list to this DynamoDB profile table.",
+        )
+        parser.add_argument(
+            "--dynamodb-key-attribute",
+            dest="dynamodb_key_attribute",
+            default=DEFAULT_KEY_ATTRIBUTE,
+            help="Partition-key attribute of the profile table (value '<tenant_id>#<person_id>').",
+        )
+        parser.add_argument(
+            "--buckets", type=int, default=16, help="Person buckets: the parallelism of the per-person work."
+        )
+
+
+class _FeaturesFn(beam.DoFn):
+    def __init__(self, config: seg.SegmentsConfig, as_of: dt.date):
+        self.config, self.as_of = config, as_of
+        self.persons = Metrics.counter("livora.segments", "persons_evaluated")
+
+    def process(self, element):
+        bucket, tables = element
+        table = pa.concat_tables([t.cast(tables[0].schema) for t in tables])
+        features = seg.person_features(table, self.config, self.as_of)
+        self.persons.inc(len(features))
+        yield bucket, features
+
+
+class _EvaluateFn(beam.DoFn):
+    def __init__(self, config: seg.SegmentsConfig, as_of: dt.date):
+        self.config, self.as_of = config, as_of
+        self.members = Metrics.counter("livora.segments", "memberships")
+
+    def process(self, element, cutpoints):
+        _bucket, features = element
+        members = seg.evaluate(features, self.config, self.as_of, cutpoints)
+        self.members.inc(len(members))
+        persons = seg.person_segments(members, features)
+        for tenant in sorted(features["tenant_id"].unique()):
+            yield beam.pvalue.TaggedOutput(
+                "per_tenant",
+                (tenant, (members.loc[members["tenant_id"] == tenant], int((features["tenant_id"] == tenant).sum()))),
+            )
+        yield persons
+
+
+def _rfm_values(element):
+    _bucket, features = element
+    yield from seg.rfm_values(features).items()
+
+
+def _cutpoints(element):
+    tenant, parts = element
+    import numpy as np
+
+    return tenant, {
+        m: seg.quintile_cutpoints(np.concatenate([p[m] for p in parts]) if parts else np.zeros(0))
+        for m in seg.RFM_METRICS
+    }
+
+
+class _WriteTenantFn(beam.DoFn):
+    def __init__(self, root: str, config: seg.SegmentsConfig, as_of: dt.date):
+        self.root, self.config, self.as_of = root.rstrip("/"), config, as_of
+        self.files = Metrics.counter("livora.segments", "files_written")
+
+    def process(self, element):
+        tenant, parts = element
+        parts = list(parts)
+        frames = [m for m, _n in parts if len(m)]
+        members = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=MEMBERS_SCHEMA.names)
+        members = members.sort_values(["segment", "person_id"], kind="stable").reset_index(drop=True)
+        members = members[MEMBERS_SCHEMA.names]
+        evaluated = sum(n for _m, n in parts)
+        counts = members.groupby("segment").size() if len(members) else pd.Series(dtype="int64")
+        sizes = pd.DataFrame(
+            {
+                "segment": [s.name for s in self.config.segments],
+                "rule_version": [s.version() for s in self.config.segments],
+                "members": [int(counts.get(s.name, 0)) for s in self.config.segments],
+                "evaluated_persons": evaluated,
+            }
+        )
+        part = f"as_of={self.as_of.isoformat()}/tenant_id={tenant}/part-00000.parquet"
+        write_table(f"{self.root}/segments/{part}", members, csv=False, schema=MEMBERS_SCHEMA)
+        write_table(f"{self.root}/segment_sizes/{part}", sizes, csv=False, schema=SIZES_SCHEMA)
+        self.files.inc(2)
+        yield tenant, len(members)
+
+
+class _WriteProfileStoreFn(beam.DoFn):
+    """Conditional per-person updates; the client is opened per worker in setup()."""
+
+    def __init__(self, settings: AwsSettings, table: str, key_attribute: str, as_of: dt.date):
+        self.settings, self.table, self.key_attribute, self.as_of = settings, table, key_attribute, as_of
+        self.written = Metrics.counter("livora.segments", "profile_items_written")
+        self.stale = Metrics.counter("livora.segments", "profile_items_newer_kept")
+        self.retries = Metrics.counter("livora.segments", "profile_write_retries")
+
+    def setup(self):
+        self.client = self.settings.client("dynamodb", retries={"max_attempts": 2, "mode": "standard"})
+
+    def process(self, persons: pd.DataFrame):
+        rows = zip(persons["tenant_id"], persons["person_id"], persons["segments"], strict=True)
+        stats = write_memberships(self.client, self.table, rows, self.as_of, self.key_attribute)
+        self.written.inc(stats.written)
+        self.stale.inc(stats.stale)
+        self.retries.inc(stats.retries)
+        yield stats.written
+
+
+class SegmentMembership(beam.PTransform):
+    """PCollection[EventFile] → tagged outputs ``persons`` (per-bucket DataFrames of tenant_id, person_id,
+    segments) and ``per_tenant`` ((tenant, (members DataFrame, persons evaluated)) pieces)."""
+
+    def __init__(self, config: seg.SegmentsConfig, as_of: dt.date, buckets: int = 16):
+        super().__init__()
+        self.config, self.as_of, self.buckets = config, as_of, buckets
+
+    def expand(self, files):
+        end = seg.as_of_end(self.as_of, self.config.timezone)
+        features = (
+            files
+            | "ReadEvents" >> ReadEventBuckets(self.config.required_columns(), None, before=end, buckets=self.buckets)
+            | "GroupByPersonBucket" >> beam.GroupByKey()
+            | "PersonFeatures" >> beam.ParDo(_FeaturesFn(self.config, self.as_of))
+        )
+        if self.config.uses_rfm() and self.config.rfm.method == "quintiles":
+            cuts = (
+                features
+                | "RfmValues" >> beam.FlatMap(_rfm_values)
+                | "RfmValuesByTenant" >> beam.GroupByKey()
+                | "RfmCutpoints" >> beam.Map(_cutpoints)
+            )
+            side = beam.pvalue.AsDict(cuts)
+        else:
+            side = beam.pvalue.AsDict(features.pipeline | "NoCutpoints" >> beam.Create([]))
+        return features | "EvaluateRules" >> beam.ParDo(_EvaluateFn(self.config, self.as_of), side).with_outputs(
+            "per_tenant", main="persons"
+        )
+
+
+def read_range(config: seg.SegmentsConfig, as_of: dt.date, start: dt.date | None) -> tuple[dt.date | None, dt.date]:
+    """Partition dates to read: up to the UTC day holding the as-of end, back as far as the rules look."""
+    end = seg.as_of_end(as_of, config.timezone)
+    last = (end - dt.timedelta(microseconds=1)).date()
+    lookback = config.max_lookback_days()
+    first = (end - dt.timedelta(days=lookback)).date() if lookback else None
+    if start is not None:
+        first = max(first, start) if first else start
+    return first, last
+
+
+def build(pipeline: beam.Pipeline, opts: SegmentsOptions, config: seg.SegmentsConfig) -> None:
+    first, last = read_range(config, opts.as_of, opts.start_date)
+    files = event_files(opts.lake, first, last, opts.tenant)
+    log.info("segments as of %s over %d partition files (%s..%s)", opts.as_of, len(files), first, last)
+    result = (
+        pipeline
+        | "EventFiles" >> beam.Create([tuple(f) for f in files])
+        | "SegmentMembership" >> SegmentMembership(config, opts.as_of, opts.buckets)
+    )
+    root = opts.output or opts.lake
+    (
+        result.per_tenant
+        | "GroupByTenant" >> beam.GroupByKey()
+        | "WriteMembership" >> beam.ParDo(_WriteTenantFn(root, config, opts.as_of))
+    )
+    if opts.dynamodb_table:
+        result.persons | "WriteProfileStore" >> beam.ParDo(
+            _WriteProfileStoreFn(opts.settings(), opts.dynamodb_table, opts.dynamodb_key_attribute, opts.as_of)
+        )
+
+
+def run(argv: list[str] | None = None) -> SegmentsOptions:
+    opts = PipelineOptions(argv).view_as(SegmentsOptions)
+    opts.check_range()
+    if opts.end_date is not None:
+        raise ValueError("pipelines.segments takes --as-of, not --end-date")
+    if opts.buckets < 1:
+        raise ValueError("--buckets must be >= 1")
+    with open(opts.config, encoding="utf-8") as handle:
+        config = seg.load_config(handle.read())  # fails here, before the graph, on a bad config
+    run_pipeline(lambda p: build(p, opts, config), opts)
+    return opts
+
+
+def main(argv: list[str] | None = None) -> None:
+    setup_logging()
+    run(sys.argv[1:] if argv is None else argv)
+
+
+if __name__ == "__main__":
+    main()
