@@ -8,25 +8,35 @@ import datetime as dt
 import importlib.util
 import math
 import os
+from decimal import Decimal
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from scipy import integrate, stats
 
+from schemas.lake import EVENTS_FILE_SCHEMA
 from transforms.clv import (
+    ORDER_COLUMNS,
     BgNbdParams,
     GammaGammaParams,
+    Order,
     bgnbd_log_likelihood,
     customer_lifetime_value,
+    dedupe_orders,
     expected_average_order_value,
     expected_purchases,
     fit_bgnbd,
     fit_gamma_gamma,
+    fit_models,
     gamma_gamma_log_likelihood_terms,
     merge_same_day,
+    orders_from_table,
     period_discount_rate,
+    predict_rows,
     probability_alive,
     summarise_orders,
+    tenant_from_path,
 )
 
 LIFETIMES_DATA = os.path.join(importlib.util.find_spec("lifetimes").submodule_search_locations[0], "datasets")
@@ -164,34 +174,49 @@ def _posterior_parts(params: BgNbdParams, x, t_x, T, t):
     """The individual-level model (FHL 2005 eqs. 3 and 7) integrated over the priors, without 2F1.
 
     Over lam ~ Gamma(r, alpha) analytically: ∫ lam^x e^(-lam s) g(lam) dlam = K(s); over
-    p ~ Beta(a, b) numerically. Returns (likelihood, P(data and alive), E[future purchases; data]).
+    p ~ Beta(a, b) numerically. K is scaled by K(t_x) (``log_scale``) so that heavy buyers do not
+    underflow. Returns (likelihood, P(data and alive), E[future purchases; data], log_scale).
     An alive customer buys (1 - exp(-lam p t)) / p times on average in the next t periods.
     """
     r, alpha = params.r, params.alpha
     const = math.lgamma(r + x) - math.lgamma(r) + r * math.log(alpha)
+    log_scale = const - (r + x) * math.log(alpha + t_x)
 
     def K(s):
-        return math.exp(const - (r + x) * math.log(alpha + s))
+        return math.exp(const - (r + x) * math.log(alpha + s) - log_scale)
 
     prior_p = stats.beta(params.a, params.b).pdf
 
     def quad(f):
-        return integrate.quad(lambda p: f(p) * prior_p(p), 0, 1, epsabs=1e-14, epsrel=1e-10, limit=200)[0]
+        return integrate.quad(lambda p: f(p) * prior_p(p), 0, 1, epsabs=0, epsrel=1e-10, limit=500)[0]
 
     alive = quad(lambda p: (1 - p) ** x * K(T))
     dropped = quad(lambda p: p * (1 - p) ** (x - 1) * K(t_x)) if x > 0 else 0.0
     future = quad(lambda p: (1 - p) ** x / p * (K(T) - K(T + p * t)))
-    return alive + dropped, alive, future
+    return alive + dropped, alive, future, log_scale
 
 
-@pytest.mark.parametrize(("x", "t_x", "T"), [(0, 0.0, 38.86), (2, 30.43, 38.86), (5, 10.0, 35.0), (1, 1.71, 20.0)])
-def test_predictions_match_numerical_integration_over_the_posterior(x, t_x, T):
-    params, t = PUBLISHED_BGNBD, 39.0
-    total, alive, future = _posterior_parts(params, x, t_x, T, t)
-    assert float(probability_alive(params, x, t_x, T)) == pytest.approx(alive / total, rel=1e-6)
-    assert float(expected_purchases(params, t, x, t_x, T)) == pytest.approx(future / total, rel=1e-6)
+@pytest.mark.filterwarnings("ignore::scipy.integrate.IntegrationWarning")
+@pytest.mark.parametrize(
+    ("params", "x", "t_x", "T", "t"),
+    [
+        (PUBLISHED_BGNBD, 0, 0.0, 38.86, 39.0),
+        (PUBLISHED_BGNBD, 2, 30.43, 38.86, 39.0),
+        (PUBLISHED_BGNBD, 5, 10.0, 35.0, 39.0),
+        (PUBLISHED_BGNBD, 1, 1.71, 20.0, 39.0),
+        # heavy buyers and long horizons (days as periods): where 2F1 is hardest to evaluate
+        (PUBLISHED_BGNBD, 200, 100.0, 100.0, 52.0),
+        (PUBLISHED_BGNBD, 200, 60.0, 100.0, 52.0),
+        (BgNbdParams(0.5, 30.0, 0.3, 5.0), 500, 1000.0, 1000.0, 365.0),
+        (BgNbdParams(0.5, 30.0, 0.3, 5.0), 3, 1.0, 365.0, 3650.0),
+    ],
+)
+def test_predictions_match_numerical_integration_over_the_posterior(params, x, t_x, T, t):
+    total, alive, future, log_scale = _posterior_parts(params, x, t_x, T, t)
+    assert float(probability_alive(params, x, t_x, T)) == pytest.approx(alive / total, rel=1e-7)
+    assert float(expected_purchases(params, t, x, t_x, T)) == pytest.approx(future / total, rel=1e-7)
     # and the closed-form likelihood is the log of the same integral
-    assert bgnbd_log_likelihood(params, [x], [t_x], [T]) == pytest.approx(math.log(total), abs=1e-6)
+    assert bgnbd_log_likelihood(params, [x], [t_x], [T]) == pytest.approx(math.log(total) + log_scale, abs=1e-7)
 
 
 def test_cdnow_holdout_prediction(cdnow):
@@ -282,3 +307,80 @@ def test_clv_discounting_by_hand():
 def test_period_discount_rate_compounds_the_monthly_rate():
     assert period_discount_rate(0.01, 365.25 / 12) == pytest.approx(0.01)
     assert (1 + period_discount_rate(0.01, 7)) ** (365.25 / 7) == pytest.approx(1.01**12)
+
+
+# ----------------------------------------------------------------------------- lake rows -> orders
+
+
+def _lake_table(rows: list[dict]) -> pa.Table:
+    schema = pa.schema([EVENTS_FILE_SCHEMA.field(name) for name in ORDER_COLUMNS])
+    return pa.Table.from_pylist([{name: row.get(name) for name in ORDER_COLUMNS} for row in rows], schema=schema)
+
+
+def test_orders_from_table_keeps_order_completed_tracks_only():
+    utc = dt.UTC
+    table = _lake_table(
+        [
+            {"type": "track", "event": "Order Completed", "person_id": "p1", "user_id": "u1", "order_id": "o1",
+             "timestamp": dt.datetime(2025, 3, 1, 23, 59, tzinfo=utc), "currency": "USD",
+             "revenue": Decimal("10.5000"), "revenue_inr": Decimal("880.2500")},
+            {"type": "track", "event": "Order Refunded", "person_id": "p1", "order_id": "o1",
+             "timestamp": dt.datetime(2025, 3, 2, tzinfo=utc), "revenue": Decimal("10.5")},
+            {"type": "page", "event": None, "person_id": "p1", "timestamp": dt.datetime(2025, 3, 2, tzinfo=utc)},
+            {"type": "track", "event": "Order Completed", "person_id": "p2", "order_id": None,
+             "timestamp": dt.datetime(2025, 3, 2, 0, 0, 1, tzinfo=utc), "currency": "INR"},
+        ]
+    )  # fmt: skip
+    inr = orders_from_table(table)
+    assert inr == [
+        ("p1", Order(D(2025, 3, 1), 880.25, "o1", "INR", "u1")),
+        ("p2", Order(D(2025, 3, 2), None, None, "INR", None)),
+    ]
+    original = orders_from_table(table, "revenue")
+    assert [(o.value, o.currency) for _, o in original] == [(10.5, "USD"), (None, "INR")]
+    with pytest.raises(ValueError, match="money column"):
+        orders_from_table(table, "total")
+
+
+def test_dedupe_orders_keeps_one_per_order_id():
+    a = Order(D(2025, 1, 2), 100.0, "o1", "INR", None)
+    b = Order(D(2025, 1, 1), 100.0, "o1", "INR", None)  # the same order, reported a day earlier
+    c = Order(D(2025, 1, 3), 50.0, None, "INR", None)
+    d = Order(D(2025, 1, 3), 50.0, None, "INR", None)  # no id: cannot tell, both kept
+    kept, dropped = dedupe_orders([a, c, b, d])
+    assert dropped == 1
+    assert kept == [b, c, d]
+    assert dedupe_orders([b, d, c, a]) == (kept, 1)  # input order does not matter
+
+
+@pytest.mark.parametrize(
+    ("path", "tenant"),
+    [
+        ("/lake/events/tenant_id=acme-in/event_date=2025-01-01/part-0.parquet", "acme-in"),
+        ("s3://bucket/lake/events/tenant_id=bloom%20in/event_date=2025-01-01/x.parquet", "bloom in"),
+    ],
+)
+def test_tenant_from_path(path, tenant):
+    assert tenant_from_path(path) == tenant
+
+
+def test_tenant_from_path_rejects_other_files():
+    with pytest.raises(ValueError, match="tenant_id"):
+        tenant_from_path("/lake/events/part-0.parquet")
+
+
+def test_fit_models_refuses_mixed_currencies():
+    counts = collections.Counter({(0, 0.0, 10.0): 5, (1, 3.0, 10.0): 3})
+    with pytest.raises(ValueError, match="mixes currencies"):
+        fit_models(counts, [(1, 10.0)] * 3, {"INR", "USD"}, 8)
+
+
+def test_predict_rows_without_spend_model():
+    """No repeat customer with a known spend: purchases are predicted, value columns are null."""
+    model = {"r": 0.243, "alpha": 4.414, "a": 0.793, "b": 2.426, "p": None, "q": None, "v": None, "currency": "INR"}
+    summary = {"tenant_id": "t", "person_id": "p", "frequency": 0, "recency": 0.0, "T": 10.0, "monetary": math.nan,
+               "first_purchase": D(2025, 1, 1), "last_purchase": D(2025, 1, 1)}  # fmt: skip
+    (row,) = predict_rows([summary], model, horizon_periods=4, discount_rate=0.0)
+    assert row["expected_purchases"] == pytest.approx(float(expected_purchases(PUBLISHED_BGNBD, 4, 0, 0.0, 10.0)))
+    assert row["p_alive"] == 1.0
+    assert (row["monetary"], row["expected_aov"], row["clv"], row["holdout_expected_purchases"]) == (None,) * 4
