@@ -19,7 +19,6 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import json
-import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -55,7 +54,6 @@ __all__ = [
     "build_training_set",
     "compute_features",
     "features_as_of",
-    "person_buckets",
     "prepare_events",
 ]
 
@@ -552,14 +550,6 @@ def build_training_set(spine: pa.Table, events: pa.Table | PreparedEvents, ttl: 
 
 
 # --- Beam ----------------------------------------------------------------------------------------
-
-
-def person_buckets(table: pa.Table, buckets: int) -> np.ndarray:
-    """Stable bucket per row from (tenant_id, person_id): CRC32 of the key, computed once per distinct person."""
-    keys = pc.dictionary_encode(_person_key(table.column("tenant_id"), table.column("person_id")))
-    per_key = np.array([zlib.crc32(k.encode()) % buckets for k in keys.dictionary.to_pylist()], dtype=np.int64)
-    indices = np.asarray(keys.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
-    return per_key[indices] if len(per_key) else indices
 
 
 class _ComputeBucketFn(beam.DoFn):
