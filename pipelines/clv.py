@@ -15,6 +15,7 @@ import datetime as dt
 import json
 import logging
 import sys
+import zoneinfo
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -84,6 +85,12 @@ class ClvOptions(DateRangeOptions, AwsOptions):
             "(the amount in the currency it was sent in; must be a single currency per tenant).",
         )
         parser.add_argument(
+            "--timezone",
+            default="UTC",
+            help="IANA time zone whose calendar days are transaction days and in which the dates of "
+            "this pipeline's flags are read (default UTC; e.g. Asia/Kolkata).",
+        )
+        parser.add_argument(
             "--holdout-end",
             dest="holdout_end",
             type=iso_date,
@@ -116,13 +123,23 @@ def check_options(opts: ClvOptions) -> None:
         raise ValueError("--discount-rate must be >= 0")
     if opts.holdout_end is not None and opts.holdout_end <= opts.calibration_end:
         raise ValueError("--holdout-end must be after --calibration-end")
+    try:
+        zoneinfo.ZoneInfo(opts.timezone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as err:
+        raise ValueError(f"--timezone {opts.timezone!r} is not an IANA time zone") from err
     if opts.start_date is not None and opts.start_date > opts.calibration_end:
         raise ValueError("--start-date is after --calibration-end")
 
 
 def lake_file_patterns(opts: ClvOptions) -> list[str]:
-    """The event partitions to read (pruned by tenant and date), as file patterns."""
-    dirs = partition_dirs(opts.lake, opts.start_date, _read_end(opts), opts.tenant)
+    """The event partitions to read (pruned by tenant and date), as file patterns.
+
+    Partitions are UTC dates; a local day can straddle two of them, so one day of margin is read
+    on each side and the exact local-day filter happens per order.
+    """
+    one_day = dt.timedelta(days=1)
+    start = opts.start_date - one_day if opts.start_date else None
+    dirs = partition_dirs(opts.lake, start, _read_end(opts) + one_day, opts.tenant)
     if opts.lake.startswith("s3://"):
         dirs = [d if d.startswith("s3://") else f"s3://{d}" for d in dirs]
     return [f"{d}/*.parquet" for d in dirs]
@@ -143,6 +160,7 @@ def run_settings(opts: ClvOptions) -> dict:
         "discount_rate_monthly": opts.discount_rate,
         "discount_rate_per_period": period_discount_rate(opts.discount_rate, opts.period_days),
         "money_column": opts.money_column,
+        "timezone": opts.timezone,
         "tenant_filter": opts.tenant,
     }
 
@@ -165,7 +183,7 @@ def build(pipeline: beam.Pipeline, opts: ClvOptions, patterns: list[str]) -> Non
         pipeline
         | "LakeFiles" >> beam.Create(patterns)
         | "ReadLake" >> ReadAllFromParquetBatched(columns=list(ORDER_COLUMNS), with_filename=True)
-        | "Orders" >> OrdersFromLakeBatches(opts.money_column)
+        | "Orders" >> OrdersFromLakeBatches(opts.money_column, opts.timezone, opts.start_date)
     )
     summaries = orders | "Summarise" >> SummariseCustomers(opts.calibration_end, opts.period_days, opts.holdout_end)
     models = summaries | "Fit" >> FitClvModels()

@@ -23,6 +23,7 @@ import datetime as dt
 import math
 import re
 import urllib.parse
+import zoneinfo
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 
@@ -423,10 +424,13 @@ class Order:
     user_id: str | None
 
 
-def orders_from_table(table: pa.Table, money_column: str = "revenue_inr") -> list[tuple[str, Order]]:
+def orders_from_table(
+    table: pa.Table, money_column: str = "revenue_inr", timezone: str = "UTC"
+) -> list[tuple[str, Order]]:
     """(person_id, Order) for the Order Completed track events of a lake table.
 
-    ``day`` is the UTC date of the event time; ``currency`` is INR for ``revenue_inr`` and the
+    ``day`` is the calendar date of the event time in ``timezone`` (an IANA name; the day is what
+    merges several orders into one transaction); ``currency`` is INR for ``revenue_inr`` and the
     event's own currency for ``revenue``.
     """
     if money_column not in MONEY_COLUMNS:
@@ -435,7 +439,8 @@ def orders_from_table(table: pa.Table, money_column: str = "revenue_inr") -> lis
     orders = table.filter(pc.fill_null(mask, False))
     if orders.num_rows == 0:
         return []
-    days = pc.cast(pc.cast(orders["timestamp"], pa.timestamp("us", tz="UTC")), pa.date32()).to_pylist()
+    local = pc.local_timestamp(pc.cast(orders["timestamp"], pa.timestamp("us", tz=timezone)))
+    days = pc.cast(local, pa.date32()).to_pylist()
     values = pc.cast(orders[money_column], pa.float64()).to_pylist()
     currencies = ["INR"] * orders.num_rows if money_column == "revenue_inr" else orders["currency"].to_pylist()
     return [
@@ -507,15 +512,19 @@ PREDICTIONS_SCHEMA = pa.schema(
 
 
 class _OrdersFromBatchFn(beam.DoFn):
-    def __init__(self, money_column: str):
-        self.money_column = money_column
+    def __init__(self, money_column: str, timezone: str, start: dt.date | None):
+        self.money_column, self.timezone, self.start = money_column, timezone, start
         self.orders = Metrics.counter("clv", "orders_read")
         self.no_money = Metrics.counter("clv", "orders_without_money")
+        self.early = Metrics.counter("clv", "orders_before_start_date")
 
     def process(self, element):
         path, table = element
         tenant = tenant_from_path(path)
-        for person, order in orders_from_table(table, self.money_column):
+        for person, order in orders_from_table(table, self.money_column, self.timezone):
+            if self.start is not None and order.day < self.start:
+                self.early.inc()
+                continue
             self.orders.inc()
             if order.value is None:
                 self.no_money.inc()
@@ -523,16 +532,23 @@ class _OrdersFromBatchFn(beam.DoFn):
 
 
 class OrdersFromLakeBatches(beam.PTransform):
-    """(file path, Arrow table) lake batches -> ((tenant_id, person_id), Order)."""
+    """(file path, Arrow table) lake batches -> ((tenant_id, person_id), Order).
 
-    def __init__(self, money_column: str = "revenue_inr"):
+    Args:
+        money_column: ``revenue_inr`` or ``revenue``.
+        timezone: IANA time zone whose calendar days are the transaction days.
+        start: orders on earlier (local) days are ignored (optional).
+    """
+
+    def __init__(self, money_column: str = "revenue_inr", timezone: str = "UTC", start: dt.date | None = None):
         super().__init__()
         if money_column not in MONEY_COLUMNS:
             raise ValueError(f"money column must be one of {MONEY_COLUMNS}, got {money_column!r}")
-        self.money_column = money_column
+        zoneinfo.ZoneInfo(timezone)  # fail while building the graph, not in a worker
+        self.args = (money_column, timezone, start)
 
     def expand(self, batches):
-        return batches | "Orders" >> beam.ParDo(_OrdersFromBatchFn(self.money_column))
+        return batches | "Orders" >> beam.ParDo(_OrdersFromBatchFn(*self.args))
 
 
 class _SummariseFn(beam.DoFn):

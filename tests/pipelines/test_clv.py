@@ -247,6 +247,7 @@ def test_holdout_totals(run_on_small_lake):
         (["--holdout-end", "2025-04-01"], "--holdout-end must be after"),
         (["--period-days", "0"], "--period-days must be positive"),
         (["--end-date", "2025-05-01"], "--end-date is not used"),
+        (["--timezone", "Mars/Olympus"], "not an IANA time zone"),
     ],
 )
 def test_flag_checks_fail_before_the_graph_is_built(tmp_path, extra, message):

@@ -384,3 +384,16 @@ def test_predict_rows_without_spend_model():
     assert row["expected_purchases"] == pytest.approx(float(expected_purchases(PUBLISHED_BGNBD, 4, 0, 0.0, 10.0)))
     assert row["p_alive"] == 1.0
     assert (row["monetary"], row["expected_aov"], row["clv"], row["holdout_expected_purchases"]) == (None,) * 4
+
+
+def test_transaction_days_follow_the_time_zone():
+    """20:00 and 23:00 UTC on 1 March are 01:30 and 04:30 on 2 March in India: one day there, not in UTC."""
+    rows = [
+        {"type": "track", "event": "Order Completed", "person_id": "p", "order_id": f"o{h}",
+         "timestamp": dt.datetime(2025, 3, 1, h, tzinfo=dt.UTC), "revenue_inr": Decimal(1)}
+        for h in (17, 20, 23)
+    ]  # fmt: skip
+    utc_days = [o.day for _, o in orders_from_table(_lake_table(rows))]
+    ist_days = [o.day for _, o in orders_from_table(_lake_table(rows), timezone="Asia/Kolkata")]
+    assert utc_days == [D(2025, 3, 1)] * 3
+    assert ist_days == [D(2025, 3, 1), D(2025, 3, 2), D(2025, 3, 2)]
