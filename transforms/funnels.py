@@ -279,6 +279,22 @@ class LevelResult:
         self.chain_rows = chain_rows
 
 
+class _Rows:
+    """A lazy row selection of a tiebreak column: values are only materialised for tied rows."""
+
+    def __init__(self, values, rows: np.ndarray):
+        self.values, self.rows = values, rows
+
+
+def _take(values, rows: np.ndarray) -> np.ndarray:
+    """Rows of a numpy array, an Arrow array or a :class:`_Rows` selection."""
+    if isinstance(values, _Rows):
+        return _take(values.values, values.rows[rows])
+    if isinstance(values, pa.Array | pa.ChunkedArray):
+        return np.asarray(values.take(pa.array(rows, pa.int64())).to_pylist(), dtype=object)
+    return np.asarray(values)[rows]
+
+
 def _order_pairs(person: np.ndarray, ts: np.ndarray, idx: np.ndarray, tiebreak: np.ndarray | None) -> np.ndarray:
     """Sort order by (person, ts, step index, tiebreak); ties on the first three are rare, fixed after."""
     order = np.lexsort((idx, ts, person))
@@ -294,7 +310,7 @@ def _order_pairs(person: np.ndarray, ts: np.ndarray, idx: np.ndarray, tiebreak: 
     tied[:-1] |= same
     rank = np.zeros(len(order), dtype=np.int64)
     tied_rows = order[tied]
-    keys = tiebreak[tied_rows]
+    keys = _take(tiebreak, tied_rows)
     rank_sorted = np.empty(len(keys), dtype=np.int64)
     rank_sorted[np.argsort(keys, kind="stable")] = np.arange(len(keys))
     rank[tied_rows] = rank_sorted
@@ -336,7 +352,7 @@ def window_funnel_levels(
         none = np.flatnonzero(~match.any(axis=1))
         row_ix = np.concatenate([row_ix, none])
         step_ix = np.concatenate([step_ix, np.full(len(none), -1)])
-    order = _order_pairs(person[row_ix], ts[row_ix], step_ix, None if tiebreak is None else tiebreak[row_ix])
+    order = _order_pairs(person[row_ix], ts[row_ix], step_ix, None if tiebreak is None else _Rows(tiebreak, row_ix))
     return _slot_engine(
         person[row_ix][order], ts[row_ix][order], step_ix[order], row_ix[order], n_steps, int(window), mode, n_p
     )
@@ -457,7 +473,7 @@ def _unordered_levels(
         return LevelResult(level, best)
     first_step = np.argmax(match[anchor_rows], axis=1)
     order = _order_pairs(
-        person[anchor_rows], ts[anchor_rows], first_step, None if tiebreak is None else tiebreak[anchor_rows]
+        person[anchor_rows], ts[anchor_rows], first_step, None if tiebreak is None else _Rows(tiebreak, anchor_rows)
     )
     rows = anchor_rows[order]
     p, t = person[rows], ts[rows]
@@ -541,7 +557,7 @@ def person_funnel(table: pa.Table, definition: FunnelDefinition) -> pa.Table:
     n_p = len(uniq)
     ts = _ts_us(table)
     match = np.column_stack([condition_mask(table, s.event, s.filters) for s in definition.steps])
-    tiebreak = np.asarray(table.column("message_id").to_pylist(), dtype=object)
+    tiebreak = table.column("message_id")
     result = window_funnel_levels(key_codes, ts, match, definition.window_us, definition.mode, n_p, tiebreak)
     persons_in = np.flatnonzero(result.level >= 1)
     chain = result.chain_rows[persons_in]

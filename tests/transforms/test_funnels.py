@@ -424,3 +424,20 @@ def test_random_large_batch_is_consistent_with_person_by_person():
             rows = person == p
             alone = window_funnel_levels(np.zeros(rows.sum(), dtype=np.int64), ts[rows], match[rows], 10, mode, 1)
             assert alone.level[0] == together.level[p]
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_equal_timestamps_are_ordered_by_message_id_whatever_the_input_order(reverse):
+    # two step-1 rows at the same instant: the later one in (ts, step, message_id) order starts the
+    # counted chain (latest start), so first-touch attribution takes message "m-b"'s source
+    rows = [
+        ("u", "view", _at(1, 10), {"src": "from-a"}, "m-a"),
+        ("u", "view", _at(1, 10), {"src": "from-b"}, "m-b"),
+        ("u", "add", _at(1, 11), {}, "m-c"),
+    ]
+    if reverse:
+        rows = rows[::-1]
+    definition = FunnelDefinition(name="f", steps=["view", "add"], window_seconds=3600, breakdown="properties.src")
+    persons = person_funnel(_table(rows), definition)
+    assert persons.column("breakdown_value").to_pylist() == ["from-b"]
+    assert persons.column("level").to_pylist() == [2]
