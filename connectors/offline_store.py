@@ -12,18 +12,29 @@ Read it with ``duckdb.read_parquet('LAKE/features/**/*.parquet', hive_partitioni
 from __future__ import annotations
 
 import datetime as dt
+import io
 import os
 from collections.abc import Iterable
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
+from connectors.analytics_io import write_bytes_atomically
 from connectors.lake import partition_path, write_partition_file
 from schemas.features import FEATURES_TABLE, OFFLINE_FILE_SCHEMA, OFFLINE_SCHEMA
 
-__all__ = ["feature_partition", "prune_partition", "read_features", "write_feature_file"]
+__all__ = [
+    "feature_partition",
+    "prune_partition",
+    "read_features",
+    "read_spine",
+    "write_feature_file",
+    "write_training_set",
+]
 
 
 def feature_partition(lake: str, as_of_date: str, tenant_id: str) -> str:
@@ -74,3 +85,26 @@ def read_features(lake: str, as_of_date: dt.date | None = None, tenant: str | No
         cond = pc.field("tenant_id") == tenant
         expr = cond if expr is None else expr & cond
     return dataset.to_table(filter=expr)
+
+
+def read_spine(path: str, columns: list[str] | None = None) -> pa.Table:
+    """An entity spine from Parquet or CSV (by extension; local or s3:// through Beam's FileSystems)."""
+    with FileSystems.open(path) as handle:
+        data = handle.read()
+    if path.lower().endswith((".csv", ".csv.gz")):
+        options = pacsv.ConvertOptions(
+            column_types={"tenant_id": pa.string(), "person_id": pa.string()}, include_columns=columns
+        )
+        return pacsv.read_csv(io.BytesIO(data), convert_options=options)
+    return pq.read_table(io.BytesIO(data), columns=columns)
+
+
+def write_training_set(path: str, table: pa.Table) -> str:
+    """The training set as one file, atomically: CSV when ``path`` ends with .csv, else Parquet."""
+    sink = io.BytesIO()
+    if path.lower().endswith(".csv"):
+        pacsv.write_csv(table, sink)
+    else:
+        pq.write_table(table, sink, compression="zstd")
+    write_bytes_atomically(path, sink.getvalue())
+    return path

@@ -54,6 +54,7 @@ __all__ = [
     "build_training_set",
     "compute_features",
     "features_as_of",
+    "normalise_spine",
     "prepare_events",
 ]
 
@@ -523,6 +524,38 @@ def apply_ttl(features: pa.Table, ttl: dt.timedelta | None, at_column: str = "as
     return features
 
 
+def normalise_spine(spine: pa.Table) -> pa.Table:
+    """Spine columns as the join expects them: string keys, ``label_timestamp`` as UTC microseconds.
+
+    Accepts timestamps with any unit, naive ones (taken as UTC) and ISO-8601 text with or without an
+    offset (CSV spines).
+    """
+    missing = {"tenant_id", "person_id", "label_timestamp"} - set(spine.column_names)
+    if missing:
+        raise ValueError(f"spine lacks columns: {sorted(missing)}")
+    target = pa.timestamp("us", tz="UTC")
+    label = spine.column("label_timestamp")
+    if pa.types.is_string(label.type) or pa.types.is_large_string(label.type):
+        try:
+            label = pc.cast(label, target)
+        except pa.ArrowInvalid:  # mixed offsets / naive text: parse each (naive = UTC)
+            parsed = [None if v is None else dt.datetime.fromisoformat(v) for v in label.to_pylist()]
+            label = pa.array([v if v is None or v.tzinfo else v.replace(tzinfo=dt.UTC) for v in parsed], target)
+    elif pa.types.is_timestamp(label.type) and label.type.tz is None:
+        label = pc.assume_timezone(label.cast(pa.timestamp("us")), "UTC")
+    elif pa.types.is_date(label.type):
+        raise ValueError("label_timestamp must be a timestamp, not a date (say which instant the label is known)")
+    label = label.cast(target)
+    out = spine
+    for name, column in (
+        ("tenant_id", spine.column("tenant_id").cast(pa.string())),
+        ("person_id", spine.column("person_id").cast(pa.string())),
+        ("label_timestamp", label),
+    ):
+        out = out.set_column(out.schema.get_field_index(name), pa.field(name, column.type), column)
+    return out
+
+
 def build_training_set(spine: pa.Table, events: pa.Table | PreparedEvents, ttl: dt.timedelta | None) -> pa.Table:
     """Point-in-time join: features of each spine row computed as of its ``label_timestamp``.
 
@@ -530,9 +563,7 @@ def build_training_set(spine: pa.Table, events: pa.Table | PreparedEvents, ttl: 
     columns are kept too). Only events with ``timestamp <= label_timestamp`` and
     ``received_at <= label_timestamp`` count; groups older than ``ttl`` are null. Row order is kept.
     """
-    missing = {"tenant_id", "person_id", "label_timestamp"} - set(spine.column_names)
-    if missing:
-        raise ValueError(f"spine lacks columns: {sorted(missing)}")
+    spine = normalise_spine(spine)
     prep = events if isinstance(events, PreparedEvents) else prepare_events(events)
     label_us = _ts_us(spine.column("label_timestamp"))
     if (label_us == NO_TS).any():
