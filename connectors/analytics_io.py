@@ -153,6 +153,7 @@ def write_bytes_atomically(path: str, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs are for other readers too
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

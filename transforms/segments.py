@@ -212,7 +212,10 @@ class SegmentsConfig(_Strict):
     @field_validator("timezone")
     @classmethod
     def _tz(cls, value: str) -> str:
-        ZoneInfo(value)  # raises for unknown names
+        try:
+            ZoneInfo(value)
+        except (KeyError, ValueError) as err:  # ZoneInfoNotFoundError is a KeyError
+            raise ValueError(f"unknown timezone {value!r}") from err
         return value
 
     @model_validator(mode="after")
