@@ -1,0 +1,681 @@
+"""Signed webhooks (Shopify, Razorpay, generic) → Segment-style events.
+
+The signature is checked over the *raw* body before anything is parsed (an attacker's JSON never
+reaches the converter), with :func:`hmac.compare_digest`. Each delivery becomes one event whose
+``messageId`` comes from the provider's delivery id, so the retries that Shopify and Razorpay make
+on slow or failed deliveries dedupe downstream like any other duplicate.
+
+Secrets are looked up as ``"<provider>:<tenant_id>"`` first, then ``"<provider>"``.
+
+Webhooks can travel through files and Kinesis wrapped as one JSON object
+(:func:`wrap_webhook`), which :func:`transforms.decode.decode_record` recognises::
+
+    {"_webhook": {"provider": "shopify", "tenant_id": "acme-in", "headers": {...},
+                  "body_b64": "...", "received_at": "2026-10-01T10:00:00Z"}}
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import hashlib
+import hmac
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+
+from schemas import PIPELINE_VERSION
+from schemas.failures import FailedEvent, Reason, Stage
+from transforms.decode import WEBHOOK_KEY, RawEvent
+
+__all__ = [
+    "PROVIDERS",
+    "RAZORPAY_EVENTS",
+    "SHOPIFY_TOPICS",
+    "Headers",
+    "WebhookRequest",
+    "sign",
+    "verify_and_convert",
+    "webhook_request_from_wrapper",
+    "wrap_webhook",
+]
+
+PROVIDERS = ("shopify", "razorpay", "generic")
+LIBRARY = {"name": "livora-webhooks", "version": PIPELINE_VERSION}
+
+# Currencies whose minor unit is not 1/100 (ISO 4217): Razorpay sends amounts in the minor unit.
+_MINOR_UNIT_EXPONENT = {
+    **dict.fromkeys(("BIF", "CLP", "DJF", "GNF", "ISK", "JPY", "KMF", "KRW", "PYG", "RWF", "UGX", "VND"), 0),
+    **dict.fromkeys(("VUV", "XAF", "XOF", "XPF"), 0),
+    **dict.fromkeys(("BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND"), 3),
+}
+_CENT = Decimal("0.01")
+
+
+class Headers(dict):
+    """HTTP headers with case-insensitive lookup (keys are stored lower-cased)."""
+
+    def __init__(self, items: Mapping[str, str] | None = None):
+        super().__init__({str(k).lower(): str(v) for k, v in (items or {}).items()})
+
+    def __getitem__(self, key: str) -> str:
+        return super().__getitem__(key.lower())
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and super().__contains__(key.lower())
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return super().get(key.lower(), default)
+
+
+@dataclass(frozen=True)
+class WebhookRequest:
+    """One webhook delivery as received: provider, tenant (from the URL it was posted to), headers, raw body."""
+
+    provider: str
+    tenant_id: str
+    headers: dict[str, str]
+    body: bytes
+    received_at: dt.datetime | None = None
+    delivery_ref: str | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.headers, Headers):
+            object.__setattr__(self, "headers", Headers(self.headers))
+
+
+# --- signatures -----------------------------------------------------------------------------------
+
+
+def sign(provider: str, secret: str, body: bytes) -> str:
+    """The signature header value a provider sends for ``body`` (what senders and tests compute)."""
+    digest = hmac.new(secret.encode("utf-8"), body, hashlib.sha256).digest()
+    if provider == "shopify":
+        return base64.b64encode(digest).decode("ascii")
+    if provider == "razorpay":
+        return digest.hex()
+    return "sha256=" + digest.hex()
+
+
+SIGNATURE_HEADERS = {
+    "shopify": "X-Shopify-Hmac-Sha256",
+    "razorpay": "X-Razorpay-Signature",
+    "generic": "X-Livora-Signature",
+}
+
+
+def _secret_for(req: WebhookRequest, secrets: Mapping[str, str]) -> str | None:
+    return secrets.get(f"{req.provider}:{req.tenant_id}") or secrets.get(req.provider)
+
+
+def _signature_problem(req: WebhookRequest, secrets: Mapping[str, str]) -> str | None:
+    """None when the body is authentic, else why not."""
+    secret = _secret_for(req, secrets)
+    if not secret:
+        return f"no secret configured for {req.provider}:{req.tenant_id}"
+    header = SIGNATURE_HEADERS[req.provider]
+    sent = req.headers.get(header)
+    if not sent:
+        return f"missing {header} header"
+    expected = sign(req.provider, secret, req.body)
+    if not hmac.compare_digest(sent.strip().encode("utf-8", "replace"), expected.encode("ascii")):
+        return f"{header} does not match the body (forged, altered or signed with another secret)"
+    return None
+
+
+# --- helpers --------------------------------------------------------------------------------------
+
+
+def _fail(req: WebhookRequest, reason: Reason, message: str, source_ref: str | None, field_path: str | None = None):
+    return FailedEvent(
+        payload=req.body,
+        stage=Stage.WEBHOOK,
+        reason=reason,
+        field_path=field_path,
+        message=message,
+        tenant_id=req.tenant_id,
+        source_ref=source_ref,
+    )
+
+
+def _money(value: Any) -> str | None:
+    """A provider's decimal amount (Shopify sends strings) as a decimal string; None when absent."""
+    if value is None or value == "":
+        return None
+    return str(Decimal(str(value)))
+
+
+def _minor_to_major(amount: Any, currency: str | None) -> str | None:
+    """Razorpay amounts are integers in the currency's minor unit (paise for INR)."""
+    if amount is None:
+        return None
+    exponent = _MINOR_UNIT_EXPONENT.get((currency or "INR").upper(), 2)
+    major = Decimal(int(amount)).scaleb(-exponent)
+    return str(major.quantize(_CENT) if exponent == 2 else major)
+
+
+def _iso_from_unix(seconds: Any) -> str | None:
+    if seconds is None:
+        return None
+    return dt.datetime.fromtimestamp(int(seconds), dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+def _id(value: Any) -> str | None:
+    return None if value is None or value == "" else str(value)
+
+
+def _compact(d: dict) -> dict:
+    return {k: v for k, v in d.items() if v is not None}
+
+
+def _body_digest(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()[:32]
+
+
+def _identity(email: Any, phone: Any, fallback_anonymous: str | None, user_id: Any = None) -> dict:
+    """userId from the brand's own id, else the email (lower-cased), else the phone; else an anonymous id."""
+    for candidate in (user_id, email.strip().lower() if isinstance(email, str) else None, phone):
+        if isinstance(candidate, str | int) and not isinstance(candidate, bool) and str(candidate).strip():
+            return {"userId": str(candidate).strip()}
+    return {"anonymousId": fallback_anonymous or "webhook:unknown"}
+
+
+def _envelope(req: WebhookRequest, *, message_id: str, source: str, fields: dict, traits: dict | None = None) -> dict:
+    event: dict[str, Any] = {
+        "messageId": message_id,
+        "tenantId": req.tenant_id,
+        "source": source,
+        **fields,
+    }
+    context = event.setdefault("context", {})
+    context["library"] = dict(LIBRARY)
+    traits = _compact(traits or {})
+    if traits:
+        context["traits"] = traits
+    if req.received_at is not None:
+        received = req.received_at if req.received_at.tzinfo else req.received_at.replace(tzinfo=dt.UTC)
+        event["receivedAt"] = received.isoformat()
+    return event
+
+
+# --- Shopify ----------------------------------------------------------------------------------------
+
+
+def _shopify_payment_method(order: dict) -> str | None:
+    names = order.get("payment_gateway_names") or ([order["gateway"]] if order.get("gateway") else [])
+    if not names:
+        return None
+    name = str(names[0]).strip().lower()
+    if "cash on delivery" in name or name in ("cod", "cash_on_delivery"):
+        return "cod"
+    return name
+
+
+def _shopify_products(line_items: Any) -> list[dict]:
+    products = []
+    for item in line_items or []:
+        if not isinstance(item, dict):
+            continue
+        products.append(
+            _compact(
+                {
+                    "product_id": _id(item.get("product_id")),
+                    "sku": item.get("sku") or None,
+                    "name": item.get("title") or item.get("name"),
+                    "variant": item.get("variant_title") or None,
+                    "brand": item.get("vendor") or None,
+                    "price": _money(item.get("price")),
+                    "quantity": item.get("quantity"),
+                }
+            )
+        )
+    return products
+
+
+def _shopify_context(resource: dict) -> dict:
+    client = resource.get("client_details") or {}
+    context: dict[str, Any] = _compact(
+        {"ip": client.get("browser_ip") or resource.get("browser_ip"), "userAgent": client.get("user_agent")}
+    )
+    landing, referrer = resource.get("landing_site"), resource.get("referring_site")
+    page: dict[str, Any] = {}
+    if isinstance(landing, str) and landing:
+        parts = urlsplit(landing)
+        if parts.scheme:
+            page["url"] = landing
+        page["path"] = parts.path or "/"
+        if parts.query:
+            page["search"] = "?" + parts.query
+    if isinstance(referrer, str) and referrer:
+        page["referrer"] = referrer
+    if page:
+        context["page"] = page
+    return context
+
+
+def _shopify_order_properties(order: dict) -> dict:
+    """Segment e-commerce v2 order fields from a Shopify order.
+
+    ``revenue`` is the subtotal after discounts excluding shipping and tax; Indian prices include GST
+    (``taxes_included``), so the tax is taken out of the subtotal then.
+    """
+    currency = order.get("currency") or order.get("presentment_currency")
+    subtotal = _money(order.get("subtotal_price"))
+    tax = _money(order.get("total_tax"))
+    revenue = subtotal
+    if subtotal is not None and tax is not None and order.get("taxes_included"):
+        revenue = str(Decimal(subtotal) - Decimal(tax))
+    shipping_set = ((order.get("total_shipping_price_set") or {}).get("shop_money") or {}).get("amount")
+    codes = [c.get("code") for c in order.get("discount_codes") or [] if isinstance(c, dict) and c.get("code")]
+    return _compact(
+        {
+            "order_id": _id(order.get("id")),
+            "checkout_id": _id(order.get("checkout_token") or order.get("checkout_id")),
+            "order_number": order.get("name") or _id(order.get("order_number")),
+            "affiliation": order.get("source_name"),
+            "subtotal": subtotal,
+            "total": _money(order.get("total_price")),
+            "revenue": revenue,
+            "shipping": _money(shipping_set),
+            "tax": tax,
+            "discount": _money(order.get("total_discounts")),
+            "coupon": codes[0] if codes else None,
+            "currency": currency,
+            "payment_method": _shopify_payment_method(order),
+            "financial_status": order.get("financial_status"),
+            "products": _shopify_products(order.get("line_items")),
+        }
+    )
+
+
+def _shopify_person(resource: dict) -> tuple[dict, dict]:
+    customer = resource.get("customer") if isinstance(resource.get("customer"), dict) else {}
+    email = resource.get("email") or resource.get("contact_email") or customer.get("email")
+    phone = resource.get("phone") or customer.get("phone")
+    customer_id = _id(customer.get("id"))
+    fallback = f"shopify:customer:{customer_id}" if customer_id else f"shopify:{_id(resource.get('id')) or 'unknown'}"
+    traits = {"email": email, "phone": phone, "shopify_customer_id": customer_id}
+    return _identity(email, phone, fallback), traits
+
+
+def _shopify_order_event(name: str, time_key: str) -> Callable[[dict], dict]:
+    def convert(order: dict) -> dict:
+        ids, traits = _shopify_person(order)
+        properties = _shopify_order_properties(order)
+        if name == "Order Cancelled":
+            properties["cancel_reason"] = order.get("cancel_reason")
+        return {
+            "type": "track",
+            "event": name,
+            **ids,
+            "timestamp": order.get(time_key) or order.get("updated_at") or order.get("created_at"),
+            "properties": _compact(properties),
+            "context": _shopify_context(order),
+            "_traits": traits,
+        }
+
+    return convert
+
+
+def _shopify_refund(refund: dict) -> dict:
+    items = [i for i in refund.get("refund_line_items") or [] if isinstance(i, dict)]
+    transactions = [
+        t
+        for t in refund.get("transactions") or []
+        if isinstance(t, dict) and t.get("kind") == "refund" and t.get("status") in (None, "success")
+    ]
+    total = sum((Decimal(str(t.get("amount") or 0)) for t in transactions), Decimal(0))
+    subtotal = sum((Decimal(str(i.get("subtotal") or 0)) for i in items), Decimal(0))
+    tax = sum((Decimal(str(i.get("total_tax") or 0)) for i in items), Decimal(0))
+    currency = next((t.get("currency") for t in transactions if t.get("currency")), None)
+    products = _shopify_products([{**(i.get("line_item") or {}), "quantity": i.get("quantity")} for i in items])
+    return {
+        "type": "track",
+        "event": "Order Refunded",
+        "anonymousId": f"shopify:order:{_id(refund.get('order_id')) or 'unknown'}",
+        "timestamp": refund.get("processed_at") or refund.get("created_at"),
+        "properties": _compact(
+            {
+                "order_id": _id(refund.get("order_id")),
+                "refund_id": _id(refund.get("id")),
+                "total": str(total) if transactions else None,
+                "revenue": str(subtotal) if items else None,
+                "tax": str(tax) if items else None,
+                "currency": currency,
+                "note": refund.get("note") or None,
+                "products": products,
+            }
+        ),
+    }
+
+
+def _shopify_checkout(checkout: dict) -> dict:
+    ids, traits = _shopify_person(checkout)
+    props = _shopify_order_properties(checkout)
+    props.pop("order_id", None)
+    props["checkout_id"] = _id(checkout.get("token") or checkout.get("id"))
+    props["value"] = props.get("total")
+    if "anonymousId" in ids and checkout.get("cart_token"):
+        ids = {"anonymousId": f"shopify:cart:{checkout['cart_token']}"}
+    return {
+        "type": "track",
+        "event": "Checkout Started",
+        **ids,
+        "timestamp": checkout.get("created_at"),
+        "properties": _compact(props),
+        "context": _shopify_context(checkout),
+        "_traits": traits,
+    }
+
+
+def _shopify_customer(customer: dict) -> dict:
+    email, phone = customer.get("email"), customer.get("phone")
+    customer_id = _id(customer.get("id"))
+    first, last = customer.get("first_name"), customer.get("last_name")
+    address = customer.get("default_address") if isinstance(customer.get("default_address"), dict) else {}
+    consent = (
+        customer.get("email_marketing_consent") if isinstance(customer.get("email_marketing_consent"), dict) else {}
+    )
+    traits = _compact(
+        {
+            "email": email,
+            "phone": phone,
+            "first_name": first,
+            "last_name": last,
+            "name": " ".join(p for p in (first, last) if p) or None,
+            "created_at": customer.get("created_at"),
+            "shopify_customer_id": customer_id,
+            "email_marketing": consent.get("state"),
+            "city": address.get("city"),
+            "state": address.get("province"),
+            "country": address.get("country_code"),
+        }
+    )
+    return {
+        "type": "identify",
+        **_identity(email, phone, f"shopify:customer:{customer_id or 'unknown'}"),
+        "timestamp": customer.get("created_at"),
+        "traits": traits,
+    }
+
+
+SHOPIFY_TOPICS: dict[str, Callable[[dict], dict]] = {
+    "orders/create": _shopify_order_event("Order Completed", "created_at"),
+    "orders/cancelled": _shopify_order_event("Order Cancelled", "cancelled_at"),
+    "refunds/create": _shopify_refund,
+    "checkouts/create": _shopify_checkout,
+    "customers/create": _shopify_customer,
+}
+"""X-Shopify-Topic → converter of the webhook's JSON resource."""
+
+
+def _convert_shopify(req: WebhookRequest, body: Any, source_ref: str | None) -> list[RawEvent | FailedEvent]:
+    topic = (req.headers.get("X-Shopify-Topic") or "").strip().lower()
+    convert = SHOPIFY_TOPICS.get(topic)
+    if convert is None:
+        return [
+            _fail(req, Reason.UNKNOWN_WEBHOOK, f"unsupported Shopify topic {topic!r}", source_ref, "X-Shopify-Topic")
+        ]
+    if not isinstance(body, dict):
+        return [_fail(req, Reason.NOT_AN_OBJECT, "Shopify webhook body is not a JSON object", source_ref)]
+    webhook_id = req.headers.get("X-Shopify-Webhook-Id") or req.headers.get("X-Shopify-Event-Id")
+    message_id = f"shopify:{webhook_id.strip()}" if webhook_id else f"shopify:{topic}:{_body_digest(req.body)}"
+    fields = convert(body)
+    traits = fields.pop("_traits", None)
+    return [_event(req, message_id, "shopify", fields, traits, source_ref or f"webhook:shopify:{webhook_id}")]
+
+
+# --- Razorpay -------------------------------------------------------------------------------------
+
+
+def _entity(body: dict, name: str) -> dict:
+    entity = ((body.get("payload") or {}).get(name) or {}).get("entity")
+    return entity if isinstance(entity, dict) else {}
+
+
+def _razorpay_notes(*entities: dict) -> dict:
+    for entity in entities:
+        notes = entity.get("notes")
+        if isinstance(notes, dict) and notes:
+            return notes
+    return {}
+
+
+def _razorpay_payment_properties(payment: dict) -> dict:
+    currency = payment.get("currency")
+    card = payment.get("card") if isinstance(payment.get("card"), dict) else {}
+    return {
+        "payment_id": payment.get("id"),
+        "order_id": payment.get("order_id"),
+        "amount": _minor_to_major(payment.get("amount"), currency),
+        "currency": currency,
+        "method": payment.get("method"),
+        "status": payment.get("status"),
+        "captured": payment.get("captured"),
+        "international": payment.get("international"),
+        "bank": payment.get("bank"),
+        "wallet": payment.get("wallet"),
+        "card_network": card.get("network"),
+        "amount_refunded": _minor_to_major(payment.get("amount_refunded"), currency)
+        if payment.get("amount_refunded")
+        else None,
+        "error_code": payment.get("error_code"),
+        "error_reason": payment.get("error_reason"),
+        "error_description": payment.get("error_description"),
+    }
+
+
+def _razorpay_person(payment: dict, *others: dict) -> tuple[dict, dict]:
+    notes = _razorpay_notes(payment, *others)
+    email = payment.get("email") or notes.get("email")
+    phone = payment.get("contact") or notes.get("phone") or notes.get("contact")
+    user_id = notes.get("user_id") or notes.get("userId") or notes.get("customer_id")
+    anchor = payment.get("customer_id") or payment.get("contact") or payment.get("id") or "unknown"
+    return _identity(email, phone, f"razorpay:{anchor}", user_id=user_id), {"email": email, "phone": phone}
+
+
+def _razorpay_payment_event(name: str) -> Callable[[dict], dict]:
+    def convert(body: dict) -> dict:
+        payment = _entity(body, "payment")
+        ids, traits = _razorpay_person(payment)
+        return {
+            "type": "track",
+            "event": name,
+            **ids,
+            "properties": _compact(_razorpay_payment_properties(payment)),
+            "_traits": traits,
+        }
+
+    return convert
+
+
+def _razorpay_order_paid(body: dict) -> dict:
+    order, payment = _entity(body, "order"), _entity(body, "payment")
+    ids, traits = _razorpay_person(payment, order)
+    currency = order.get("currency") or payment.get("currency")
+    return {
+        "type": "track",
+        "event": "Order Paid",
+        **ids,
+        "properties": _compact(
+            {
+                "order_id": order.get("id"),
+                "receipt": order.get("receipt"),
+                "total": _minor_to_major(order.get("amount_paid", order.get("amount")), currency),
+                "currency": currency,
+                "payment_id": payment.get("id"),
+                "method": payment.get("method"),
+                "attempts": order.get("attempts"),
+            }
+        ),
+        "_traits": traits,
+    }
+
+
+def _razorpay_refund(body: dict) -> dict:
+    refund, payment = _entity(body, "refund"), _entity(body, "payment")
+    ids, traits = _razorpay_person(payment, refund)
+    currency = refund.get("currency") or payment.get("currency")
+    return {
+        "type": "track",
+        "event": "Refund Processed",
+        **ids,
+        "properties": _compact(
+            {
+                "refund_id": refund.get("id"),
+                "payment_id": refund.get("payment_id") or payment.get("id"),
+                "order_id": payment.get("order_id"),
+                "amount": _minor_to_major(refund.get("amount"), currency),
+                "currency": currency,
+                "method": payment.get("method"),
+                "speed": refund.get("speed_processed"),
+                "status": refund.get("status"),
+            }
+        ),
+        "_traits": traits,
+    }
+
+
+RAZORPAY_EVENTS: dict[str, Callable[[dict], dict]] = {
+    "payment.captured": _razorpay_payment_event("Payment Captured"),
+    "payment.failed": _razorpay_payment_event("Payment Failed"),
+    "payment.authorized": _razorpay_payment_event("Payment Authorized"),
+    "order.paid": _razorpay_order_paid,
+    "refund.processed": _razorpay_refund,
+}
+"""Razorpay ``event`` → converter of the webhook body."""
+
+
+def _convert_razorpay(req: WebhookRequest, body: Any, source_ref: str | None) -> list[RawEvent | FailedEvent]:
+    if not isinstance(body, dict):
+        return [_fail(req, Reason.NOT_AN_OBJECT, "Razorpay webhook body is not a JSON object", source_ref)]
+    kind = body.get("event")
+    convert = RAZORPAY_EVENTS.get(kind) if isinstance(kind, str) else None
+    if convert is None:
+        return [_fail(req, Reason.UNKNOWN_WEBHOOK, f"unsupported Razorpay event {kind!r}", source_ref, "event")]
+    event_id = req.headers.get("X-Razorpay-Event-Id")
+    message_id = f"razorpay:{event_id.strip()}" if event_id else f"razorpay:{kind}:{_body_digest(req.body)}"
+    fields = convert(body)
+    fields["timestamp"] = _iso_from_unix(body.get("created_at"))
+    fields = _compact(fields)
+    traits = fields.pop("_traits", None)
+    return [_event(req, message_id, "razorpay", fields, traits, source_ref or f"webhook:razorpay:{event_id}")]
+
+
+# --- generic --------------------------------------------------------------------------------------
+
+
+def _convert_generic(req: WebhookRequest, source_ref: str | None) -> list[RawEvent | FailedEvent]:
+    """A signed body of Segment-style events (object, array, NDJSON or batch), forced to the request's tenant."""
+    from transforms.decode import decode_record
+
+    delivery = req.headers.get("X-Livora-Webhook-Id")
+    out: list[RawEvent | FailedEvent] = []
+    ref = source_ref or f"webhook:generic:{delivery or _body_digest(req.body)}"
+    for index, item in enumerate(decode_record(req.body, source_ref=ref)):
+        if isinstance(item, FailedEvent):
+            out.append(item.model_copy(update={"stage": Stage.WEBHOOK, "tenant_id": req.tenant_id}))
+            continue
+        data = dict(item.data)
+        if isinstance(data.get(WEBHOOK_KEY), dict):
+            out.append(_fail(req, Reason.NOT_AN_OBJECT, "a webhook wrapper inside a webhook body", ref, WEBHOOK_KEY))
+            continue
+        data.pop("tenant_id", None)
+        data["tenantId"] = req.tenant_id
+        data.setdefault("source", "webhook")
+        if "messageId" not in data and "message_id" not in data:
+            data["messageId"] = f"webhook:{delivery or _body_digest(req.body)}:{index}"
+        if req.received_at is not None and "receivedAt" not in data and "received_at" not in data:
+            data["receivedAt"] = req.received_at.isoformat()
+        out.append(RawEvent(orjson.dumps(data), data, item.source_ref))
+    return out
+
+
+def _event(
+    req: WebhookRequest, message_id: str, source: str, fields: dict, traits: dict | None, source_ref: str
+) -> RawEvent:
+    data = _envelope(req, message_id=message_id, source=source, fields=fields, traits=traits)
+    return RawEvent(orjson.dumps(data), data, source_ref)
+
+
+# --- entry points ---------------------------------------------------------------------------------
+
+
+def verify_and_convert(
+    req: WebhookRequest, secrets: Mapping[str, str], *, source_ref: str | None = None
+) -> list[RawEvent | FailedEvent]:
+    """Authenticate one delivery and convert it to events; every problem is a FailedEvent (stage ``webhook``).
+
+    Args:
+        req: the delivery.
+        secrets: ``"provider:tenant"`` (or ``"provider"``) → signing secret.
+        source_ref: where the delivery came from (defaults to ``webhook:<provider>:<delivery id>``).
+    """
+    if req.provider not in PROVIDERS:
+        return [_fail(req, Reason.UNKNOWN_WEBHOOK, f"unknown webhook provider {req.provider!r}", source_ref)]
+    problem = _signature_problem(req, secrets or {})
+    if problem is not None:
+        return [_fail(req, Reason.BAD_SIGNATURE, problem, source_ref, SIGNATURE_HEADERS[req.provider])]
+    if req.provider == "generic":
+        return _convert_generic(req, source_ref)
+    try:
+        body = orjson.loads(req.body)
+    except orjson.JSONDecodeError as exc:
+        return [_fail(req, Reason.MALFORMED_JSON, f"webhook body: {exc}", source_ref)]
+    try:
+        if req.provider == "shopify":
+            return _convert_shopify(req, body, source_ref)
+        return _convert_razorpay(req, body, source_ref)
+    except (ArithmeticError, InvalidOperation, TypeError, ValueError, AttributeError, KeyError) as exc:
+        # An authentic body we cannot read (a field of an unexpected type): keep it for a fixed converter.
+        return [
+            _fail(
+                req,
+                Reason.INVALID_VALUE,
+                f"cannot convert {req.provider} webhook: {type(exc).__name__}: {exc}",
+                source_ref,
+            )
+        ]
+
+
+def wrap_webhook(req: WebhookRequest) -> bytes:
+    """The one-line JSON form of a delivery, for files and Kinesis (read back by decode_record)."""
+    inner: dict[str, Any] = {
+        "provider": req.provider,
+        "tenant_id": req.tenant_id,
+        "headers": dict(req.headers),
+        "body_b64": base64.b64encode(req.body).decode("ascii"),
+    }
+    if req.received_at is not None:
+        inner["received_at"] = req.received_at.isoformat()
+    return orjson.dumps({WEBHOOK_KEY: inner})
+
+
+def webhook_request_from_wrapper(value: Mapping[str, Any]) -> WebhookRequest | str:
+    """The request inside a ``{"_webhook": ...}`` wrapper, or a text saying what is wrong with it."""
+    inner = value.get(WEBHOOK_KEY)
+    if not isinstance(inner, dict):
+        return "_webhook must be an object"
+    provider, tenant, headers, body_b64 = (inner.get(k) for k in ("provider", "tenant_id", "headers", "body_b64"))
+    if not isinstance(provider, str) or not isinstance(tenant, str) or not tenant:
+        return "_webhook needs provider and tenant_id strings"
+    if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
+        return "_webhook.headers must be an object of strings"
+    if not isinstance(body_b64, str):
+        return "_webhook.body_b64 must be a base64 string"
+    try:
+        body = base64.b64decode(body_b64, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        return f"_webhook.body_b64 is not base64: {exc}"
+    received_at = None
+    if isinstance(inner.get("received_at"), str):
+        try:
+            received_at = dt.datetime.fromisoformat(inner["received_at"].replace("Z", "+00:00"))
+        except ValueError:
+            return "_webhook.received_at is not an ISO timestamp"
+    return WebhookRequest(provider.lower(), tenant, headers, body, received_at)
