@@ -26,7 +26,7 @@ from pydantic import BaseModel
 
 from schemas.events import EventType
 from schemas.failures import FailedEvent, Reason, Stage
-from transforms.attribution import Attribution, attribute
+from transforms.attribution import CampaignTuple, attribute
 from transforms.currency import (
     MAX_MONEY,
     MONEY_QUANTUM,
@@ -37,7 +37,7 @@ from transforms.currency import (
     money_fields,
     to_decimal,
 )
-from transforms.geoip import NO_GEO, GeoInfo, GeoIpLookup
+from transforms.geoip import NO_GEO, GeoIpLookup
 from transforms.pii import CompiledPolicy, PiiPolicy, apply_policy, hash_value
 from transforms.useragent import UserAgentParser
 
@@ -82,7 +82,10 @@ ENRICH_COLUMNS = (
 )
 """The LakeEvent columns :meth:`Enricher.enrich` returns, in LakeEvent order."""
 
-TRAIT_TYPES = frozenset({EventType.IDENTIFY, EventType.GROUP})
+_ROW_TEMPLATE: dict[str, Any] = dict.fromkeys(ENRICH_COLUMNS)
+_ROW_TEMPLATE["is_bot"] = False
+_ROW_TEMPLATE["channel"] = "direct"
+_PAGE, _IDENTIFY, _GROUP = EventType.PAGE, EventType.IDENTIFY, EventType.GROUP
 
 
 class EnrichConfig(BaseModel):
@@ -103,7 +106,7 @@ class EnrichConfig(BaseModel):
 
 # --- JSON -----------------------------------------------------------------------------------
 
-_JSON_OPTIONS = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS
+_JSON_OPTIONS = orjson.OPT_SORT_KEYS  # non-string keys (never from JSON) take the stdlib fallback
 
 
 def _json_default(obj: Any) -> Any:
@@ -146,31 +149,50 @@ def dumps_json(obj: Any) -> str:
 
 
 class _Resources:
-    """Per-worker state: parsers, readers, rate table, their caches and compiled PII policies."""
+    """Per-worker state: parsers, readers, rate table, their caches and compiled PII policies.
+
+    The caches hold the finished column dicts (not the parsers' tuples) so that a row is assembled
+    with three dict merges; they are never handed out, only copied into rows.
+    """
 
     def __init__(self, config: EnrichConfig) -> None:
         self.config = config
-        self.ua = UserAgentParser(cache_size=config.ua_cache_size).parse
-        self.geo_reader = GeoIpLookup(config.geoip_db, cache_size=config.geo_cache_size) if config.geoip_db else None
-        self.geo = self.geo_reader.lookup if self.geo_reader else None
-        self.attribution = functools.lru_cache(maxsize=config.attribution_cache_size)(attribute)
+        self.ua_parser = UserAgentParser(cache_size=1)
+        self.geo_reader = GeoIpLookup(config.geoip_db, cache_size=1) if config.geoip_db else None
+        self.ua = functools.lru_cache(maxsize=config.ua_cache_size)(self._ua)
+        self.geo = functools.lru_cache(maxsize=config.geo_cache_size)(self._geo)
+        self.attribution = functools.lru_cache(maxsize=config.attribution_cache_size)(self._attribution)
         self.hash_cached = functools.lru_cache(maxsize=config.geo_cache_size)(hash_value)
+        self.base_currency = config.base_currency.upper()
         self._fx: FxTable | None = None
-        self._policies: dict[str, CompiledPolicy] = {}
+        self.policies: dict[str, CompiledPolicy] = {}
         self._default_policy = CompiledPolicy(config.default_pii)
+
+    def _ua(self, user_agent: str | None) -> dict[str, Any]:
+        return self.ua_parser._parse(user_agent)._asdict()
+
+    def _geo(self, ip: str | None) -> dict[str, Any]:
+        # Looked up from the raw IP, before any hashing.
+        return (self.geo_reader._lookup(ip) if self.geo_reader is not None else NO_GEO)._asdict()
+
+    @staticmethod
+    def _attribution(
+        url: str | None, path: str | None, referrer: str | None, campaign: CampaignTuple | None
+    ) -> dict[str, Any]:
+        return attribute(url, path, referrer, campaign)._asdict()
 
     @property
     def fx(self) -> FxTable:
         if self._fx is None:  # ~0.2 s to load the ECB history: only when money is first seen
-            self._fx = FxTable(self.config.base_currency)
+            self._fx = FxTable(self.base_currency)
         return self._fx
 
     def policy(self, tenant_id: str) -> CompiledPolicy:
-        compiled = self._policies.get(tenant_id)
+        compiled = self.policies.get(tenant_id)
         if compiled is None:
             source = self.config.pii.get(tenant_id)
             compiled = CompiledPolicy(source) if source is not None else self._default_policy
-            self._policies[tenant_id] = compiled
+            self.policies[tenant_id] = compiled
         return compiled
 
 
@@ -201,73 +223,91 @@ class Enricher:
             self._r = _Resources(self.config)
 
     def enrich(self, ev: ValidEvent) -> dict[str, Any] | FailedEvent:
+        """The ENRICH_COLUMNS of ``ev``'s lake row, or a FailedEvent (stage enrich) for unconvertible money.
+
+        Hot path (~100k events/s per core is the pipeline's budget): cached column dicts merged into
+        one dict literal; no per-event parsing of user agents, IPs or URLs seen before.
+        """
         r = self._r
         if r is None:
             self.setup()
             r = self._r
             assert r is not None
+        # Field reads through the models' __dict__: pydantic's attribute hook costs ~3x a dict lookup.
         event = ev.event
-        ctx = event.context
-        raw_ip = ctx.ip
-        user_agent = ctx.user_agent
-        policy = r.policy(event.tenant_id)
-        properties = event.properties
+        fields = event.__dict__
+        ctx = fields["context"].__dict__
+        properties = fields["properties"]
+        event_type = fields["type"]
+        policy = r.policies.get(fields["tenant_id"]) or r.policy(fields["tenant_id"])
 
-        ua = r.ua(user_agent)
-        geo: GeoInfo = r.geo(raw_ip) if (r.geo is not None and raw_ip) else NO_GEO  # before hashing the IP
-        attribution = self._attribution(r, event, properties)
-
-        money = self._money(r, ev, properties)
-        if isinstance(money, FailedEvent):
-            return money
-
-        ip = raw_ip
-        if raw_ip is not None and policy.ip_action is not None:
-            ip = None if policy.ip_action == "drop" else r.hash_cached(policy.salt, raw_ip)
-        if user_agent is not None and policy.ua_action is not None:
-            user_agent = None if policy.ua_action == "drop" else r.hash_cached(policy.salt, user_agent)
-
-        properties_json = dumps_json(apply_policy(properties, "properties", policy))
-        traits = event.traits
-        traits_json = (
-            dumps_json(apply_policy(traits, "traits", policy)) if (traits or event.type in TRAIT_TYPES) else None
-        )
-        return dict(
-            zip(
-                ENRICH_COLUMNS,
-                (ip, user_agent, *ua, *geo, *attribution, ctx.locale, *money, properties_json, traits_json),
-                strict=True,
-            )
-        )
-
-    @staticmethod
-    def _attribution(r: _Resources, event: Any, properties: dict[str, Any]) -> Attribution:
-        page = event.context.page
+        page = ctx["page"]
         if page is not None:
-            url, path, referrer = page.url, page.path, page.referrer
+            page = page.__dict__
+            url, path, referrer = page["url"], page["path"], page["referrer"]
         else:
             url = path = referrer = None
-        if url is None and event.type is EventType.PAGE:  # page() calls also carry url/path/referrer as properties
-            url, path, referrer = properties.get("url"), properties.get("path"), properties.get("referrer")
-            url, path, referrer = (v if isinstance(v, str) else None for v in (url, path, referrer))
-        campaign = event.context.campaign
-        key = (campaign.source, campaign.medium, campaign.name, campaign.term, campaign.content) if campaign else None
-        return r.attribution(url, path, referrer, key)
+        if url is None and event_type is _PAGE:  # page() calls may carry url/path/referrer as properties
+            url, path, referrer = (
+                v if isinstance(v, str) else None for v in map(properties.get, ("url", "path", "referrer"))
+            )
+        campaign = ctx["campaign"]
+        if campaign is not None:
+            campaign = (campaign.source, campaign.medium, campaign.name, campaign.term, campaign.content)
 
-    def _money(self, r: _Resources, ev: ValidEvent, properties: dict[str, Any]) -> tuple[Any, ...] | FailedEvent:
-        """(order_id, currency, revenue, revenue_inr, fx_rate, fx_rate_date) or a FailedEvent."""
         order_id = properties.get("order_id")
         if order_id is not None:
             order_id = str(order_id)
-        raw_currency = properties.get("currency")
-        currency = raw_currency.strip().upper() if isinstance(raw_currency, str) and raw_currency.strip() else None
-        event_name = ev.event.event
-        if event_name not in REVENUE_EVENTS:  # includes Product Added/Viewed: no revenue booked
-            return order_id, currency, None, None, None, None
-        field, raw_amount = money_fields(event_name, properties)
+        currency = properties.get("currency")
+        if currency is not None:
+            currency = currency.strip().upper() or None if isinstance(currency, str) else None
+        revenue = revenue_inr = fx_rate = fx_rate_date = None
+        if fields["event"] in REVENUE_EVENTS:  # not Product Added/Viewed: they never book revenue
+            money = self._money(r, ev, properties, currency)
+            if isinstance(money, FailedEvent):
+                return money
+            if money is not None:
+                currency, revenue, revenue_inr, fx_rate, fx_rate_date = money
+
+        raw_ip = ctx["ip"]
+        ip = raw_ip
+        if raw_ip is not None and policy.ip_action is not None:
+            ip = None if policy.ip_action == "drop" else r.hash_cached(policy.salt, raw_ip)
+        user_agent = ctx["user_agent"]
+        ua_columns = r.ua(user_agent)
+        if user_agent is not None and policy.ua_action is not None:
+            user_agent = None if policy.ua_action == "drop" else r.hash_cached(policy.salt, user_agent)
+
+        properties = apply_policy(properties, "properties", policy)
+        traits = fields["traits"]
+        has_traits = bool(traits) or event_type is _IDENTIFY or event_type is _GROUP
+        traits_json = dumps_json(apply_policy(traits, "traits", policy)) if has_traits else None
+        row = _ROW_TEMPLATE.copy()  # all keys in LakeEvent order: updates below never resize the dict
+        row.update(ua_columns)
+        row.update(r.geo(raw_ip))
+        row.update(r.attribution(url, path, referrer, campaign))
+        row["ip"] = ip
+        row["user_agent"] = user_agent
+        row["locale"] = ctx["locale"]
+        row["order_id"] = order_id
+        row["currency"] = currency
+        if revenue is not None:
+            row["revenue"] = revenue
+            row["revenue_inr"] = revenue_inr
+            row["fx_rate"] = fx_rate
+            row["fx_rate_date"] = fx_rate_date
+        row["properties"] = dumps_json(properties)
+        row["traits"] = traits_json
+        return row
+
+    def _money(
+        self, r: _Resources, ev: ValidEvent, properties: dict[str, Any], currency: str | None
+    ) -> tuple[Any, ...] | FailedEvent | None:
+        """(currency, revenue, revenue_inr, fx_rate, fx_rate_date), None without an amount, or a FailedEvent."""
+        field, raw_amount = money_fields(ev.event.event, properties)
         if field is None:
-            return order_id, currency, None, None, None, None
-        currency = currency or r.config.base_currency.upper()
+            return None
+        currency = currency or r.base_currency
         try:
             amount = to_decimal(raw_amount).quantize(MONEY_QUANTUM)
             if abs(amount) >= MAX_MONEY:
@@ -277,7 +317,7 @@ class Enricher:
             return self._failure(ev, Reason.UNKNOWN_CURRENCY, "properties.currency", str(exc))
         except (InvalidAmount, ArithmeticError) as exc:
             return self._failure(ev, Reason.INVALID_VALUE, f"properties.{field}", str(exc))
-        return order_id, currency, amount, converted, float(fx.rate), fx.rate_date
+        return currency, amount, converted, float(fx.rate), fx.rate_date
 
     @staticmethod
     def _failure(ev: ValidEvent, reason: Reason, field_path: str, message: str) -> FailedEvent:

@@ -49,12 +49,17 @@ Path = tuple[str, ...]
 class CompiledPolicy:
     """A :class:`PiiPolicy` split by root (``properties``, ``traits``, ``context``) into key tuples."""
 
-    __slots__ = ("drop", "hash", "ip_action", "salt", "ua_action")
+    __slots__ = ("drop", "hash", "ip_action", "salt", "top_keys", "ua_action")
 
     def __init__(self, policy: PiiPolicy) -> None:
         self.salt = policy.salt
         self.hash = _by_root(policy.hash_fields)
         self.drop = _by_root(policy.drop_fields)
+        self.top_keys = {
+            root: frozenset(path[0] for path in (*self.hash.get(root, ()), *self.drop.get(root, ())))
+            for root in {*self.hash, *self.drop}
+        }
+        """root -> first keys of its configured paths: a dict without any of them needs no copy."""
         self.ip_action = self.action("context.ip")
         self.ua_action = self.action("context.user_agent") or self.action("context.userAgent")
 
@@ -118,6 +123,9 @@ def apply_policy(obj: dict[str, Any], root: str, policy: CompiledPolicy) -> dict
     Drops win over hashes for the same path. Returns ``obj`` itself when no configured path is present
     (the common case: no copy).
     """
+    keys = policy.top_keys.get(root)
+    if not keys or keys.isdisjoint(obj):
+        return obj
     for path in policy.drop.get(root, ()):
         obj = _apply(obj, path, policy.salt, drop=True)
     for path in policy.hash.get(root, ()):
