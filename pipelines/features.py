@@ -36,12 +36,8 @@ log = logging.getLogger("livora.features")
 WAREHOUSE_KEY = ("tenant_id", "person_id", "as_of")
 
 
-class FeaturesOptions(PipelineOptions):
-    """What to compute and where to put it (AWS flags: AwsOptions).
-
-    A direct PipelineOptions subclass: Beam registers only those, so flags of a sub-subclass would be
-    warned about as unparseable by every other view of the options.
-    """
+class FeaturesOptions(DateRangeOptions, AwsOptions):
+    """What to compute and where to put it (--tenant from DateRangeOptions, AWS flags from AwsOptions)."""
 
     @classmethod
     def _add_argparse_args(cls, parser):
@@ -86,10 +82,6 @@ class FeaturesOptions(PipelineOptions):
             default=8,
             help="Parallel conditional PutItem calls per worker (default 8).",
         )
-
-
-class FeaturesPipelineOptions(FeaturesOptions, DateRangeOptions, AwsOptions):
-    """Every flag of this pipeline (for --help); --tenant comes from DateRangeOptions."""
 
 
 def check_options(opts: FeaturesOptions, dates: DateRangeOptions) -> None:
@@ -188,7 +180,7 @@ def build(
 
 def run(argv: list[str] | None = None) -> dict:
     """Parse, validate, run; returns a summary (rows per as-of date and tenant, from the written files)."""
-    options = parse_options(list(argv or []), FeaturesPipelineOptions, __doc__)
+    options = parse_options(list(argv or []), FeaturesOptions, __doc__)
     opts = options.view_as(FeaturesOptions)
     check_options(opts, options.view_as(DateRangeOptions))
     tenant = options.view_as(DateRangeOptions).tenant

@@ -34,8 +34,8 @@ log = logging.getLogger("livora.training_set")
 ROW = "_spine_row"
 
 
-class TrainingSetOptions(PipelineOptions):
-    """Spine, lake and TTL (a direct PipelineOptions subclass so that Beam knows its flags)."""
+class TrainingSetOptions(DateRangeOptions, AwsOptions):
+    """Spine, lake and TTL (--tenant from DateRangeOptions, AWS flags from AwsOptions)."""
 
     @classmethod
     def _add_argparse_args(cls, parser):
@@ -61,10 +61,6 @@ class TrainingSetOptions(PipelineOptions):
         parser.add_argument(
             "--buckets", type=int, default=16, help="Person buckets: the unit of parallel work (default 16)."
         )
-
-
-class TrainingSetPipelineOptions(TrainingSetOptions, DateRangeOptions, AwsOptions):
-    """Every flag of this pipeline (for --help); --tenant comes from DateRangeOptions."""
 
 
 def check_options(opts: TrainingSetOptions, dates: DateRangeOptions) -> None:
@@ -157,7 +153,7 @@ def build(
 
 def run(argv: list[str] | None = None) -> dict:
     """Parse, validate, run; returns a summary of the written training set."""
-    options = parse_options(list(argv or []), TrainingSetPipelineOptions, __doc__)
+    options = parse_options(list(argv or []), TrainingSetOptions, __doc__)
     opts = options.view_as(TrainingSetOptions)
     dates = options.view_as(DateRangeOptions)
     check_options(opts, dates)
