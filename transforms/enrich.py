@@ -131,6 +131,8 @@ def _plain(obj: Any) -> Any:
         if not obj.is_finite():
             return None
         return int(obj) if obj == obj.to_integral_value() else float(obj)
+    if isinstance(obj, (dt.datetime, dt.date)):
+        return obj.isoformat()  # as orjson writes them
     return obj
 
 

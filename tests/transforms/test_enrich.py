@@ -340,3 +340,11 @@ def test_enricher_pickles_small_after_use(enricher):
     assert len(blob) < 4096  # configuration only, no reader or caches
     clone = pickle.loads(blob)
     assert clone.enrich(ev) == before
+
+
+def test_json_fallback_matches_orjson_for_datetimes():
+    """Values orjson refuses (64-bit overflow) take the stdlib path; datetimes are written the same way."""
+    when = dt.datetime(2024, 1, 2, 3, 4, 5, 123456, tzinfo=dt.UTC)
+    fast = dumps_json({"t": when})
+    slow = dumps_json({"t": when, "big": 2**70})
+    assert json.loads(fast)["t"] == json.loads(slow)["t"] == "2024-01-02T03:04:05.123456+00:00"

@@ -108,3 +108,12 @@ def test_record_without_country_uses_registered_country():
     record = {"registered_country": {"iso_code": "SG", "names": {"en": "Singapore"}}}
     assert geo_from_record(record) == GeoInfo("SG", None, None, None, None)
     assert geo_from_record(None) == NO_GEO
+
+
+def test_sample_builder_command_line(tmp_path, capsys):
+    from infra.geoip_sample import main
+
+    out = tmp_path / "nested" / "demo.mmdb"
+    main([str(out)])
+    assert capsys.readouterr().out.strip() == str(out)
+    assert GeoIpLookup(str(out)).lookup("27.4.1.1").geo_city == "Kolkata"

@@ -123,3 +123,28 @@ def test_results_are_cached_per_string():
     assert parser.cache_info().currsize == 2
     assert parser.parse(IPHONE_SAFARI) == first
     assert parser.cache_info().misses == 4
+
+
+def test_accelerated_resolvers_agree_with_each_other():
+    """ua-parser-rs (when installed) and google-re2 run the same uap-core rules: same columns."""
+    rs = pytest.importorskip("ua_parser_rs")
+    assert rs is not None
+    from ua_parser import load_lazy_builtins
+    from ua_parser.re2 import Resolver as Re2Resolver
+    from ua_parser.regex import Resolver as RegexResolver
+
+    matchers = load_lazy_builtins()
+    with_re2 = UserAgentParser(resolver=Re2Resolver(matchers))
+    with_rs = UserAgentParser(resolver=RegexResolver(matchers))
+    strings = [
+        ANDROID_CHROME,
+        IPHONE_SAFARI,
+        WINDOWS_EDGE,
+        UBUNTU_FIREFOX,
+        MAC_SAFARI,
+        SAMSUNG_INTERNET,
+        GOOGLEBOT,
+        CURL,
+    ]
+    for ua in strings:
+        assert with_rs.parse(ua) == with_re2.parse(ua), ua
