@@ -364,6 +364,8 @@ def _ltv_partial(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _cart_partial(cart_table: pd.DataFrame) -> pd.DataFrame:
+    if not len(cart_table):
+        return pd.DataFrame()
     t = cart_table.assign(date=cart_table["opened_at"].dt.date)
     keys = ["tenant_id", "date"]
     out = pd.DataFrame(
@@ -377,8 +379,14 @@ def _cart_partial(cart_table: pd.DataFrame) -> pd.DataFrame:
 
 def partials(table: pa.Table | pd.DataFrame, cart_hours: float, data_end: dt.datetime) -> dict[str, pd.DataFrame]:
     """Additive aggregates of one person bucket (orders must already be deduplicated across buckets,
-    or all rows of a tenant are in ``table``: :func:`dedupe_orders` runs here again, harmlessly)."""
-    df = dedupe_orders(frame(table))
+    or all rows of a tenant are in ``table``: :func:`dedupe_orders` runs here again, harmlessly).
+
+    Rows at or after ``data_end`` are ignored.
+    """
+    df = frame(table)
+    end = pd.Timestamp(data_end)
+    df = df.loc[df["timestamp"] < (end.tz_localize("UTC") if end.tzinfo is None else end)]
+    df = dedupe_orders(df)
     lines = product_lines(df)
     cart_table, member = carts(df, cart_hours, data_end)
     return {
@@ -484,7 +492,8 @@ def _revenue_daily(parts: list[pd.DataFrame]) -> pd.DataFrame:
     out["net_revenue_inr"] = (out["revenue_inr"] - out["refunded_inr"]).round(4)
     out["average_order_value_inr"] = _ratio(out["revenue_inr"], out["orders"]).round(4)
     for col in GEO_KEYS:
-        out[col] = out[col].where(out[col] != "", None)
+        values = out[col].astype(object)
+        out[col] = pd.Series([None if v == "" or v is None else v for v in values], index=out.index, dtype=object)
     return out
 
 
