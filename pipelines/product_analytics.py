@@ -24,10 +24,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
-from apache_beam.options.pipeline_options import PipelineOptions
 
 from connectors.analytics_io import ReadEventBuckets, event_files, person_buckets, read_table, write_table
-from pipelines.options import DateRangeOptions, run_pipeline, setup_logging
+from pipelines.options import DateRangeOptions, parse_options, run_pipeline, setup_logging
 from schemas.lake import EVENTS_SCHEMA
 from transforms import product_analytics as pa_t
 
@@ -170,7 +169,7 @@ def build(pipeline: beam.Pipeline, opts: ProductAnalyticsOptions) -> None:
 
 
 def run(argv: list[str] | None = None) -> ProductAnalyticsOptions:
-    opts = PipelineOptions(argv).view_as(ProductAnalyticsOptions)
+    opts = parse_options(list(argv or []), ProductAnalyticsOptions, __doc__).view_as(ProductAnalyticsOptions)
     opts.check_range()
     if opts.cart_hours <= 0:
         raise ValueError("--cart-hours must be > 0")

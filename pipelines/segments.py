@@ -23,12 +23,11 @@ import apache_beam as beam
 import pandas as pd
 import pyarrow as pa
 from apache_beam.metrics import Metrics
-from apache_beam.options.pipeline_options import PipelineOptions
 
 from connectors.analytics_io import ReadEventBuckets, event_files, write_table
 from connectors.aws import AwsSettings
 from connectors.segment_store import DEFAULT_KEY_ATTRIBUTE, write_memberships
-from pipelines.options import AwsOptions, DateRangeOptions, iso_date, run_pipeline, setup_logging
+from pipelines.options import AwsOptions, DateRangeOptions, iso_date, parse_options, run_pipeline, setup_logging
 from transforms import segments as seg
 
 log = logging.getLogger(__name__)
@@ -247,7 +246,7 @@ def build(pipeline: beam.Pipeline, opts: SegmentsOptions, config: seg.SegmentsCo
 
 
 def run(argv: list[str] | None = None) -> SegmentsOptions:
-    opts = PipelineOptions(argv).view_as(SegmentsOptions)
+    opts = parse_options(list(argv or []), SegmentsOptions, __doc__).view_as(SegmentsOptions)
     opts.check_range()
     if opts.end_date is not None:
         raise ValueError("pipelines.segments takes --as-of, not --end-date")
