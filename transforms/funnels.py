@@ -295,26 +295,46 @@ def _take(values, rows: np.ndarray) -> np.ndarray:
     return np.asarray(values)[rows]
 
 
-def _order_pairs(person: np.ndarray, ts: np.ndarray, idx: np.ndarray, tiebreak: np.ndarray | None) -> np.ndarray:
+def _sort_order(person: np.ndarray, key: np.ndarray) -> np.ndarray:
+    """Indices ordering rows by (person, key); rows with equal (person, key) come out adjacent.
+
+    Two unstable int64 argsorts instead of a multi-key lexsort (3-4x faster): rank the rows by key,
+    then sort on ``person * n + rank``, which is unique and fits in int64.
+    """
+    n = len(key)
+    if n and int(person.max()) > (2**62) // n:  # keep person * n + rank inside int64
+        person = np.unique(person, return_inverse=True)[1].ravel()
+    by_key = np.argsort(key)
+    rank = np.empty(n, dtype=np.int64)
+    rank[by_key] = np.arange(n, dtype=np.int64)
+    return np.argsort(person * n + rank)
+
+
+def _order_pairs(person: np.ndarray, ts: np.ndarray, idx: np.ndarray, tiebreak=None) -> np.ndarray:
     """Sort order by (person, ts, step index, tiebreak); ties on the first three are rare, fixed after."""
-    order = np.lexsort((idx, ts, person))
+    if len(person) == 0:
+        return np.zeros(0, dtype=np.int64)
+    width = int(idx.max()) + 2  # step index -1..N-1 -> 0..N
+    key = (ts - ts.min()) * width + (idx + 1)
+    order = _sort_order(person, key)
     if tiebreak is None or len(order) < 2:
         return order
-    p, t, k = person[order], ts[order], idx[order]
-    same = (p[1:] == p[:-1]) & (t[1:] == t[:-1]) & (k[1:] == k[:-1])
+    p, k = person[order], key[order]
+    same = (p[1:] == p[:-1]) & (k[1:] == k[:-1])
     if not same.any():
         return order
-    # rank the message ids of the tied rows only, then sort again with that rank as the last key
+    # reorder inside each run of tied rows by message id; the runs are contiguous and usually tiny
     tied = np.zeros(len(order), dtype=bool)
     tied[1:] |= same
     tied[:-1] |= same
-    rank = np.zeros(len(order), dtype=np.int64)
-    tied_rows = order[tied]
-    keys = _take(tiebreak, tied_rows)
-    rank_sorted = np.empty(len(keys), dtype=np.int64)
-    rank_sorted[np.argsort(keys, kind="stable")] = np.arange(len(keys))
-    rank[tied_rows] = rank_sorted
-    return np.lexsort((rank, idx, ts, person))
+    run_start = tied & ~np.r_[False, same]
+    pos = np.flatnonzero(tied)
+    run = np.cumsum(run_start)[pos]
+    keys = _take(tiebreak, order[pos])
+    msg_rank = np.empty(len(keys), dtype=np.int64)
+    msg_rank[np.argsort(keys, kind="stable")] = np.arange(len(keys))
+    order[pos] = order[pos][np.lexsort((msg_rank, run))]
+    return order
 
 
 def window_funnel_levels(
@@ -552,9 +572,11 @@ def person_funnel(table: pa.Table, definition: FunnelDefinition) -> pa.Table:
     tenant_codes, tenants = _codes(table.column("tenant_id"))
     person_codes, persons = _codes(table.column("person_id"))
     # a person key is (tenant, person): the same person id in two tenants is two people
-    key = tenant_codes * (len(persons) + 1) + person_codes
-    uniq, key_codes = np.unique(key, return_inverse=True)
-    n_p = len(uniq)
+    if len(tenants) == 1:  # the pipeline's case (one tenant per bucket): person codes are already dense
+        key_codes, n_p = person_codes, len(persons)
+    else:
+        uniq, key_codes = np.unique(tenant_codes * (len(persons) + 1) + person_codes, return_inverse=True)
+        key_codes, n_p = key_codes.ravel(), len(uniq)
     ts = _ts_us(table)
     match = np.column_stack([condition_mask(table, s.event, s.filters) for s in definition.steps])
     tiebreak = table.column("message_id")
@@ -685,22 +707,32 @@ def aggregate_funnel(persons: pa.Table, definition: FunnelDefinition, tenants: S
     with_bd = definition.breakdown is not None
     persons = persons.filter(pc.invert(persons.column("excluded")))
     n_steps = len(definition.steps)
-    tenant_col = np.asarray(persons.column("tenant_id").to_pylist(), dtype=object)
-    bd_col = persons.column("breakdown_value").to_pylist()
     level = persons.column("level").to_numpy(zero_copy_only=False)
     step_ts = [
         persons.column(f"step_{k + 1}_ts").cast(pa.int64()).fill_null(-1).to_numpy(zero_copy_only=False)
         for k in range(n_steps)
     ]
-    groups: dict[tuple, list[int]] = {}
-    for i, (t, b) in enumerate(zip(tenant_col, bd_col, strict=True)):
-        groups.setdefault((t, b if with_bd else None), []).append(i)
+    # group persons by (tenant, breakdown value) on dictionary codes: no per-person Python
+    groups: dict[tuple, np.ndarray] = {}
+    if persons.num_rows:
+        t_codes, t_values = _codes(persons.column("tenant_id"))
+        if with_bd:
+            b_codes, b_values = _codes(pc.fill_null(persons.column("breakdown_value"), "\x00"))
+        else:
+            b_codes, b_values = np.zeros(persons.num_rows, dtype=np.int64), pa.array(["\x00"])
+        combined = t_codes * (len(b_values) + 1) + b_codes
+        by_group = np.argsort(combined, kind="stable")
+        cuts = np.flatnonzero(np.diff(combined[by_group])) + 1
+        t_list, b_list = t_values.to_pylist(), b_values.to_pylist()
+        for part in np.split(by_group, cuts):
+            bd = b_list[b_codes[part[0]]]
+            groups[(t_list[t_codes[part[0]]], None if bd == "\x00" else bd)] = part
     for t in tenants:
         if not any(g[0] == t for g in groups):
-            groups[(t, None)] = []
+            groups[(t, None)] = np.zeros(0, dtype=np.int64)
     rows: list[dict] = []
     for tenant, bd in sorted(groups, key=lambda g: (g[0], g[1] is not None, g[1] or "")):
-        ix = np.asarray(groups[(tenant, bd)], dtype=np.int64)
+        ix = groups[(tenant, bd)]
         lv = level[ix] if len(ix) else np.zeros(0, dtype=np.int64)
         first = int((lv >= 1).sum())
         prev = None

@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
 from pydantic import BaseModel, ConfigDict, Field
 
-from transforms.funnels import BucketLakeBatches
+from transforms.funnels import BucketLakeBatches, _sort_order
 
 __all__ = [
     "RETENTION_SCHEMA",
@@ -94,7 +94,7 @@ def period_start(index: np.ndarray, period: str) -> np.ndarray:
 
 def _first_per_group(group: np.ndarray, order_key: np.ndarray) -> np.ndarray:
     """Index of the row with the smallest ``order_key`` in each ``group`` (sorted by group)."""
-    order = np.lexsort((order_key, group))
+    order = _sort_order(group, order_key)
     g = group[order]
     first = np.ones(len(order), dtype=bool)
     first[1:] = g[1:] != g[:-1]
@@ -153,7 +153,7 @@ def retention_table(
     # returns: latest return ts per (key, period), and the latest return per key
     r_rows = np.flatnonzero(is_return)
     r_comb = key[r_rows] * span + (per[r_rows] - base)
-    r_order = np.lexsort((-ts[r_rows], r_comb))
+    r_order = _sort_order(r_comb, -ts[r_rows])
     r_comb_sorted = r_comb[r_order]
     keep = np.ones(len(r_order), dtype=bool)
     keep[1:] = r_comb_sorted[1:] != r_comb_sorted[:-1]
