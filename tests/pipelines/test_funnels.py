@@ -136,3 +136,19 @@ funnels:
 def test_flags_are_checked_before_the_graph_is_built(tmp_path):
     with pytest.raises(ValueError, match="exactly one of --steps"):
         run(["--lake", str(tmp_path), "--output", str(tmp_path / "o")])
+
+
+@pytest.mark.slow
+def test_warehouse_load_replaces_rows_on_rerun(lake, tmp_path):
+    warehouse = tmp_path / "wh.duckdb"
+    args = [
+        "--lake", lake, "--steps", ",".join(STEPS), "--window", "3600", "--name", "wh",
+        "--output", str(tmp_path / "out"), "--warehouse", f"duckdb:///{warehouse}",
+    ]  # fmt: skip
+    steps = run(args)["funnel_steps"]
+    run(args)  # a rerun replaces the (tenant, funnel) rows instead of adding to them
+    with duckdb.connect(str(warehouse), read_only=True) as con:
+        loaded = con.execute("SELECT tenant_id, step, persons FROM funnel_steps ORDER BY 1, 2").fetchall()
+        days = con.execute("SELECT count(*), sum(persons) FROM funnel_entry_days WHERE step = 1").fetchone()
+    assert loaded == [(r["tenant_id"], r["step"], r["persons"]) for r in steps.to_pylist()]
+    assert days[1] == sum(r["persons"] for r in steps.to_pylist() if r["step"] == 1)
