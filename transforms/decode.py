@@ -241,42 +241,42 @@ def decode_record(
         return [_fail(record, Reason.OVERSIZE, f"record of {len(body)} bytes > {max_record_bytes}", source_ref)]
     if body[:3] == _BOM:
         body = body[3:]
-    body = body.strip(_WHITESPACE)
-    if not body:
+    stripped = body.strip(_WHITESPACE)
+    if not stripped:
         return [_fail(record, Reason.EMPTY, "empty record", source_ref)]
-    if b"\n" in body:
-        lines = _ndjson_lines(body)
+    if b"\n" in stripped:
+        lines = _ndjson_lines(body)  # unstripped: line numbers count from the record's first line
         if lines is not None:
             return _decode_lines(lines, source_ref, max_event_bytes, max_depth, webhook_secrets)
-    value, reason, message = _parse(body)
-    return _decode_value(body, value, reason, message, source_ref, max_event_bytes, max_depth, webhook_secrets)
+    value, reason, message = _parse(stripped)
+    return _decode_value(stripped, value, reason, message, source_ref, max_event_bytes, max_depth, webhook_secrets)
 
 
-def _ndjson_lines(body: bytes) -> list[bytes] | None:
+def _ndjson_lines(body: bytes) -> list[tuple[int, bytes]] | None:
     """The lines of an NDJSON body, or None when it is one multi-line (pretty-printed) JSON value.
 
     Called only when the whole body is not one JSON document. NDJSON is recognised by its first
     line being a complete JSON value on its own, which the first line of a pretty-printed document
     never is (it ends with '{', '[' or ',').
     """
-    lines = [line.strip(_WHITESPACE) for line in body.split(b"\n")]
-    lines = [line for line in lines if line]
+    stripped = (line.strip(_WHITESPACE) for line in body.split(b"\n"))
+    lines = [(number, line) for number, line in enumerate(stripped, 1) if line]
     if len(lines) > 1:
-        _, reason, _ = _parse(lines[0])
+        _, reason, _ = _parse(lines[0][1])
         if reason is None:
             return lines
     return None
 
 
 def _decode_lines(
-    lines: list[bytes],
+    lines: list[tuple[int, bytes]],
     source_ref: str | None,
     max_event_bytes: int,
     max_depth: int,
     webhook_secrets: Mapping[str, str] | None,
 ) -> list[RawEvent | FailedEvent]:
     out: list[RawEvent | FailedEvent] = []
-    for number, line in enumerate(lines, 1):
+    for number, line in lines:
         ref = f"{source_ref}#{number}" if source_ref else f"#{number}"
         value, reason, message = _parse(line)
         out.extend(_decode_value(line, value, reason, message, ref, max_event_bytes, max_depth, webhook_secrets))

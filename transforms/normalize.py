@@ -1,4 +1,4 @@
-"""Normalise validated events: UTC time with Segment's clock-skew correction, emails, phones, currency.
+"""Normalise validated events: UTC time with Segment's clock-skew correction, emails and phones.
 
 Time follows Segment: a device clock may be wrong, but the *difference* between when the device
 recorded the event (``originalTimestamp``) and when it sent it (``sentAt``) is right, so the event
@@ -14,7 +14,6 @@ import functools
 
 import phonenumbers
 
-from schemas.events import ECOMMERCE_PROPERTIES
 from schemas.failures import FailedEvent, Reason, Stage
 from transforms.validate import ValidEvent
 
@@ -89,14 +88,19 @@ def normalize_event(
     now: dt.datetime,
     max_future: dt.timedelta = dt.timedelta(hours=24),
     default_phone_region: str = "IN",
+    sdk_timestamp_is_original: bool = False,
 ) -> ValidEvent | FailedEvent:
-    """Time, contact fields and currency code of one event; ``ev`` is updated in place and returned.
+    """Time and contact fields of one event; ``ev`` is updated in place and returned.
 
     Args:
         ev: a validated event.
         now: the ingest time, used as ``receivedAt`` when the event has none.
         max_future: how far past ``receivedAt`` a (corrected) timestamp may lie.
         default_phone_region: region for phone numbers written without a country code.
+        sdk_timestamp_is_original: read ``timestamp`` as ``originalTimestamp`` when the event has ``sentAt`` but
+            no ``originalTimestamp``: Segment's device libraries (analytics.js, mobile) send the device time as
+            ``timestamp`` on the wire and Segment's API renames it before correcting. Off by default: then an
+            explicit ``timestamp`` is kept as sent (history imports).
     """
     event = ev.event
     try:
@@ -104,6 +108,8 @@ def normalize_event(
         original = _utc(event.original_timestamp) if event.original_timestamp is not None else None
         sent = _utc(event.sent_at) if event.sent_at is not None else None
         own = _utc(event.timestamp) if event.timestamp is not None else None
+        if sdk_timestamp_is_original and original is None and sent is not None and own is not None:
+            original = own
         if original is not None and sent is not None:
             timestamp = received - (sent - original)
         else:
@@ -133,9 +139,6 @@ def normalize_event(
         props = event.properties
         if "email" in props or "phone" in props:
             _contact_fields(props, "properties", default_phone_region, notes)
-        currency = props.get("currency")
-        if isinstance(currency, str) and event.event in ECOMMERCE_PROPERTIES:
-            props["currency"] = currency.strip().upper()
     context_traits = (event.context.__pydantic_extra__ or {}).get("traits")
     if context_traits:
         _contact_fields(context_traits, "context.traits", default_phone_region, notes)

@@ -170,15 +170,21 @@ def validate_event(raw: RawEvent, plans: TrackingPlans | None = None) -> ValidEv
         except (TypeError, ValueError, RecursionError) as exc:
             return _fail(raw, Reason.INVALID_VALUE, props_key, f"invalid properties: {exc}", Stage.VALIDATE)
         currency = getattr(typed, "currency", None)
-        if currency is not None and currency not in ISO_CURRENCIES:
-            got = _short(event.properties.get("currency", currency))
-            return _fail(
-                raw,
-                Reason.UNKNOWN_CURRENCY,
-                "properties.currency",
-                f"properties.currency: {got} is not an ISO 4217 currency code",
-                Stage.VALIDATE,
-            )
+        if currency is not None:
+            if currency not in ISO_CURRENCIES:
+                got = _short(event.properties.get("currency", currency))
+                return _fail(
+                    raw,
+                    Reason.UNKNOWN_CURRENCY,
+                    "properties.currency",
+                    f"properties.currency: {got} is not an ISO 4217 currency code",
+                    Stage.VALIDATE,
+                )
+            sent = event.properties.get("currency")
+            if isinstance(sent, str) and sent != currency:
+                # "inr" -> "INR" before the plan's enum check and for the lake (event.properties is pydantic's
+                # copy of the dict: the payload bytes and raw.data keep what was sent)
+                event.properties["currency"] = currency
 
     if plans is None:
         return ValidEvent(event, raw.payload, raw.source_ref)

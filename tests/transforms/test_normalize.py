@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from schemas.failures import FailedEvent, Reason, Stage
-from transforms.decode import RawEvent
+from schemas.tracking_plan import TrackingPlans
+from transforms.decode import RawEvent, decode_record
 from transforms.normalize import normalize_event
 from transforms.validate import ValidEvent, validate_event
 
@@ -254,11 +256,18 @@ def test_unparsable_phone_is_kept_and_noted(phone: str):
     assert out.notes == ("traits.phone: not a valid phone number, kept as sent",)
 
 
-def test_currency_code_upper_cased_for_ecommerce_events():
-    out = norm(event="Order Completed", properties={"order_id": "o", "revenue": 10, "currency": "inr"})
-    assert out.event.properties["currency"] == "INR"
-    other = norm(event="Custom Thing", properties={"currency": "inr"})
-    assert other.event.properties["currency"] == "inr"
+def test_sdk_timestamp_can_be_read_as_original_timestamp():
+    # analytics.js on the wire: device time in `timestamp`, plus sentAt. Clock 1 h fast:
+    # recorded 10:00:00, sent 10:00:02 (device), received 09:00:03 -> 09:00:01
+    fields = {
+        "timestamp": "2024-05-01T10:00:00Z",
+        "sentAt": "2024-05-01T10:00:02Z",
+        "receivedAt": "2024-05-01T09:00:03Z",
+    }
+    corrected = normalize_event(valid(**fields), now=NOW, sdk_timestamp_is_original=True)
+    assert corrected.event.timestamp == t("2024-05-01T09:00:01+00:00")
+    assert corrected.event.original_timestamp == t("2024-05-01T10:00:00+00:00")
+    assert norm(**fields).event.timestamp == t("2024-05-01T10:00:00+00:00")  # default: kept as sent
 
 
 # --- never raises; invariants hold --------------------------------------------------------------
@@ -286,3 +295,63 @@ def test_time_invariants(times: dict):
         assert dt.datetime(1990, 1, 1, tzinfo=UTC) <= ev.timestamp <= ev.received_at + dt.timedelta(hours=24)
     else:
         assert out.reason in (Reason.BAD_TIMESTAMP, Reason.FUTURE_TIMESTAMP)
+
+
+# --- golden SDK payloads end to end (decode -> validate -> normalize) --------------------------------
+
+CASES = Path(__file__).resolve().parents[1] / "cases" / "events"
+GOLDEN = json.loads((CASES / "expected.json").read_text())
+PLANS = TrackingPlans.load(Path(__file__).resolve().parents[2] / "schemas" / "tracking_plans")
+
+
+def _through(name: str, received: dt.datetime, **options) -> list:
+    outs = []
+    for raw in decode_record((CASES / name).read_bytes(), source_ref="case"):
+        assert isinstance(raw, RawEvent), raw
+        if "receivedAt" not in raw.data:  # what the pipeline does with the source's arrival time
+            raw = RawEvent(raw.payload, {**raw.data, "receivedAt": received.isoformat()}, raw.source_ref)
+        valid = validate_event(raw, PLANS)
+        assert isinstance(valid, ValidEvent), valid
+        outs.append(normalize_event(valid, now=NOW, **options))
+    return outs
+
+
+@pytest.mark.parametrize("name", sorted(k for k in GOLDEN if not k.startswith("_")))
+def test_golden_sdk_payloads(name: str):
+    case = GOLDEN[name]
+    received = t(case["received_at"])
+    outs = _through(name, received)
+    assert len(outs) == len(case["events"])
+    for out, want in zip(outs, case["events"], strict=True):
+        assert isinstance(out, ValidEvent), out
+        ev = out.event
+        assert out.source_ref == want["source_ref"]
+        assert (ev.message_id, ev.type.value, ev.event, ev.tenant_id) == (
+            want["messageId"],
+            want["type"],
+            want.get("event"),
+            want["tenant_id"],
+        )
+        assert ev.timestamp == t(want["timestamp"])
+        assert ev.received_at == received
+        assert list(out.violations) == want["violations"]
+        if "traits" in want:
+            assert ev.traits == want["traits"]
+        if "currency" in want:
+            assert ev.properties["currency"] == want["currency"]
+        if "context_ip" in want:
+            assert ev.context.ip == want["context_ip"]
+        if "library" in want:
+            assert ev.context.library.name == want["library"]
+    with_sdk = [w for w in case["events"] if "timestamp_sdk_as_original" in w]
+    if with_sdk:
+        outs = _through(name, received, sdk_timestamp_is_original=True)
+        assert [o.event.timestamp for o in outs] == [t(w["timestamp_sdk_as_original"]) for w in with_sdk]
+
+
+def test_batch_events_carry_their_merged_bytes():
+    outs = decode_record((CASES / "analytics_python_batch.json").read_bytes())
+    first = json.loads(outs[0].payload)
+    assert first["sentAt"] == "2026-10-14T08:43:00Z" and first["tenantId"] == "acme-in"
+    assert first["context"] == {"library": {"name": "analytics-python", "version": "2.3.2"}, "ip": "10.0.0.5"}
+    assert "writeKey" not in first

@@ -82,13 +82,27 @@ def test_snake_case_names_are_accepted():
 
 
 def test_ecommerce_properties_are_checked_but_kept_as_sent():
-    data = order(currency="inr")
+    data = order()
     sent = copy.deepcopy(data["properties"])
     out = validate_event(raw(data))
     assert isinstance(out, ValidEvent)
     assert out.event.properties == sent  # not the coerced model: strings stay strings, own keys stay
     assert out.event.properties["revenue"] == "2499.50"
     assert out.event.properties["gift_wrap"] is True
+
+
+def test_currency_code_is_upper_cased_on_the_event_only():
+    data = order(currency="inr")
+    out = validate_event(raw(data))
+    assert out.event.properties["currency"] == "INR"
+    assert data["properties"]["currency"] == "inr"  # the decoded data (and the payload) keep what was sent
+    other = validate_event(raw(track("Custom Thing", properties={"currency": "inr"})))
+    assert other.event.properties["currency"] == "inr"  # not an e-commerce event: not checked, not touched
+
+
+def test_lower_case_currency_passes_a_plan_enum(plans):
+    out = validate_event(raw(order(currency="usd")), plans)
+    assert isinstance(out, ValidEvent) and out.event.properties["currency"] == "USD"
 
 
 def test_non_ecommerce_events_accept_any_properties():
