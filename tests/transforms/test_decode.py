@@ -294,3 +294,37 @@ def test_json_documents_decode_to_their_objects(value, shape: str):
                 assert out.data == item
     elif not isinstance(value, dict | list):
         assert all(isinstance(o, FailedEvent) and o.reason is Reason.NOT_AN_OBJECT for o in outs)
+
+
+json_tokens = st.sampled_from(
+    [
+        b"{",
+        b"}",
+        b"[",
+        b"]",
+        b'"',
+        b"\n",
+        b"\r\n",
+        b",",
+        b":",
+        b"1",
+        b"-0.5e3",
+        b"\\",
+        b"\\u0000",
+        b"\xff",
+        b" ",
+        b'{"a":1}',
+        b'"batch"',
+        b'"_webhook"',
+        b"\xef\xbb\xbf",
+        b"null",
+        b"\x1f\x8b",
+    ]
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(json_tokens, max_size=40).map(b"".join))
+def test_never_raises_on_json_like_token_soup(record: bytes):
+    """Arbitrary bytes rarely look like JSON; token soup reaches the fast path, NDJSON and batch branches."""
+    _check_outputs(record, decode_record(record))
