@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import datetime as dt
 import hashlib
+import pathlib
 import time
 
 import apache_beam as beam
@@ -309,14 +310,14 @@ def _run_reader(aws, tasks, config, factory):
         out.progress | "Prog" >> beam.Map(repr) | "W2" >> beam.io.WriteToText(f"{out_dir}/progress")
     import glob
 
-    from connectors.kinesis import ShardProgress  # noqa: F401  (eval namespace)
+    from connectors.kinesis import ShardProgress
 
     payloads, progress = [], []
     for path in glob.glob(f"{out_dir}/payloads*"):
-        payloads += [bytes.fromhex(line) for line in open(path).read().split()]
+        payloads += [bytes.fromhex(line) for line in pathlib.Path(path).read_text().split()]
     namespace = {"ShardProgress": ShardProgress, "Checkpoint": Checkpoint}
     for path in glob.glob(f"{out_dir}/progress*"):
-        progress += [eval(line, namespace) for line in open(path).read().splitlines() if line]
+        progress += [eval(line, namespace) for line in pathlib.Path(path).read_text().splitlines() if line]
     return payloads, progress
 
 
