@@ -18,7 +18,7 @@ import datetime as dt
 import functools
 import json
 import os
-from decimal import Decimal
+from decimal import ROUND_HALF_EVEN, Decimal
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -165,6 +165,9 @@ class _Resources:
         self.geo = functools.lru_cache(maxsize=config.geo_cache_size)(self._geo)
         self.attribution = functools.lru_cache(maxsize=config.attribution_cache_size)(self._attribution)
         self.hash_cached = functools.lru_cache(maxsize=config.geo_cache_size)(hash_value)
+        self.device = functools.lru_cache(maxsize=config.geo_cache_size)(self._device)
+        self.amount = functools.lru_cache(maxsize=10_000)(_amount)
+        self.rate = functools.lru_cache(maxsize=100_000)(self._rate)
         self.base_currency = config.base_currency.upper()
         self._fx: FxTable | None = None
         self.policies: dict[str, CompiledPolicy] = {}
@@ -172,6 +175,19 @@ class _Resources:
 
     def _ua(self, user_agent: str | None) -> dict[str, Any]:
         return self.ua_parser._parse(user_agent)._asdict()
+
+    def _device(self, policy: CompiledPolicy, ip: str | None, user_agent: str | None) -> dict[str, Any]:
+        """ip, user_agent, ua_* and geo_* columns of one (tenant policy, IP, user agent): a visitor's device.
+
+        A visitor keeps its address and browser for a while, so this one lookup serves most events;
+        a miss is served by the per-UA and per-IP caches.
+        """
+        columns = {"ip": ip, "user_agent": user_agent, **self.ua(user_agent), **self.geo(ip)}  # geo: raw IP
+        if ip is not None and policy.ip_action is not None:
+            columns["ip"] = None if policy.ip_action == "drop" else self.hash_cached(policy.salt, ip)
+        if user_agent is not None and policy.ua_action is not None:
+            columns["user_agent"] = None if policy.ua_action == "drop" else self.hash_cached(policy.salt, user_agent)
+        return columns
 
     def _geo(self, ip: str | None) -> dict[str, Any]:
         # Looked up from the raw IP, before any hashing.
@@ -182,6 +198,10 @@ class _Resources:
         url: str | None, path: str | None, referrer: str | None, campaign: CampaignTuple | None
     ) -> dict[str, Any]:
         return attribute(url, path, referrer, campaign)._asdict()
+
+    def _rate(self, currency: str, day: dt.date) -> tuple[Decimal, float, dt.date]:
+        fx = self.fx.rate(currency, day)
+        return fx.rate, float(fx.rate), fx.rate_date
 
     @property
     def fx(self) -> FxTable:
@@ -219,10 +239,15 @@ class Enricher:
         self.config = state["config"]
         self._r = None
 
-    def setup(self) -> None:
-        """Open the heavy resources now (DoFn.setup) instead of on the first event."""
+    def setup(self, preload_rates: bool = True) -> None:
+        """Open the heavy resources now (call from DoFn.setup) instead of on the first event.
+
+        Without this, the first event opens the parsers and the first money event loads the ECB table (~0.3 s).
+        """
         if self._r is None:
             self._r = _Resources(self.config)
+        if preload_rates:
+            _ = self._r.fx
 
     def enrich(self, ev: ValidEvent) -> dict[str, Any] | FailedEvent:
         """The ENRICH_COLUMNS of ``ev``'s lake row, or a FailedEvent (stage enrich) for unconvertible money.
@@ -232,7 +257,7 @@ class Enricher:
         """
         r = self._r
         if r is None:
-            self.setup()
+            self.setup(preload_rates=False)
             r = self._r
             assert r is not None
         # Field reads through the models' __dict__: pydantic's attribute hook costs ~3x a dict lookup.
@@ -266,30 +291,18 @@ class Enricher:
         revenue = revenue_inr = fx_rate = fx_rate_date = None
         if fields["event"] in REVENUE_EVENTS:  # not Product Added/Viewed: they never book revenue
             money = self._money(r, ev, properties, currency)
-            if isinstance(money, FailedEvent):
-                return money
-            if money is not None:
+            if type(money) is tuple:
                 currency, revenue, revenue_inr, fx_rate, fx_rate_date = money
-
-        raw_ip = ctx["ip"]
-        ip = raw_ip
-        if raw_ip is not None and policy.ip_action is not None:
-            ip = None if policy.ip_action == "drop" else r.hash_cached(policy.salt, raw_ip)
-        user_agent = ctx["user_agent"]
-        ua_columns = r.ua(user_agent)
-        if user_agent is not None and policy.ua_action is not None:
-            user_agent = None if policy.ua_action == "drop" else r.hash_cached(policy.salt, user_agent)
+            elif money is not None:
+                return money  # a FailedEvent
 
         properties = apply_policy(properties, "properties", policy)
         traits = fields["traits"]
         has_traits = bool(traits) or event_type is _IDENTIFY or event_type is _GROUP
         traits_json = dumps_json(apply_policy(traits, "traits", policy)) if has_traits else None
         row = _ROW_TEMPLATE.copy()  # all keys in LakeEvent order: updates below never resize the dict
-        row.update(ua_columns)
-        row.update(r.geo(raw_ip))
+        row.update(r.device(policy, ctx["ip"], ctx["user_agent"]))
         row.update(r.attribution(url, path, referrer, campaign))
-        row["ip"] = ip
-        row["user_agent"] = user_agent
         row["locale"] = ctx["locale"]
         row["order_id"] = order_id
         row["currency"] = currency
@@ -311,15 +324,18 @@ class Enricher:
             return None
         currency = currency or r.base_currency
         try:
-            amount = to_decimal(raw_amount).quantize(MONEY_QUANTUM)
-            if abs(amount) >= MAX_MONEY:
-                raise InvalidAmount(f"{amount} is too large for Decimal(18, 4)")
-            converted, fx = r.fx.convert(amount, currency, _event_day(ev.event))
+            amount = r.amount(raw_amount) if type(raw_amount) in _CACHEABLE_AMOUNTS else _amount(raw_amount)
+            rate, rate_float, rate_date = r.rate(currency, _event_day(ev.event))
+            converted = (amount * rate).quantize(MONEY_QUANTUM, rounding=ROUND_HALF_EVEN)
+            if abs(converted) >= MAX_MONEY:
+                raise InvalidAmount(
+                    f"{amount} {currency} is {converted} {r.base_currency}: too large for Decimal(18, 4)"
+                )
         except UnknownCurrency as exc:
             return self._failure(ev, Reason.UNKNOWN_CURRENCY, "properties.currency", str(exc))
         except (InvalidAmount, ArithmeticError) as exc:
             return self._failure(ev, Reason.INVALID_VALUE, f"properties.{field}", str(exc))
-        return currency, amount, converted, float(fx.rate), fx.rate_date
+        return currency, amount, converted, rate_float, rate_date
 
     @staticmethod
     def _failure(ev: ValidEvent, reason: Reason, field_path: str, message: str) -> FailedEvent:
@@ -333,6 +349,17 @@ class Enricher:
             message_id=ev.event.message_id,
             source_ref=ev.source_ref,
         )
+
+
+_CACHEABLE_AMOUNTS = frozenset({int, float, str, Decimal})  # hashable, and never bool (True == 1)
+
+
+def _amount(raw: Any) -> Decimal:
+    """The booked amount, quantised to 4 places; InvalidAmount when unusable or beyond Decimal(18, 4)."""
+    amount = to_decimal(raw).quantize(MONEY_QUANTUM)
+    if abs(amount) >= MAX_MONEY:
+        raise InvalidAmount(f"{amount} is too large for Decimal(18, 4)")
+    return amount
 
 
 def _event_day(event: Any) -> dt.date:
