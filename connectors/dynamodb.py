@@ -27,6 +27,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, NamedTuple
@@ -312,10 +313,13 @@ def write_profile_states(
     *,
     backoff: Backoff | None = None,
     max_races: int = 20,
+    max_workers: int = 8,
 ) -> dict[tuple[str, str], tuple[str, str] | None]:
     """Merge ``states`` into the stored profiles; returns per key None (applied) or (error code, message).
 
     Read (BatchGetItem) -> merge -> conditional PutItem on ``version``; unchanged profiles are not written.
+    The puts of different persons run on ``max_workers`` threads (boto3 clients are thread-safe): one
+    conditional put per person is latency-bound, not throughput-bound.
     """
     backoff = backoff or Backoff()
     keys = list(states)
@@ -326,46 +330,49 @@ def write_profile_states(
         backoff,
     )
     current = {item["pk"]["S"]: item for item in stored}
-    outcome: dict[tuple[str, str], tuple[str, str] | None] = {}
-    for key in keys:
-        pk = _profile_pk(*key)
-        old, version = _state_of(current.get(pk))
-        attempt = races = 0
-        while True:
-            merged = profiles.merge(old, states[key]) if old else states[key]
-            if merged == old:
-                outcome[key] = None
-                break
-            item = {name: _serializer.serialize(value) for name, value in profile_item(merged, version + 1).items()}
-            condition = (
-                {"ConditionExpression": "attribute_not_exists(pk)"}
-                if old is None
-                else {
-                    "ConditionExpression": "version = :v",
-                    "ExpressionAttributeValues": {":v": {"N": str(version)}},
-                }
-            )
-            try:
-                client.put_item(TableName=table, Item=item, **condition)
-                outcome[key] = None
-                break
-            except (ClientError, BotoCoreError) as err:
-                code, message = _describe(err)
-                if code == "ConditionalCheckFailedException" and races < max_races:
-                    races += 1  # another writer got there first: re-read, re-merge
-                    response = client.get_item(
-                        TableName=table, Key={"pk": {"S": pk}, "sk": {"S": PROFILE_SORT_KEY}}, ConsistentRead=True
-                    )
-                    old, version = _state_of(response.get("Item"))
-                    continue
-                if _error_code(err) is None:
-                    outcome[key] = (code, message)
-                    break
-                attempt += 1
-                if attempt >= backoff.max_attempts:
-                    raise TransientSinkError(f"PutItem on {table}: {code} after {attempt} attempts") from err
-                backoff.wait(attempt)
-    return outcome
+
+    def apply(key: tuple[str, str]) -> tuple[str, str] | None:
+        return _apply_profile(client, table, key, states[key], current.get(_profile_pk(*key)), backoff, max_races)
+
+    if max_workers <= 1 or len(keys) <= 1:
+        return {key: apply(key) for key in keys}
+    with ThreadPoolExecutor(max_workers=min(max_workers, len(keys))) as pool:
+        return dict(zip(keys, pool.map(apply, keys), strict=True))
+
+
+def _apply_profile(client, table, key, partial, stored_item, backoff: Backoff, max_races: int):
+    """One person's read-merge-conditional-put loop; None when applied, else (code, message)."""
+    pk = _profile_pk(*key)
+    old, version = _state_of(stored_item)
+    attempt = races = 0
+    while True:
+        merged = profiles.merge(old, partial) if old else partial
+        if merged == old:
+            return None  # a replay: nothing new, nothing written
+        item = {name: _serializer.serialize(value) for name, value in profile_item(merged, version + 1).items()}
+        condition = (
+            {"ConditionExpression": "attribute_not_exists(pk)"}
+            if old is None
+            else {"ConditionExpression": "version = :v", "ExpressionAttributeValues": {":v": {"N": str(version)}}}
+        )
+        try:
+            client.put_item(TableName=table, Item=item, **condition)
+            return None
+        except (ClientError, BotoCoreError) as err:
+            code, message = _describe(err)
+            if code == "ConditionalCheckFailedException" and races < max_races:
+                races += 1  # another writer got there first: re-read, re-merge
+                response = client.get_item(
+                    TableName=table, Key={"pk": {"S": pk}, "sk": {"S": PROFILE_SORT_KEY}}, ConsistentRead=True
+                )
+                old, version = _state_of(response.get("Item"))
+                continue
+            if _error_code(err) is None:
+                return code, message
+            attempt += 1
+            if attempt >= backoff.max_attempts:
+                raise TransientSinkError(f"PutItem on {table}: {code} after {attempt} attempts") from err
+            backoff.wait(attempt)
 
 
 def read_profile(client, table: str, tenant_id: str, person_id: str) -> dict[str, Any] | None:
