@@ -322,7 +322,15 @@ class Enricher:
         field, raw_amount = money_fields(ev.event.event, properties)
         if field is None:
             return None
-        currency = currency or r.base_currency
+        if currency is None:
+            if properties.get("currency") is not None:  # a number, a blank: not a currency to assume INR for
+                return self._failure(
+                    ev,
+                    Reason.UNKNOWN_CURRENCY,
+                    "properties.currency",
+                    f"not a currency code: {properties['currency']!r}",
+                )
+            currency = r.base_currency
         try:
             amount = r.amount(raw_amount) if type(raw_amount) in _CACHEABLE_AMOUNTS else _amount(raw_amount)
             rate, rate_float, rate_date = r.rate(currency, _event_day(ev.event))

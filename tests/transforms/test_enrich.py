@@ -15,6 +15,8 @@ from pathlib import Path
 
 import currency_converter
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from infra.geoip_sample import build_sample_city_db
 from schemas.events import Event
@@ -348,3 +350,59 @@ def test_json_fallback_matches_orjson_for_datetimes():
     fast = dumps_json({"t": when})
     slow = dumps_json({"t": when, "big": 2**70})
     assert json.loads(fast)["t"] == json.loads(slow)["t"] == "2024-01-02T03:04:05.123456+00:00"
+
+
+def test_same_device_in_two_tenants_is_hashed_per_tenant(enricher):
+    context = {"ip": MUMBAI_IP, "userAgent": IPHONE}
+    acme = enricher.enrich(valid({"event": "X", "context": context}))
+    open_ = enricher.enrich(valid({"event": "X", "tenantId": "open-in", "context": context}))
+    other = enricher.enrich(valid({"event": "X", "tenantId": "unlisted-in", "context": context}))
+    assert acme["ip"] == sha("acme-salt" + MUMBAI_IP)
+    assert open_["ip"] == MUMBAI_IP
+    assert other["ip"] == sha("default-salt" + MUMBAI_IP)
+    assert acme["geo_city"] == open_["geo_city"] == other["geo_city"] == "Mumbai"
+
+
+def test_dropped_ip_still_gives_geo(city_db):
+    enricher = Enricher(EnrichConfig(geoip_db=city_db, default_pii=PiiPolicy(drop_fields=["context.ip"])))
+    row = enricher.enrich(valid({"event": "X", "context": {"ip": "106.51.3.4", "userAgent": IPHONE}}))
+    assert row["ip"] is None
+    assert (row["geo_country"], row["geo_city"]) == ("IN", "Bengaluru")
+    assert row["user_agent"] == IPHONE
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=10,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    name=st.sampled_from(["Order Completed", "Checkout Started", "Payment Captured", "Product Added", "Custom"]),
+    properties=st.dictionaries(
+        st.sampled_from(["revenue", "total", "value", "amount", "currency", "order_id", "email", "x"]),
+        json_values,
+        max_size=5,
+    ),
+)
+def test_enrich_never_raises_and_writes_valid_json(enricher, name, properties):
+    ev = valid({"event": name, "properties": properties, "context": {"ip": MUMBAI_IP}})
+    out = enricher.enrich(ev)
+    if isinstance(out, FailedEvent):
+        assert out.stage is Stage.ENRICH
+        assert out.reason in (Reason.UNKNOWN_CURRENCY, Reason.INVALID_VALUE)
+        return
+    assert tuple(out) == ENRICH_COLUMNS
+    assert json.loads(out["properties"]).keys() == properties.keys()
+    if out["revenue_inr"] is not None:
+        assert out["revenue_inr"].as_tuple().exponent == -4
+        assert abs(out["revenue_inr"]) < Decimal("1e14")
+
+
+@pytest.mark.parametrize("currency", [356, "", "  ", ["INR"]])
+def test_money_with_a_non_code_currency_fails(enricher, currency):
+    failed = enricher.enrich(valid({"event": "Order Refunded", "properties": {"total": 10, "currency": currency}}))
+    assert isinstance(failed, FailedEvent)
+    assert (failed.reason, failed.field_path) == (Reason.UNKNOWN_CURRENCY, "properties.currency")
