@@ -116,13 +116,15 @@ def _eq(column: pa.ChunkedArray, value: str) -> np.ndarray:
     return _bool(pc.equal(column, value))
 
 
-def _codes(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, pa.Array]:
+def _codes(column: pa.ChunkedArray | pa.Array, alphabetical: bool = True) -> tuple[np.ndarray, pa.Array]:
     """Dictionary codes whose order is alphabetical (so ``min code`` breaks ties by name); null -> -1."""
     encoded = pc.dictionary_encode(column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column)
     dictionary = encoded.dictionary
     indices = np.asarray(pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False), dtype=np.int64)
     if len(dictionary) == 0:
         return indices, pa.array([], pa.string())
+    if not alphabetical:
+        return indices, dictionary
     order = np.asarray(pc.array_sort_indices(dictionary).to_numpy(), dtype=np.int64)
     rank = np.empty(len(order), dtype=np.int64)
     rank[order] = np.arange(len(order))
@@ -218,47 +220,56 @@ def _person_key(tenants, persons) -> pa.Array:
 
 
 def prepare_events(table: pa.Table) -> PreparedEvents:
-    """Columns of lake rows (see :data:`INPUT_COLUMNS`) -> sorted numpy arrays, ready for many queries."""
+    """Columns of lake rows (see :data:`INPUT_COLUMNS`) -> sorted numpy arrays, ready for many queries.
+
+    Every column is reduced to numpy (flags, codes, microseconds) in the table's order first and only
+    the numpy arrays are permuted into (person, timestamp) order: a ``take`` of the string columns
+    would cost more than the rest together.
+    """
+    keep = pc.and_(pc.is_valid(table.column("person_id")), pc.is_valid(table.column("timestamp")))
     if "is_bot" in table.column_names:
-        table = table.filter(pc.invert(pc.fill_null(table.column("is_bot"), False)))
-    table = table.filter(pc.and_(pc.is_valid(table.column("person_id")), pc.is_valid(table.column("timestamp"))))
+        keep = pc.and_(keep, pc.invert(pc.fill_null(table.column("is_bot"), False)))
+    if pc.sum(pc.invert(keep)).as_py():
+        table = table.filter(keep)
     keys = pc.dictionary_encode(_person_key(table.column("tenant_id"), table.column("person_id")))
     pcode = np.asarray(keys.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
     ts = _ts_us(table.column("timestamp"))
     received = _ts_us(_column(table, "received_at", pa.timestamp("us", tz="UTC")))
+    received = np.where(received == NO_TS, ts, received)
     order = np.lexsort((ts, pcode))
-    table = table.take(pa.array(order))
-    pcode, ts, received = pcode[order], ts[order], received[order]
-    n_persons = len(keys.dictionary)
-    bounds = np.searchsorted(pcode, np.arange(n_persons + 1))
-    first = bounds[:-1]
     track = _eq(_column(table, "type", pa.string()), "track")
     event = _column(table, "event", pa.string())
 
     def is_(name: str) -> np.ndarray:
-        return track & _eq(event, name)
+        return (track & _eq(event, name))[order]
 
-    is_order, is_refund = is_(ORDER_EVENT), is_(REFUND_EVENT)
-    is_failed, is_captured = is_(PAYMENT_FAILED), is_(PAYMENT_CAPTURED)
-    is_view, is_add = is_(PRODUCT_VIEWED), is_(PRODUCT_ADDED)
+    is_order_raw = track & _eq(event, ORDER_EVENT)
+    is_view_raw = track & _eq(event, PRODUCT_VIEWED)
+    is_add_raw = track & _eq(event, PRODUCT_ADDED)
     properties = _column(table, "properties", pa.string())
-    method = _extract(properties, is_order, "payment_method")
-    is_cod = _bool(pc.equal(pc.utf8_lower(pc.utf8_trim_whitespace(method)), "cod")) & is_order
-    category_codes, category_dict = _codes(_extract(properties, is_view | is_add, "category"))
+    method = _extract(properties, is_order_raw, "payment_method")
+    is_cod = (_bool(pc.equal(pc.utf8_lower(pc.utf8_trim_whitespace(method)), "cod")) & is_order_raw)[order]
+    category_codes, category_dict = _codes(_extract(properties, is_view_raw | is_add_raw, "category"))
     revenue_col = _column(table, "revenue_inr", pa.float64())
     revenue = np.asarray(
         pc.fill_null(pc.cast(revenue_col, pa.float64()), 0.0).to_numpy(zero_copy_only=False), dtype=np.float64
     )
-    session_codes, _ = _codes(_column(table, "session_id", pa.string()))
+    session_codes, _ = _codes(_column(table, "session_id", pa.string()), alphabetical=False)
     channel_codes, channel_dict = _codes(_column(table, "channel", pa.string()))
     device_codes, device_dict = _codes(_column(table, "ua_device", pa.string()))
     os_codes, os_dict = _codes(_column(table, "ua_os", pa.string()))
+    pcode, ts, received = pcode[order], ts[order], received[order]
+    n_persons = len(keys.dictionary)
+    bounds = np.searchsorted(pcode, np.arange(n_persons + 1))
+    is_order, is_refund = is_order_raw[order], is_(REFUND_EVENT)
+    is_failed, is_captured = is_(PAYMENT_FAILED), is_(PAYMENT_CAPTURED)
+    is_view, is_add = is_view_raw[order], is_add_raw[order]
     split = pc.split_pattern(keys.dictionary, KEY_SEP, max_splits=1)
     return PreparedEvents(
         person_keys=keys.dictionary,
         tenants=pc.list_element(split, 0),
         persons=pc.list_element(split, 1),
-        starts=first,
+        starts=bounds[:-1],
         ends=bounds[1:],
         ts=ts,
         visible_from=np.maximum(ts, received),
@@ -270,12 +281,12 @@ def prepare_events(table: pa.Table) -> PreparedEvents:
         is_cod=is_cod,
         is_view=is_view,
         is_add=is_add,
-        revenue=revenue,
-        session=session_codes,
-        category=category_codes,
-        channel=channel_codes,
-        device=device_codes,
-        os=os_codes,
+        revenue=revenue[order],
+        session=session_codes[order],
+        category=category_codes[order],
+        channel=channel_codes[order],
+        device=device_codes[order],
+        os=os_codes[order],
         dictionaries={"category": category_dict, "channel": channel_dict, "device": device_dict, "os": os_dict},
     )
 
@@ -366,16 +377,17 @@ def _lifetimes_columns(q: np.ndarray, is_order: np.ndarray, ts: np.ndarray, reve
     if len(oq):
         epoch = dt.date(1970, 1, 1)
         day_numbers = ots // US_PER_DAY
-        bounds = np.flatnonzero(np.r_[True, oq[1:] != oq[:-1], True])
+        unique_days, day_index = np.unique(day_numbers, return_inverse=True)
+        dates = [epoch + dt.timedelta(days=int(d)) for d in unique_days]
+        day_of = [dates[i] for i in day_index.tolist()]
+        values = orev.tolist()
+        ends_of = (t_us // US_PER_DAY).tolist()
+        bounds = np.flatnonzero(np.r_[True, oq[1:] != oq[:-1], True]).tolist()
+        queries = oq.tolist()
         for start, end in itertools.pairwise(bounds):
-            query = int(oq[start])
-            orders = [
-                (epoch + dt.timedelta(days=int(d)), float(v))
-                for d, v in zip(day_numbers[start:end], orev[start:end], strict=True)
-            ]
-            summary = clv.summarise_orders(
-                orders, epoch + dt.timedelta(days=int(t_us[query] // US_PER_DAY)), period_days=1.0
-            )
+            query = queries[start]
+            orders = list(zip(day_of[start:end], values[start:end], strict=True))
+            summary = clv.summarise_orders(orders, epoch + dt.timedelta(days=ends_of[query]), period_days=1.0)
             if summary is not None:
                 frequency[query], recency[query], age[query] = summary.frequency, summary.recency, summary.T
     return {
