@@ -392,3 +392,12 @@ def test_lifetimes_summary_counts_same_day_orders_once():
     # age at the as-of date 2026-10-10: 39 days
     assert (r["lt_frequency"], r["lt_recency_days"], r["lt_T_days"]) == (2.0, 7.0, 39.0)
     assert r["orders_lifetime"] == 4
+
+
+def test_docs_table_is_generated_from_the_definitions():
+    from pathlib import Path
+
+    from schemas.features import markdown_table
+
+    docs = Path(__file__).resolve().parents[2] / "docs" / "features.md"
+    assert markdown_table() in docs.read_text(encoding="utf-8")
