@@ -552,15 +552,20 @@ def load_table(
     return (retry or Retry()).run(connect(url, **connect_kwargs), job)
 
 
-def count_rows(url: str, table: str = EVENTS_TABLE) -> int:
-    """Rows in a warehouse table (0 when the table does not exist yet)."""
+def count_rows(url: str, table: str = EVENTS_TABLE, retry: Retry | None = None) -> int:
+    """Rows in a warehouse table (0 when the table does not exist yet); retries a locked DuckDB file."""
     warehouse = connect(url)
-    try:
-        return warehouse.count(table)
-    except Exception as err:
-        if "does not exist" in str(err) or "Catalog Error" in str(err) or "UndefinedTable" in type(err).__name__:
-            return 0
-        raise
+    retry = retry or Retry()
+    for attempt in range(1, retry.max_attempts + 1):
+        try:
+            return warehouse.count(table)
+        except Exception as err:
+            if "does not exist" in str(err) or "Catalog Error" in str(err) or "UndefinedTable" in type(err).__name__:
+                return 0
+            if not warehouse.is_transient(err) or attempt == retry.max_attempts:
+                raise
+            retry.sleep(random.random() * min(retry.cap, retry.base * 2**attempt))
+    raise AssertionError("unreachable")
 
 
 # --- the Beam transform --------------------------------------------------------------------------------

@@ -257,3 +257,31 @@ def test_refused_rows_become_sink_failures(aws):
             equal_to([("sink", "sink_error", "m-bad", "p1")]),
             label="Failed",
         )
+
+
+def test_outputs_keep_each_rows_window_and_timestamp(aws):
+    """Flushes happen per bundle or per max_buffer rows; every output still sits in its own row's window."""
+    from apache_beam.testing.util import TestWindowedValue
+    from apache_beam.transforms.window import FixedWindows, IntervalWindow, TimestampedValue
+
+    create_tables(aws, PROFILES, IDENTITY)
+    rows = [lake_row(f"m{i}", i, f"p{i}", type_="page", anonymous_id=f"a{i}") for i in range(4)]
+    rows.append(lake_row("m-bad", 9, "p9", type_="page", anonymous_id="x" * 2000))
+    with beam.Pipeline(options=PipelineOptions(flags=[], runner="FnApiRunner")) as pipeline:
+        stamped = (
+            pipeline
+            | beam.Create([(r, 60.0 * i) for i, r in enumerate(rows)])
+            | beam.Map(lambda rt: TimestampedValue(rt[0], rt[1]))
+            | beam.WindowInto(FixedWindows(60))
+        )
+        result = stamped | WriteIdentityGraph(aws, IDENTITY, max_buffer=2)  # flushes inside process() too
+        expected = [
+            TestWindowedValue(("acme-in", f"m{i}"), 60.0 * i, [IntervalWindow(60 * i, 60 * (i + 1))]) for i in range(4)
+        ]
+        assert_that(result.applied, equal_to(expected), reify_windows=True, label="AppliedWindows")
+        assert_that(
+            result.failures | beam.Map(lambda f: f.message_id),
+            equal_to([TestWindowedValue("m-bad", 240.0, [IntervalWindow(240, 300)])]),
+            reify_windows=True,
+            label="FailureWindows",
+        )
