@@ -65,13 +65,14 @@ class GeoIpLookup:
 
     The file is opened (memory-mapped when possible) on construction: build this lazily on the worker.
     Private, reserved and unparseable addresses give all-null geo columns without touching the file.
+    ``cache_size=0`` disables the cache (for callers that cache finished rows themselves).
     """
 
     def __init__(self, path: str, cache_size: int = 100_000, language: str = "en") -> None:
         self.path = path
         self.language = language
         self._reader = maxminddb.open_database(path, maxminddb.MODE_AUTO)
-        self.lookup = functools.lru_cache(maxsize=cache_size)(self._lookup)
+        self.lookup = functools.lru_cache(maxsize=cache_size)(self._lookup) if cache_size else self._lookup
 
     def _lookup(self, ip: str | None) -> GeoInfo:
         if not ip or not is_public_ip(ip):

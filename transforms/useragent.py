@@ -86,12 +86,14 @@ def _version(*parts: str | None) -> str | None:
 class UserAgentParser:
     """Parses user-agent strings into :class:`UaInfo`, caching the last ``cache_size`` distinct strings.
 
+    ``cache_size=0`` disables the cache (for callers that cache finished rows themselves).
+
     Build it lazily (in a DoFn's setup or on first use): the resolver compiles a few hundred regexes.
     """
 
     def __init__(self, cache_size: int = 10_000, resolver: Resolver | None = None) -> None:
         self._resolver = resolver or make_resolver()
-        self.parse = functools.lru_cache(maxsize=cache_size)(self._parse)
+        self.parse = functools.lru_cache(maxsize=cache_size)(self._parse) if cache_size else self._parse
 
     def _parse(self, user_agent: str | None) -> UaInfo:
         if not user_agent:
@@ -108,4 +110,4 @@ class UserAgentParser:
         )
 
     def cache_info(self) -> functools._CacheInfo:
-        return self.parse.cache_info()
+        return self.parse.cache_info()  # only with a cache

@@ -117,3 +117,9 @@ def test_sample_builder_command_line(tmp_path, capsys):
     main([str(out)])
     assert capsys.readouterr().out.strip() == str(out)
     assert GeoIpLookup(str(out)).lookup("27.4.1.1").geo_city == "Kolkata"
+
+
+def test_uncached_lookup(city_db):
+    geo = GeoIpLookup(city_db, cache_size=0)
+    assert not hasattr(geo.lookup, "cache_info")
+    assert geo.lookup("182.64.1.1").geo_city == "Chennai"
