@@ -16,6 +16,7 @@ docs/analytics-funnels-retention.md.
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import logging
 import os
@@ -93,6 +94,13 @@ class FunnelOptions(DateRangeOptions, AwsOptions):
             help="Timezone of the entry day in funnel_entry_days (default Asia/Kolkata).",
         )
         parser.add_argument(
+            "--lookahead",
+            action="store_true",
+            help="Also read the conversion window after --end-date (needs --end-date): people still enter "
+            "only in [--start-date, --end-date], but their chains may complete after it. Without it, rows "
+            "after --end-date are not seen and late entries look unconverted.",
+        )
+        parser.add_argument(
             "--buckets",
             type=int,
             default=64,
@@ -114,6 +122,8 @@ def definitions_from_options(opts: FunnelOptions) -> list[FunnelDefinition]:
         raise ValueError("give exactly one of --steps (ad hoc funnel) or --config (YAML definitions)")
     if opts.buckets < 1:
         raise ValueError("--buckets must be >= 1")
+    if opts.lookahead and opts.end_date is None:
+        raise ValueError("--lookahead needs --end-date")
     if opts.config:
         definitions = load_funnels(opts.config)
         updates = {}
@@ -200,13 +210,14 @@ def build(
     output: str,
     buckets: int = 64,
     warehouse: str | None = None,
+    entry_before: dt.datetime | None = None,
 ) -> None:
     columns = [c for c in funnel_input_columns(definitions) if c != "tenant_id"]
     _ = (
         pipeline
         | "LakeFiles" >> beam.Create(list(patterns))
         | "ReadLake" >> ReadAllFromParquetBatched(columns=columns, with_filename=True)
-        | "Funnels" >> ComputeFunnels(definitions, buckets)
+        | "Funnels" >> ComputeFunnels(definitions, buckets, entry_before)
         | "AllFunnels" >> beam.combiners.ToList()
         | "Write" >> beam.ParDo(_WriteFunnelOutputs(output, definitions, warehouse))
     )
@@ -222,10 +233,16 @@ def run(argv: list[str] | None = None) -> dict[str, pa.Table]:
     if opts.lake.startswith("s3://") or opts.output.startswith("s3://"):
         options = parse_options([*argv, *opts.settings().beam_s3_options()], FunnelOptions, __doc__)
         opts = options.view_as(FunnelOptions)
-    patterns = lake_file_patterns(opts.lake, opts.start_date, opts.end_date, opts.tenant)
+    read_end, entry_before = opts.end_date, None
+    if opts.lookahead:
+        entry_before = dt.datetime.combine(opts.end_date + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
+        read_end = opts.end_date + dt.timedelta(days=-(-max(d.window_seconds for d in definitions) // 86400))
+    patterns = lake_file_patterns(opts.lake, opts.start_date, read_end, opts.tenant)
     log.info("%d funnel(s) over %d lake partitions of %s", len(definitions), len(patterns), opts.lake)
     if patterns:
-        run_pipeline(lambda p: build(p, patterns, definitions, opts.output, opts.buckets, opts.warehouse), options)
+        run_pipeline(
+            lambda p: build(p, patterns, definitions, opts.output, opts.buckets, opts.warehouse, entry_before), options
+        )
     else:  # nothing in range: still replace the outputs, with empty tables
         steps, days = combine_funnel_outputs([], definitions)
         write_tables(opts.output, {STEPS_TABLE: steps, ENTRY_DAYS_TABLE: days})

@@ -345,6 +345,7 @@ def window_funnel_levels(
     mode: str = "ordered",
     n_persons: int | None = None,
     tiebreak: np.ndarray | None = None,
+    entry_mask: np.ndarray | None = None,
 ) -> LevelResult:
     """Funnel level and counted chain per person.
 
@@ -356,6 +357,9 @@ def window_funnel_levels(
         mode: ordered | strict | strict_increase | unordered.
         n_persons: P (default: max code + 1).
         tiebreak: per-row values (message ids) ordering rows with equal (person, ts, step).
+        entry_mask: rows allowed to start a chain (None: all). A step-1 row outside it is ignored
+            as a step 1 (it neither starts a chain nor, in strict mode, breaks one): this is how a
+            run reads past its end date so that late chains complete without new entries.
     """
     if mode not in MODES:
         raise ValueError(f"unknown funnel mode {mode!r}")
@@ -365,9 +369,12 @@ def window_funnel_levels(
     n_rows, n_steps = match.shape
     n_p = int(n_persons if n_persons is not None else (person.max() + 1 if n_rows else 0))
     if mode == "unordered":
-        return _unordered_levels(person, ts, match, int(window), n_p, tiebreak)
+        return _unordered_levels(person, ts, match, int(window), n_p, tiebreak, entry_mask)
     # pairs (row, step index); strict mode keeps non-matching rows as step -1 (they break chains)
     row_ix, step_ix = np.nonzero(match)
+    if entry_mask is not None:
+        keep = (step_ix != 0) | np.asarray(entry_mask, dtype=bool)[row_ix]
+        row_ix, step_ix = row_ix[keep], step_ix[keep]
     if mode == "strict":
         none = np.flatnonzero(~match.any(axis=1))
         row_ix = np.concatenate([row_ix, none])
@@ -482,7 +489,13 @@ def _slot_engine(
 
 
 def _unordered_levels(
-    person: np.ndarray, ts: np.ndarray, match: np.ndarray, window: int, n_p: int, tiebreak: np.ndarray | None
+    person: np.ndarray,
+    ts: np.ndarray,
+    match: np.ndarray,
+    window: int,
+    n_p: int,
+    tiebreak: np.ndarray | None,
+    entry_mask: np.ndarray | None = None,
 ) -> LevelResult:
     """Most distinct steps inside one window [t, t + window] that starts at a step row."""
     n_steps = match.shape[1]
@@ -516,6 +529,8 @@ def _unordered_levels(
         found_row[valid, s] = rows[cs[valid]]
         found_ts[valid, s] = t[cs[valid]]
     counts = (found_row != NONE).sum(axis=1)
+    if entry_mask is not None:  # a window may only start at a row allowed to enter
+        counts = np.where(np.asarray(entry_mask, dtype=bool)[rows], counts, 0)
     # per person: the first anchor (in row order) with the most steps
     best_per_person = np.full(n_p, -1, dtype=np.int64)
     key_order = np.lexsort((np.arange(n), -counts, p))
@@ -532,7 +547,9 @@ def _unordered_levels(
     sort_key = np.where(ch_row == NONE, big, ch_ts)
     within = np.argsort(sort_key, axis=1, kind="stable")
     ordered_rows = np.take_along_axis(ch_row, within, axis=1)
-    best[p[chosen]] = ordered_rows
+    entered = counts[chosen] > 0
+    best[p[chosen[entered]]] = ordered_rows[entered]
+    level[p[chosen[~entered]]] = 0
     return LevelResult(level, best)
 
 
@@ -558,11 +575,12 @@ def _ts_us(table: pa.Table) -> np.ndarray:
 PERSON_FUNNEL_FIELDS = ("tenant_id", "person_id", "level", "excluded", "breakdown_value", "entry_ts")
 
 
-def person_funnel(table: pa.Table, definition: FunnelDefinition) -> pa.Table:
+def person_funnel(table: pa.Table, definition: FunnelDefinition, entry_before: dt.datetime | None = None) -> pa.Table:
     """One row per (tenant, person) with level >= 1: level, exclusion, breakdown, step timestamps.
 
     ``table`` holds the person's events (all of them for ``strict``; only the steps' and exclusions'
-    events otherwise) with at least ``funnel_input_columns([definition])``.
+    events otherwise) with at least ``funnel_input_columns([definition])``. With ``entry_before``,
+    only rows before it may start a chain (rows after it only complete chains).
     """
     n_steps = len(definition.steps)
     step_cols = [f"step_{k + 1}_ts" for k in range(n_steps)]
@@ -580,7 +598,10 @@ def person_funnel(table: pa.Table, definition: FunnelDefinition) -> pa.Table:
     ts = _ts_us(table)
     match = np.column_stack([condition_mask(table, s.event, s.filters) for s in definition.steps])
     tiebreak = table.column("message_id")
-    result = window_funnel_levels(key_codes, ts, match, definition.window_us, definition.mode, n_p, tiebreak)
+    entry_mask = None if entry_before is None else ts < int(entry_before.timestamp() * _US)
+    result = window_funnel_levels(
+        key_codes, ts, match, definition.window_us, definition.mode, n_p, tiebreak, entry_mask
+    )
     persons_in = np.flatnonzero(result.level >= 1)
     chain = result.chain_rows[persons_in]
     lvl = result.level[persons_in]
@@ -917,8 +938,8 @@ def funnel_events(definitions: Sequence[FunnelDefinition]) -> list[str] | None:
 
 
 class _PersonFunnelFn(beam.DoFn):
-    def __init__(self, definitions: Sequence[FunnelDefinition]):
-        self.definitions = list(definitions)
+    def __init__(self, definitions: Sequence[FunnelDefinition], entry_before: dt.datetime | None = None):
+        self.definitions, self.entry_before = list(definitions), entry_before
         self.persons = Metrics.counter("funnels", "persons_in_funnel")
         self.excluded = Metrics.counter("funnels", "persons_excluded")
 
@@ -926,7 +947,7 @@ class _PersonFunnelFn(beam.DoFn):
         _key, tables = element
         table = pa.concat_tables(list(tables), promote_options="permissive")
         for d in self.definitions:
-            persons = person_funnel(relevant_rows(table, [d]), d)
+            persons = person_funnel(relevant_rows(table, [d]), d, self.entry_before)
             self.persons.inc(persons.num_rows)
             self.excluded.inc(int(pc.sum(persons.column("excluded")).as_py() or 0))
             yield d.name, persons
@@ -950,19 +971,21 @@ class ComputeFunnels(beam.PTransform):
     (a few columns per person) are then gathered per funnel, so medians and p90s are exact.
     """
 
-    def __init__(self, definitions: Sequence[FunnelDefinition], buckets: int = 64):
+    def __init__(
+        self, definitions: Sequence[FunnelDefinition], buckets: int = 64, entry_before: dt.datetime | None = None
+    ):
         super().__init__()
         names = [d.name for d in definitions]
         if not definitions or len(set(names)) != len(names):
             raise ValueError(f"need at least one funnel and unique names, got {names}")
-        self.definitions, self.buckets = list(definitions), buckets
+        self.definitions, self.buckets, self.entry_before = list(definitions), buckets, entry_before
 
     def expand(self, batches):
         persons = (
             batches
             | "ByPersonBucket" >> BucketLakeBatches(self.buckets, funnel_events(self.definitions))
             | "GroupBuckets" >> beam.GroupByKey()
-            | "PersonLevels" >> beam.ParDo(_PersonFunnelFn(self.definitions))
+            | "PersonLevels" >> beam.ParDo(_PersonFunnelFn(self.definitions, self.entry_before))
         )
         return (
             persons

@@ -152,3 +152,19 @@ def test_warehouse_load_replaces_rows_on_rerun(lake, tmp_path):
         days = con.execute("SELECT count(*), sum(persons) FROM funnel_entry_days WHERE step = 1").fetchone()
     assert loaded == [(r["tenant_id"], r["step"], r["persons"]) for r in steps.to_pylist()]
     assert days[1] == sum(r["persons"] for r in steps.to_pylist() if r["step"] == 1)
+
+
+@pytest.mark.slow
+def test_lookahead_lets_late_entries_convert_without_new_entries(lake, tmp_path):
+    base = ["--lake", lake, "--steps", ",".join(STEPS), "--window", "172800", "--start-date", "2026-10-02",
+            "--end-date", "2026-10-03", "--buckets", "2"]  # fmt: skip
+    plain = run([*base, "--output", str(tmp_path / "plain")])["funnel_steps"].to_pylist()
+    ahead = run([*base, "--lookahead", "--output", str(tmp_path / "ahead")])["funnel_steps"].to_pylist()
+    # entries are the same people (step 1 still reconciles with the range) ...
+    expected = _distinct_step1_persons(lake, "2026-10-02", "2026-10-03")
+    assert {r["tenant_id"]: r["persons"] for r in ahead if r["step"] == 1} == expected
+    assert {r["tenant_id"]: r["persons"] for r in plain if r["step"] == 1} == expected
+    # ... and reading two more days only adds conversions, never removes them
+    for p, a in zip(plain, ahead, strict=True):
+        assert a["persons"] >= p["persons"]
+    assert sum(a["persons"] for a in ahead if a["step"] == 3) > sum(p["persons"] for p in plain if p["step"] == 3)

@@ -441,3 +441,54 @@ def test_equal_timestamps_are_ordered_by_message_id_whatever_the_input_order(rev
     persons = person_funnel(_table(rows), definition)
     assert persons.column("breakdown_value").to_pylist() == ["from-b"]
     assert persons.column("level").to_pylist() == [2]
+
+
+# --- entry cut-off (reading past the end date so that late chains complete) ---------------------
+
+
+def test_entry_mask_ordered_and_strict():
+    # window 10; rows at t >= 10 may not start chains
+    person, ts, events = [0, 0, 0], [0, 10, 11], list("aab")
+    match = np.column_stack([np.array(events) == c for c in "ab"])
+    mask = np.array(ts) < 10
+    # ordered: without the cut-off a@10 restarts and b@11 converts; with it, only the chain from a@0 exists
+    assert window_funnel_levels(np.array(person), np.array(ts), match, 10).level.tolist() == [2]
+    assert window_funnel_levels(np.array(person), np.array(ts), match, 10, entry_mask=mask).level.tolist() == [1]
+    # strict: a step-1 row after the cut-off is ignored, it does not break the chain
+    ts2 = [0, 5, 6]
+    got = window_funnel_levels(
+        np.array(person), np.array(ts2), match, 10, "strict", entry_mask=np.array([1, 0, 0], bool)
+    )
+    assert got.level.tolist() == [2]
+    # a person whose only step-1 rows are after the cut-off is not in the funnel
+    got = window_funnel_levels(np.array([0, 0]), np.array([12, 13]), match[1:], 10, entry_mask=np.array([0, 0], bool))
+    assert got.level.tolist() == [0]
+
+
+@pytest.mark.parametrize("mode", ["ordered", "strict_increase", "unordered"])
+def test_random_entry_mask_equals_masking_step_one(mode):
+    """Outside strict mode, a row that may not enter is a row that does not match step 1 (for unordered: no anchor)."""
+    rng = random.Random(f"entry-{mode}")
+    for _ in range(20):
+        n_steps = rng.randint(2, 4)
+        person, ts, match = _random_people(rng, 20, n_steps, with_other=False)
+        if len(ts) == 0:
+            continue
+        cutoff = rng.randint(0, 30)
+        mask = ts < cutoff
+        got = window_funnel_levels(person, ts, match, 8, mode, n_persons=20, entry_mask=mask).level.tolist()
+        if mode == "unordered":
+            expected = []
+            for p in range(20):
+                rows = np.flatnonzero(person == p)
+                best = 0
+                for i in rows:
+                    if mask[i] and match[i].any():
+                        inside = rows[(ts[rows] >= ts[i]) & (ts[rows] <= ts[i] + 8)]
+                        best = max(best, int(match[inside].any(axis=0).sum()))
+                expected.append(best)
+        else:
+            masked = match.copy()
+            masked[:, 0] &= mask
+            expected = window_funnel_levels(person, ts, masked, 8, mode, n_persons=20).level.tolist()
+        assert got == expected
