@@ -498,7 +498,8 @@ def features_as_of(
 ) -> pa.Table:
     """Snapshots: one row per (as_of, person with at least one event visible at that time).
 
-    A ``date`` means the end of that UTC day (:func:`as_of_time`). Rows are ordered by (as_of, person).
+    A ``date`` means the end of that UTC day (:func:`as_of_time`). Rows are ordered by as_of, then by
+    person in order of first appearance in ``events``.
     """
     prep = events if isinstance(events, PreparedEvents) else prepare_events(events)
     tables = []
