@@ -123,13 +123,14 @@ class CheckpointStore:
         )
         return [{k: next(iter(v.values())) for k, v in item.items()} for item in page.get("Items", [])]
 
-    def commit(self, stream: str, shard_id: str, checkpoint: Checkpoint, owner: str | None = None) -> bool:
-        """Store ``checkpoint`` unless the stored one is already further; False when it was further."""
+    def _update(self, progress: ShardProgress, owner: str) -> dict[str, Any]:
+        """UpdateItem arguments that move one checkpoint forward (never backwards)."""
+        checkpoint = progress.end
         values: dict[str, Any] = {
             ":seq": {"S": checkpoint.sequence},
             ":pos": {"S": position_key(checkpoint)},
             ":end": {"BOOL": checkpoint.shard_end},
-            ":owner": {"S": owner or default_owner()},
+            ":owner": {"S": owner},
             ":now": {"S": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")},
         }
         update = "SET sequence_number = :seq, #pos = :pos, shard_end = :end, #owner = :owner, updated_at = :now"
@@ -138,15 +139,20 @@ class CheckpointStore:
         else:
             update = update.replace("updated_at = :now", "updated_at = :now, sub_sequence = :sub")
             values[":sub"] = {"N": str(checkpoint.sub_sequence)}
+        return {
+            "TableName": self.table,
+            "Key": {"stream": {"S": progress.stream}, "shard_id": {"S": progress.shard_id}},
+            "UpdateExpression": update,
+            "ConditionExpression": "attribute_not_exists(#pos) OR #pos <= :pos",
+            "ExpressionAttributeNames": {"#pos": "position", "#owner": "owner"},
+            "ExpressionAttributeValues": values,
+        }
+
+    def commit(self, stream: str, shard_id: str, checkpoint: Checkpoint, owner: str | None = None) -> bool:
+        """Store ``checkpoint`` unless the stored one is already further; False when it was further."""
+        progress = ShardProgress(stream, shard_id, None, checkpoint, 0, None)
         try:
-            self.client.update_item(
-                TableName=self.table,
-                Key={"stream": {"S": stream}, "shard_id": {"S": shard_id}},
-                UpdateExpression=update,
-                ConditionExpression="attribute_not_exists(#pos) OR #pos <= :pos",
-                ExpressionAttributeNames={"#pos": "position", "#owner": "owner"},
-                ExpressionAttributeValues=values,
-            )
+            self.client.update_item(**self._update(progress, owner or default_owner()))
         except ClientError as err:
             if err.response["Error"]["Code"] != "ConditionalCheckFailedException":
                 raise
@@ -154,13 +160,27 @@ class CheckpointStore:
             return False
         return True
 
-    def commit_progress(self, progress: Iterable[ShardProgress], owner: str | None = None) -> int:
-        """Commit the end position of every shard read that got somewhere; returns how many moved."""
-        moved = 0
-        for item in progress:
-            if item.end is not None and self.commit(item.stream, item.shard_id, item.end, owner):
-                moved += 1
-        return moved
+    def commit_progress(self, progress: Iterable[ShardProgress], owner: str | None = None) -> list[ShardProgress]:
+        """Commit the end positions of a whole pass in one transaction (all shards move, or none).
+
+        All-or-nothing matters: a pass's lake files are named after its start positions, so a
+        half-committed pass would rerun under a new name and write some rows twice. Falls back to
+        one conditional write per shard if a stored checkpoint is already further (another owner).
+        Returns the progress items whose checkpoint moved.
+        """
+        items = [p for p in progress if p.end is not None]
+        if not items:
+            return []
+        owner = owner or default_owner()
+        if len(items) <= 100:
+            try:
+                self.client.transact_write_items(TransactItems=[{"Update": self._update(p, owner)} for p in items])
+                return items
+            except ClientError as err:
+                if err.response["Error"]["Code"] != "TransactionCanceledException":
+                    raise
+                log.warning("checkpoint transaction cancelled (%s): committing shard by shard", err)
+        return [p for p in items if self.commit(p.stream, p.shard_id, p.end, owner)]
 
 
 class _CommitFn(beam.DoFn):
@@ -172,16 +192,15 @@ class _CommitFn(beam.DoFn):
         self.committed = Metrics.counter("kinesis", "checkpoints_committed")
         self.refused = Metrics.counter("kinesis", "checkpoints_refused")
 
-    def process(self, progress: ShardProgress, *sinks_done):
+    def process(self, element, *sinks_done):
         del sinks_done  # only there to order this step after the sinks
+        _stream, progress = element
+        progress = list(progress)
         _maybe_hold(self.hold_env)
-        if progress.end is None:
-            return
-        if self.store.commit(progress.stream, progress.shard_id, progress.end, self.owner):
-            self.committed.inc()
-            yield progress
-        else:
-            self.refused.inc()
+        moved = self.store.commit_progress(progress, self.owner)
+        self.committed.inc(len(moved))
+        self.refused.inc(sum(1 for p in progress if p.end is not None) - len(moved))
+        yield from moved
 
 
 def _maybe_hold(env_name: str | None) -> None:
@@ -222,6 +241,9 @@ class CommitCheckpoints(beam.PTransform):
             beam.pvalue.AsList(pc | f"SinkDone{i}" >> beam.combiners.Count.Globally().without_defaults())
             for i, pc in enumerate(self.after)
         ]
-        return progress | "CommitCheckpoint" >> beam.ParDo(
-            _CommitFn(self.aws, self.table, self.owner, self.HOLD_ENV), *side
+        return (
+            progress
+            | "KeyByStream" >> beam.Map(lambda p: (p.stream, p))
+            | "GatherPass" >> beam.GroupByKey()  # one transaction per stream (and window)
+            | "CommitCheckpoint" >> beam.ParDo(_CommitFn(self.aws, self.table, self.owner, self.HOLD_ENV), *side)
         )

@@ -162,6 +162,21 @@ class _DropSeenFn(beam.DoFn):
                 yield row
 
 
+class _DropSeenInBatchesFn(_DropSeenFn):
+    """Same, over ``(key, [row, ...])`` batches (the pipeline core's lake-file batches keep their shape)."""
+
+    def process(self, element) -> Iterable:
+        key, rows = element
+        kept = []
+        for out in super().process(rows):
+            if isinstance(out, beam.pvalue.TaggedOutput):
+                yield out
+            else:
+                kept.append(out)
+        if kept:
+            yield key, kept
+
+
 class DropSeenDuplicates(beam.PTransform):
     """Rows -> ``.rows`` (first copies and replays) and ``.duplicates`` ((tenant_id, message_id)).
 
@@ -170,15 +185,26 @@ class DropSeenDuplicates(beam.PTransform):
         table: the dedupe table.
         ttl: dedup horizon (24 h like Segment).
         ref_field: row key holding the record's source_ref.
+        batches: the input holds ``(key, [row, ...])`` batches; ``.rows`` keeps that shape.
     """
 
-    def __init__(self, aws: AwsSettings, table: str, ttl: dt.timedelta = DEFAULT_TTL, ref_field: str = "_source_ref"):
+    def __init__(
+        self,
+        aws: AwsSettings,
+        table: str,
+        ttl: dt.timedelta = DEFAULT_TTL,
+        ref_field: str = "_source_ref",
+        batches: bool = False,
+    ):
         super().__init__()
         if not table:
             raise ValueError("DropSeenDuplicates needs a table name")
-        self.aws, self.table, self.ttl, self.ref_field = aws, table, ttl, ref_field
+        self.aws, self.table, self.ttl, self.ref_field, self.batches = aws, table, ttl, ref_field, batches
 
     def expand(self, rows):
+        if self.batches:
+            fn = _DropSeenInBatchesFn(self.aws, self.table, self.ttl, self.ref_field)
+            return rows | "ClaimMessageIds" >> beam.ParDo(fn).with_outputs("duplicates", main="rows")
         return (
             rows
             | "BatchForDedupe" >> beam.BatchElements(min_batch_size=50, max_batch_size=500)
