@@ -183,3 +183,29 @@ def test_bad_flags_fail_before_the_graph_is_built(lake):
         features_pipeline.run(["--lake", root, "--as-of", "2026-10-30", "--end-date", "2026-10-30"])
     with pytest.raises(ValueError, match="ttl"):
         training_pipeline.run(["--lake", root, "--spine", "x.csv", "--output", "y", "--ttl-days", "0"])
+
+
+@pytest.mark.slow
+def test_end_to_end_synthetic_traffic_through_ingest_matches_duckdb(tmp_path):
+    """The project's traffic generator -> pipelines.ingest_batch -> pipelines.features, checked by DuckDB SQL."""
+    ingest = pytest.importorskip("pipelines.ingest_batch")
+    from connectors.synthetic import generate_events
+    from tests.transforms.test_features import assert_same, reference_features
+    from transforms.features import as_of_time
+
+    source = tmp_path / "events.ndjson"
+    source.write_bytes(b"".join(r + b"\n" for r in generate_events(3000, seed=9, start=dt.date(2026, 9, 1), days=45)))
+    lake = str(tmp_path / "lake")
+    ingest.run(["--input", str(source), "--lake", lake])
+    day = dt.date(2026, 10, 10)
+    features_pipeline.run(["--lake", lake, "--as-of", day.isoformat(), "--buckets", "2"])
+    mine = read_features(lake).to_pylist()
+    assert len(mine) > 50
+    ref = reference_features(
+        f"{lake}/events/**/*.parquet", [(r["tenant_id"], r["person_id"], as_of_time(day)) for r in mine]
+    )
+    for m, r in zip(mine, ref, strict=True):
+        assert_same(m, r, f"{m['person_id']}")
+    assert any(m["orders_lifetime"] for m in mine) and any(m["payment_failure_rate_365d"] for m in mine)
+    assert any(m["cod_share_365d"] for m in mine) and any(m["top_category_90d"] for m in mine)
+    assert any(m["preferred_device_90d"] for m in mine)
