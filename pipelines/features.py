@@ -28,6 +28,7 @@ from connectors.analytics_io import ReadEventBuckets, event_files
 from connectors.aws import AwsSettings
 from connectors.offline_store import feature_partition, prune_partition, write_feature_file
 from connectors.online_store import WriteOnlineFeatures, create_online_table
+from connectors.warehouse import load_table
 from pipelines.options import AwsOptions, DateRangeOptions, iso_date, parse_options, run_pipeline, setup_logging
 from schemas.features import FEATURES_TABLE
 from transforms.features import INPUT_COLUMNS, ComputeFeatures
@@ -130,11 +131,9 @@ class _LoadWarehouseFn(beam.DoFn):
         self.url = url
 
     def process(self, element):
-        from connectors.warehouse import load_table  # optional dependency path: only when asked for
-
         _, tables = element
         loaded = 0
-        for table in tables:  # one worker, sequential: one transaction per bucket file
+        for table in tables:  # one key, so one worker, sequential: an embedded DuckDB file takes one writer
             loaded += load_table(self.url, FEATURES_TABLE, table, key_columns=WAREHOUSE_KEY)
         yield loaded
 
