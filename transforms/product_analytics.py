@@ -24,12 +24,15 @@ Definitions (documented column by column in ``docs/analytics-segments-products.m
 from __future__ import annotations
 
 import datetime as dt
+import io
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pa_json
 
 try:  # ~5x faster than json on the properties column, same results
     import orjson as _json
@@ -91,6 +94,9 @@ def frame(table: pa.Table | pd.DataFrame) -> pd.DataFrame:
         if col not in df.columns:
             df[col] = None
     df = df.loc[(df["type"] == "track") & df["event"].isin(PRODUCT_EVENTS), list(INPUT_COLUMNS)].copy()
+    for col in ("tenant_id", "person_id", "message_id", "type", "event", "properties", "order_id", "currency"):
+        # plain Python strings: pandas' Arrow-backed strings make every take/sort/factorize several times slower
+        df[col] = df[col].astype(object)
     df["timestamp"] = pd.to_datetime(df["timestamp"], utc=True).dt.as_unit("us")
     df["revenue_inr"] = pd.to_numeric(df["revenue_inr"].astype(object), errors="coerce").astype(float)
     df["fx_rate"] = pd.to_numeric(df["fx_rate"].astype(object), errors="coerce").astype(float)
@@ -104,17 +110,24 @@ def order_key(df: pd.DataFrame) -> pd.Series:
 
 
 def dedupe_orders(df: pd.DataFrame) -> pd.DataFrame:
-    """Keep one ``Order Completed`` per (tenant, order key): the earliest (timestamp, message_id)."""
+    """Keep one ``Order Completed`` per (tenant, order key): the earliest (timestamp, message_id).
+
+    Adds ``order_key`` (null on other events); row order is kept.
+    """
     is_order = (df["event"] == ORDER).to_numpy()
-    orders = df.loc[is_order].copy()
-    orders["order_key"] = order_key(orders)
-    orders = orders.sort_values(["timestamp", "message_id"], kind="stable").drop_duplicates(
+    out = df.copy()
+    out["order_key"] = None
+    if not is_order.any():
+        return out
+    orders = df.loc[is_order, ["tenant_id", "timestamp", "message_id"]].copy()
+    orders["order_key"] = order_key(df.loc[is_order]).to_numpy(dtype=object)
+    first = orders.sort_values(["timestamp", "message_id"], kind="stable").drop_duplicates(
         ["tenant_id", "order_key"], keep="first"
     )
-    rest = df.loc[~is_order].copy()
-    rest["order_key"] = None
-    out = pd.concat([rest, orders], ignore_index=True)
-    return out.sort_values(["tenant_id", "person_id", "timestamp", "message_id"], kind="stable").reset_index(drop=True)
+    keep = ~is_order
+    keep[df.index.get_indexer(first.index)] = True
+    out.loc[is_order, "order_key"] = orders["order_key"].to_numpy(dtype=object)
+    return out.loc[keep].reset_index(drop=True)
 
 
 def _num(value: Any, default: float) -> float:
@@ -127,14 +140,24 @@ def _num(value: Any, default: float) -> float:
     return out if np.isfinite(out) else default
 
 
-def product_lines(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per (event row, product): ``row`` (index into ``df``), product_id, name, category,
-    quantity (default 1), price, line_inr (orders only; price * quantity * rate)."""
-    rows, pids, names, cats, qtys, prices = [], [], [], [], [], []
-    events = df["event"].tolist()
-    for i, (event, props) in enumerate(zip(events, df["properties"].tolist(), strict=True)):
+_ITEM_FIELDS = [
+    ("product_id", pa.string()),
+    ("sku", pa.string()),
+    ("name", pa.string()),
+    ("category", pa.string()),
+    ("price", pa.float64()),
+    ("quantity", pa.float64()),
+]
+_PROPS_SCHEMA = pa.schema([*_ITEM_FIELDS, ("products", pa.list_(pa.struct(_ITEM_FIELDS)))])
+_JSON_OPTIONS = pa_json.ParseOptions(explicit_schema=_PROPS_SCHEMA, unexpected_field_behavior="ignore")
+
+
+def _items_python(events: list, props: list) -> dict[str, list]:
+    """The reference path, item by item: used when the columnar parse refuses the data."""
+    out: dict[str, list] = {k: [] for k in ("row", "product_id", "name", "category", "quantity", "price")}
+    for i, (event, text) in enumerate(zip(events, props, strict=True)):
         try:
-            data = _loads(props) if props else {}
+            data = _loads(text) if text else {}
         except ValueError:
             continue  # the lake holds validated JSON; a stray bad value names no product
         if not isinstance(data, dict):
@@ -153,32 +176,85 @@ def product_lines(df: pd.DataFrame) -> pd.DataFrame:
             pid = item.get("product_id") or item.get("sku")
             if pid is None:
                 continue
-            rows.append(i)
-            pids.append(str(pid))
-            names.append(item.get("name"))
-            cats.append(item.get("category"))
-            qtys.append(_num(item.get("quantity"), 1.0))
-            prices.append(_num(item.get("price"), np.nan))
+            out["row"].append(i)
+            out["product_id"].append(str(pid))
+            out["name"].append(item.get("name"))
+            out["category"].append(item.get("category"))
+            out["quantity"].append(_num(item.get("quantity"), 1.0))
+            out["price"].append(_num(item.get("price"), np.nan))
+    return out
+
+
+def _items_columnar(events: np.ndarray, props: list) -> dict[str, Any] | None:
+    """The same items through Arrow's JSON reader (C++, ~20x faster); None when the data has shapes it
+    cannot type (numbers as text, ids as numbers, ...): then the Python path decides."""
+    if not props:
+        return None
+    body = "\n".join(p if isinstance(p, str) and p else "{}" for p in props).encode("utf-8")
+    try:
+        parsed = pa_json.read_json(io.BytesIO(body), parse_options=_JSON_OPTIONS)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return None
+    if parsed.num_rows != len(props):  # a raw newline inside a JSON document: let Python parse it
+        return None
+    kinds = pd.Series(events)
+    top_rows = np.flatnonzero(kinds.isin((VIEWED, ADDED)).to_numpy())
+    list_rows = np.flatnonzero(kinds.isin((CHECKOUT, ORDER)).to_numpy())
+    top = parsed.take(pa.array(top_rows)).select([name for name, _ in _ITEM_FIELDS])
+    lists = parsed.column("products").take(pa.array(list_rows))
+    lists = (
+        pa.chunked_array(lists.chunks, lists.type).combine_chunks() if lists.num_chunks else pa.array([], lists.type)
+    )
+    flat = pc.list_flatten(lists)
+    parent = list_rows[pc.list_parent_indices(lists).to_numpy()] if len(flat) else np.zeros(0, dtype="int64")
+    items = pa.concat_tables([top, pa.Table.from_struct_array(flat) if len(flat) else top.schema.empty_table()])
+    rows = np.concatenate([top_rows, parent]).astype("int64")
+    pid = items.column("product_id")
+    pid = pc.if_else(pc.or_kleene(pc.is_null(pid), pc.equal(pid, "")), items.column("sku"), pid)
+    keep = pc.is_valid(pid).to_numpy(zero_copy_only=False)
+    order = np.argsort(rows[keep], kind="stable")  # row order, items in list order, as the Python path
+    take = np.flatnonzero(keep)[order]
+    qty = items.column("quantity").to_numpy(zero_copy_only=False).astype(float)
+    price = items.column("price").to_numpy(zero_copy_only=False).astype(float)
+    return {
+        "row": rows[take],
+        "product_id": pid.to_numpy(zero_copy_only=False)[take],
+        "name": items.column("name").to_numpy(zero_copy_only=False)[take],
+        "category": items.column("category").to_numpy(zero_copy_only=False)[take],
+        "quantity": np.where(np.isnan(qty), 1.0, qty)[take],
+        "price": price[take],
+    }
+
+
+def product_lines(df: pd.DataFrame, columnar: bool = True) -> pd.DataFrame:
+    """One row per (event row, product): ``row`` (position in ``df``), product_id, name, category,
+    quantity (default 1), price, line_inr (orders only; price * quantity * rate)."""
+    events = df["event"].to_numpy(dtype=object)
+    props = df["properties"].tolist()
+    found = _items_columnar(events, props) if columnar else None
+    if found is None:
+        found = _items_python(events.tolist(), props)
     lines = pd.DataFrame(
         {
-            "row": np.asarray(rows, dtype="int64"),
-            "product_id": pd.Series(pids, dtype=object),
-            "name": pd.Series(names, dtype=object),
-            "category": pd.Series(cats, dtype=object),
-            "quantity": np.asarray(qtys, dtype=float),
-            "price": np.asarray(prices, dtype=float),
+            "row": np.asarray(found["row"], dtype="int64"),
+            "product_id": pd.Series(np.asarray(found["product_id"], dtype=object), dtype=object),
+            "name": pd.Series(np.asarray(found["name"], dtype=object), dtype=object),
+            "category": pd.Series(np.asarray(found["category"], dtype=object), dtype=object),
+            "quantity": np.asarray(found["quantity"], dtype=float),
+            "price": np.asarray(found["price"], dtype=float),
         }
     )
-    meta = df.iloc[lines["row"].to_numpy()]
-    for col in ("tenant_id", "person_id", "message_id", "timestamp", "event", "order_key"):
-        lines[col] = meta[col].to_numpy() if col in meta else None
-    lines["timestamp"] = pd.to_datetime(lines["timestamp"], utc=True)
-    rate = meta["fx_rate"].to_numpy(dtype=float)
-    currency = meta["currency"].to_numpy(dtype=object)
+    pos = lines["row"].to_numpy()
+    for col in ("tenant_id", "person_id", "message_id", "event", "order_key"):
+        lines[col] = df[col].iloc[pos].to_numpy() if col in df else None
+    lines["timestamp"] = df["timestamp"].iloc[pos].reset_index(drop=True)
+    rate = df["fx_rate"].iloc[pos].to_numpy(dtype=float)
+    currency = df["currency"].iloc[pos].to_numpy(dtype=object)
     inr = np.array([c is None or c == "INR" or c != c for c in currency], dtype=bool)
     rate = np.where(np.isnan(rate) & inr, 1.0, rate)
     lines["line_inr"] = np.where(lines["event"].to_numpy() == ORDER, lines["price"] * lines["quantity"] * rate, np.nan)
-    lines["category"] = lines["category"].where(lines["category"].notna(), None)
+    for col in ("name", "category"):
+        lines[col] = lines[col].where(lines[col].notna(), None)
     return lines
 
 
@@ -204,7 +280,7 @@ def carts(df: pd.DataFrame, hours: float, data_end: dt.datetime) -> tuple[pd.Dat
     is_order = (ev["event"] == ORDER).to_numpy()
     tenant = ev["tenant_id"].to_numpy(dtype=object)
     person = ev["person_id"].to_numpy(dtype=object)
-    ts = ev["timestamp"].to_numpy()
+    ts = ev["timestamp"].dt.tz_convert("UTC").dt.tz_localize(None).to_numpy()
     same = np.zeros(len(ev), dtype=bool)
     if len(ev) > 1:
         same[1:] = (tenant[1:] == tenant[:-1]) & (person[1:] == person[:-1])
@@ -387,6 +463,8 @@ def partials(table: pa.Table | pd.DataFrame, cart_hours: float, data_end: dt.dat
     end = pd.Timestamp(data_end)
     df = df.loc[df["timestamp"] < (end.tz_localize("UTC") if end.tzinfo is None else end)]
     df = dedupe_orders(df)
+    # persons are only counted, never output: integer codes make every distinct/merge/group cheap
+    df["person_id"] = pd.factorize(df["person_id"])[0].astype("int64")
     lines = product_lines(df)
     cart_table, member = carts(df, cart_hours, data_end)
     return {
