@@ -411,6 +411,8 @@ def has_work(client, tasks: list[ShardTask], config: ReadConfig) -> bool:
 
 
 def _progress_line(summary: PassSummary) -> str:
+    if not summary.shards:
+        return f"pass {summary.tag}: caught up, nothing new on any shard"
     shards = ", ".join(
         f"{s['shard_id'].removeprefix('shardId-')}: {s['records']}"
         + (" (ended)" if s["shard_end"] else f" lag {s['millis_behind_latest']} ms")
