@@ -32,6 +32,7 @@ from connectors.kinesis import (
     list_shards,
     readable_shards,
 )
+from tests.connectors.kinesis_helpers import faithful_kinesis_server, make_stream, put
 
 FAST = Backoff(base_s=0.001, cap_s=0.01, max_attempts=8)
 
@@ -115,18 +116,7 @@ def test_a_closed_shard_that_grew_after_the_end_mark_is_not_finished():
 # --------------------------------------------------------------------------- against the moto server
 
 
-def _put(client, stream: str, records: list[tuple[str, bytes]]) -> None:
-    for start in range(0, len(records), 500):
-        chunk = [{"PartitionKey": k, "Data": d} for k, d in records[start : start + 500]]
-        response = client.put_records(StreamName=stream, Records=chunk)
-        assert response["FailedRecordCount"] == 0
-
-
-def _stream(aws, name: str, shards: int):
-    client = default_kinesis_client(aws)
-    client.create_stream(StreamName=name, ShardCount=shards)
-    client.get_waiter("stream_exists").wait(StreamName=name, WaiterConfig={"Delay": 0.2})
-    return client
+_put, _stream = put, make_stream
 
 
 def _drain(reader: ShardReader) -> list:
@@ -347,44 +337,8 @@ def test_beam_reader_emits_source_records_with_refs(aws):
 
 @pytest.fixture
 def faithful_kinesis():
-    """A moto server (over HTTP, in this process) whose split behaves like Kinesis.
-
-    moto 5 keeps routing puts to the closed parent after split_shard (its key lookup ignores
-    whether a shard is open) and re-puts the parent's records; real Kinesis leaves the parent's
-    records where they are and routes new ones to the children. Patch those two spots only.
-    """
-    from collections import OrderedDict
-
-    from moto.kinesis import models
-    from moto.server import ThreadedMotoServer
-
-    from connectors.aws import AwsSettings
-    from infra.local_stack import free_port
-
-    original_lookup, original_split = models.Stream.get_shard_for_key, models.Stream.split_shard
-
-    def lookup(self, partition_key, explicit_hash_key):
-        key = int(explicit_hash_key) if explicit_hash_key else int(hashlib.md5(partition_key.encode()).hexdigest(), 16)
-        for shard in self.shards.values():
-            if shard.is_open and shard.starting_hash <= key <= shard.ending_hash:
-                return shard
-        return original_lookup(self, partition_key, explicit_hash_key)
-
-    def split(self, shard_to_split, new_starting_hash_key):
-        parent = self.shards[shard_to_split]
-        kept, parent.records = parent.records, OrderedDict()
-        original_split(self, shard_to_split, new_starting_hash_key)
-        parent.records = kept
-
-    models.Stream.get_shard_for_key, models.Stream.split_shard = lookup, split
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        yield AwsSettings.local(f"http://127.0.0.1:{port}")
-    finally:
-        server.stop()
-        models.Stream.get_shard_for_key, models.Stream.split_shard = original_lookup, original_split
+    with faithful_kinesis_server() as aws:
+        yield aws
 
 
 @pytest.mark.integration
