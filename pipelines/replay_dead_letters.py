@@ -242,6 +242,7 @@ def _read_lines(patterns: Iterable[str]) -> tuple[list[str], list[str]]:
 def run(argv: list[str] | None = None) -> ReplaySummary:
     options = parse_options(list(argv or []), ReplayOptions, __doc__)
     opts = options.view_as(ReplayOptions)
+    FileSystems.set_options(options)  # s3:// dead letters: the --s3_* flags apply to the reads below too
     files, lines = _read_lines(opts.dead_letters)
     if not files:
         raise ValueError(f"--dead-letters {opts.dead_letters} matched no files")

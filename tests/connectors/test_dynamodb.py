@@ -12,6 +12,8 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.util import assert_that, equal_to
 from botocore.exceptions import ClientError
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from connectors.dynamodb import (
     Backoff,
@@ -285,3 +287,95 @@ def test_outputs_keep_each_rows_window_and_timestamp(aws):
             reify_windows=True,
             label="FailureWindows",
         )
+
+
+def test_concurrent_writers_on_the_same_persons_lose_nothing(aws):
+    """Four threads write overlapping, shuffled slices of the same persons' events: every order counts once."""
+    import threading
+
+    from transforms.profiles import fold, summarize
+
+    create_tables(aws, PROFILES, IDENTITY)
+    rnd = random.Random(3)
+    rows = [
+        lake_row(f"m{i}", i, f"p{i % 3}", event="Order Completed", order_id=f"o{i}", revenue_inr=Decimal(i + 1))
+        for i in range(60)
+    ]
+    slices = [rnd.sample(rows, 30) for _ in range(4)]  # overlapping: many events applied twice
+    errors, races = [], []
+
+    class CountingClient(FlakyClient):
+        def get_item(self, **kwargs):  # only called after a lost race (ConditionalCheckFailed)
+            races.append(1)
+            return self._client.get_item(**kwargs)
+
+    def writer(part):
+        client = CountingClient(aws.client("dynamodb"), throttles=0)
+        try:
+            for start in range(0, len(part), 5):
+                outcome = write_profile_states(client, PROFILES, fold(part[start : start + 5]), max_workers=1)
+                assert all(v is None for v in outcome.values())
+        except Exception as err:  # surfaced below
+            errors.append(err)
+
+    threads = [threading.Thread(target=writer, args=(part,)) for part in slices]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    print(f"lost races re-merged: {len(races)}")
+    applied = {r["message_id"]: r for part in slices for r in part}.values()
+    expected = {key: summarize(state) for key, state in fold(applied).items()}
+    client = aws.client("dynamodb")
+    for (tenant, person), profile in expected.items():
+        stored = read_profile(client, PROFILES, tenant, person)
+        assert stored["order_count"] == profile["order_count"]
+        assert stored["revenue_inr"] == profile["revenue_inr"]
+        assert stored["revenue_inr"] == sum(
+            Decimal(int(r["message_id"][1:]) + 1) for r in applied if r["person_id"] == person
+        )
+
+
+class ChaosClient:
+    """In-memory BatchWriteItem with scripted chaos: throttles, random partial processing, 5xx."""
+
+    def __init__(self, script):
+        self.store, self.script, self.calls = {}, list(script), 0
+
+    def batch_write_item(self, RequestItems):
+        ((table, requests),) = RequestItems.items()
+        self.calls += 1
+        assert len(requests) <= 25
+        keys = [json.dumps(r["PutRequest"]["Item"]["pk"]) for r in requests]
+        assert len(set(keys)) == len(keys), "duplicate keys in one batch"
+        action, keep = self.script.pop(0) if self.script else ("ok", 1.0)
+        if action == "throttle":
+            raise throttle("BatchWriteItem")
+        if action == "5xx":
+            raise ClientError(
+                {"Error": {"Code": "InternalServerError"}, "ResponseMetadata": {"HTTPStatusCode": 500}},
+                "BatchWriteItem",
+            )
+        cut = int(len(requests) * keep)
+        for request in requests[:cut]:
+            item = request["PutRequest"]["Item"]
+            self.store[item["pk"]["S"]] = item["v"]["N"]
+        return {"UnprocessedItems": {table: requests[cut:]}} if cut < len(requests) else {}
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(1, 80),
+    dup=st.integers(0, 10),
+    script=st.lists(st.tuples(st.sampled_from(["ok", "throttle", "5xx", "partial"]), st.floats(0.0, 1.0)), max_size=15),
+)
+def test_batch_writer_delivers_every_item_exactly_once_under_chaos(n, dup, script):
+    requests = [{"PutRequest": {"Item": {"pk": {"S": f"k{i}"}, "v": {"N": str(i)}}}} for i in range(n)]
+    requests += requests[:dup]
+    client = ChaosClient([(a, k if a == "partial" else 1.0) for a, k in script])
+    report = batch_write_with_retry(
+        client, "t", requests, key_attributes=("pk",), backoff=Backoff(max_attempts=50, sleep=lambda s: None)
+    )
+    assert report.failures == []
+    assert client.store == {f"k{i}": str(i) for i in range(n)}
