@@ -250,3 +250,31 @@ class TrackingPlans:
             "; ".join(str(v) for v in violations),
             f" (+{suppressed} similar suppressed)" if suppressed else "",
         )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m schemas.tracking_plan DIR``: check every plan file in DIR and summarise it."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m schemas.tracking_plan",
+        description="Check the tracking-plan YAML files of a directory (one file per tenant) and print a summary. "
+        "Exits 1 with the offending file named when a plan is invalid.",
+    )
+    parser.add_argument("directory", help="Directory of <tenant>.yaml tracking plans, e.g. schemas/tracking_plans.")
+    args = parser.parse_args(argv)
+    try:
+        plans = TrackingPlans.load(args.directory)
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}")
+        return 1
+    for tenant in plans.tenants:
+        plan = plans.for_tenant(tenant)
+        assert plan is not None
+        unplanned = "allowed" if plan.allow_unplanned_events else "violations"
+        print(f"{tenant}: mode={plan.mode}, {len(plan.events)} planned events, unplanned events {unplanned}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

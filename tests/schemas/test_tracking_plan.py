@@ -144,3 +144,17 @@ def test_only_track_events_and_planned_tenants_are_checked():
     closed = plans_of(allow_unplanned_events=False)
     assert closed.check(ev(None, type_="identify")) == []
     assert closed.check(ev("Other", tenant="t2")) == []
+
+
+def test_check_command(tmp_path: Path, capsys):
+    from schemas.tracking_plan import main
+
+    assert main([str(PLANS_DIR)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out == [
+        "acme-in: mode=block, 14 planned events, unplanned events violations",
+        "bloom-in: mode=warn, 3 planned events, unplanned events allowed",
+    ]
+    (tmp_path / "bad.yaml").write_text("tenant_id: x\nmode: sometimes\n")
+    assert main([str(tmp_path)]) == 1
+    assert "bad.yaml" in capsys.readouterr().out
