@@ -80,7 +80,7 @@ def _fail(
     if isinstance(data, dict):
         tenant_id = _id_of(data, "tenantId", "tenant_id")
         message_id = _id_of(data, "messageId", "message_id")
-    elif data is None and payload and reason is not Reason.NOT_UTF8 and len(payload) <= MAX_RECORD_BYTES:
+    elif data is None and payload and len(payload) <= MAX_RECORD_BYTES and reason is not Reason.BAD_GZIP:
         # Unparsed bytes: read the ids when they are plainly there, to help whoever replays it.
         found = {k: p.search(payload) for k, p in _ID_PATTERNS.items()}
         tenant_id = _text(found["tenant_id"])

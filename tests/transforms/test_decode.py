@@ -207,6 +207,13 @@ def test_bad_input_kinds(record: bytes, reason: Reason):
     assert FailedEvent.from_json_line(failure.to_json_line()).payload == failure.payload
 
 
+def test_ids_are_read_from_undecodable_bytes():
+    body = json.dumps(event(4)).encode().replace(b'"Product Viewed"', b'"Produkt \xe9"')
+    failure = only_failure(decode_record(body))
+    assert failure.reason is Reason.NOT_UTF8
+    assert (failure.tenant_id, failure.message_id) == ("acme-in", "m-4")
+
+
 def test_failure_keeps_the_offending_bytes_and_ids():
     body = json.dumps(event(9, properties={"blob": "x" * 40_000})).encode()
     failure = only_failure(decode_record(body))
