@@ -14,6 +14,7 @@ import io
 import os
 import re
 import tempfile
+import zlib
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -32,6 +33,7 @@ __all__ = [
     "EventFile",
     "ReadEventBuckets",
     "event_files",
+    "person_bucket",
     "person_buckets",
     "read_event_file",
     "read_table",
@@ -87,12 +89,19 @@ def read_event_file(
     return table.select(list(columns))
 
 
+def person_bucket(person_id: str | None, buckets: int) -> int:
+    """A stable bucket for one person id: CRC-32 of its UTF-8 bytes (same in every process and run)."""
+    return zlib.crc32((person_id or "").encode("utf-8")) % buckets
+
+
 def person_buckets(person_ids: pa.ChunkedArray | pa.Array, buckets: int) -> np.ndarray:
-    """A stable bucket per person id (same id, same bucket, in every process and run)."""
-    values = np.asarray(person_ids.to_pandas(types_mapper=None).astype(object).fillna(""), dtype=object)
-    if not len(values):
-        return np.zeros(0, dtype="int64")
-    return (pd.util.hash_array(values, categorize=True) % np.uint64(buckets)).astype("int64")
+    """:func:`person_bucket` of every id of a column (about 0.2 µs an id)."""
+    crc = zlib.crc32
+    return np.fromiter(
+        (crc((p or "").encode("utf-8")) % buckets for p in person_ids.to_pylist()),
+        dtype="int64",
+        count=len(person_ids),
+    )
 
 
 class _ReadBucketsFn(beam.DoFn):

@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
 
-from connectors.analytics_io import ReadEventBuckets, event_files, person_buckets, read_table, write_table
+from connectors.analytics_io import ReadEventBuckets, event_files, person_bucket, read_table, write_table
 from pipelines.options import DateRangeOptions, parse_options, run_pipeline, setup_logging
 from schemas.lake import EVENTS_SCHEMA
 from transforms import product_analytics as pa_t
@@ -120,8 +120,7 @@ class ProductAnalytics(beam.PTransform):
             split.orders
             | "KeyByOrder" >> beam.Map(lambda r: (_order_key(r), r))
             | "FirstCopyOfOrder" >> beam.CombinePerKey(_earliest)
-            | "OrderByPersonBucket"
-            >> beam.Map(lambda kv: (int(person_buckets(pa.array([kv[1]["person_id"]]), buckets)[0]), kv[1]))
+            | "OrderByPersonBucket" >> beam.Map(lambda kv: (person_bucket(kv[1]["person_id"], buckets), kv[1]))
         )
         rows = split.rows
         end_date = self.end_date
