@@ -22,6 +22,7 @@ URLs: ``duckdb:///abs/path.duckdb``, ``postgresql://user@host:port/db``,
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import io
 import json
 import logging
@@ -250,6 +251,19 @@ class DuckDBWarehouse(_Warehouse):
         return duckdb.connect(self.path)
 
     def load(self, job: _Load) -> int:
+        # DuckDB's optimistic concurrency does not see two transactions inserting the same new key (there is
+        # no unique index), so concurrent MERGEs could both insert it: loads into one file are serialised by
+        # an exclusive lock on PATH.lock (threads and processes alike; DuckDB has one writer per file anyway).
+        if self.path == ":memory:":
+            return self._load(job)
+        with open(f"{self.path}.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                return self._load(job)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _load(self, job: _Load) -> int:
         data = job.data
         con = self._connect()
         try:

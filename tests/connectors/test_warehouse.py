@@ -27,6 +27,7 @@ from connectors.warehouse import (
     connect,
     count_rows,
     create_table_sql,
+    dedupe_last,
     load_table,
     merge_sql,
     rows_to_arrow,
@@ -288,3 +289,44 @@ def test_redshift_stages_parquet_with_manifest_and_runs_one_transaction(aws):
     assert entry["meta"]["content_length"] == len(body) and entry["mandatory"] is True
     staged = pq.read_table(io.BytesIO(body))
     assert staged.schema.names == EVENTS_SCHEMA.names and staged.num_rows == len(ROWS)
+
+
+def _load_concurrently(url: str, table: str, batches: list[list[dict]]) -> list[BaseException]:
+    import threading
+
+    errors: list[BaseException] = []
+
+    def load(batch):
+        try:
+            job = _Load(table, dedupe_last(rows_to_arrow(batch), EVENT_KEY), EVENT_KEY, None, EVENT_JSON_COLUMNS, "")
+            Retry(max_attempts=20, base=0.01, cap=0.2).run(connect(url), job)
+        except BaseException as err:
+            errors.append(err)
+
+    threads = [threading.Thread(target=load, args=(batch,)) for batch in batches]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return errors
+
+
+def overlapping_batches():
+    import random
+
+    rnd = random.Random(1)
+    return [rnd.sample(ROWS, 25) for _ in range(6)]
+
+
+@pytest.mark.integration
+def test_postgres_concurrent_loads_into_a_new_table(postgres_url, pg_table):
+    batches = overlapping_batches()
+    assert _load_concurrently(postgres_url, pg_table, batches) == []
+    assert count_rows(postgres_url, pg_table) == len({r["message_id"] for b in batches for r in b})
+
+
+def test_duckdb_concurrent_loads_into_a_new_table(tmp_path):
+    url = f"duckdb://{tmp_path}/wh.duckdb"
+    batches = overlapping_batches()
+    assert _load_concurrently(url, "events", batches) == []
+    assert count_rows(url) == len({r["message_id"] for b in batches for r in b})
