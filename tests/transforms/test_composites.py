@@ -50,6 +50,11 @@ def test_batch_counts_rows_failures_and_duplicates():
         assert_that(out.duplicates, equal_to([("acme-in", "m-00003")]), label="dups")
 
 
+def _write_json(rows, path):
+    with open(path, "w") as handle:
+        json.dump(sorted(rows), handle)
+
+
 def _expected_rows(tmp_path):
     """Rows from the batch run, collected through a file (no shared memory between runs)."""
     path = str(tmp_path / "batch_rows.json")
@@ -59,7 +64,7 @@ def _expected_rows(tmp_path):
             out.rows
             | beam.Map(lambda r: json.dumps(comparable(r)))
             | beam.combiners.ToList()
-            | beam.Map(lambda rows: open(path, "w").write(json.dumps(sorted(rows))))
+            | beam.Map(_write_json, path)
         )
     with open(path) as handle:
         return [tuple(json.loads(r)) for r in json.load(handle)]
