@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import datetime as dt
+import fcntl
 import hashlib
 import json
 import math
@@ -55,7 +56,7 @@ _AT_FDCWD = -100
 @dataclass(frozen=True)
 class CompactionResult:
     partition: str
-    status: str  # compacted | skipped_compact | skipped_open | skipped_empty
+    status: str  # compacted | skipped_compact | skipped_open | skipped_empty | skipped_busy
     files_in: int = 0
     files_out: int = 0
     rows_in: int = 0
@@ -295,7 +296,25 @@ def compact_partition(
         strategy = "exchange" if local and exchange_supported() else "copy"
     if strategy == "exchange" and not local:
         raise ValueError("the exchange strategy needs a local filesystem")
+    if not local:  # no locks on S3; the copy strategy's steps are idempotent, so an overlap converges
+        return _compact(
+            fs, rel, partition_dir, state_dir, strategy, target_file_mb, min_age_seconds, schema, now, _crash_at
+        )
+    fs.create_dir(state_dir, recursive=True)
+    with open(f"{state_dir}/.lock", "a") as lock:
+        try:  # one compaction of a partition at a time: two exchanges of the same dir would undo each other
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return CompactionResult(rel, "skipped_busy")
+        try:
+            return _compact(
+                fs, rel, partition_dir, state_dir, strategy, target_file_mb, min_age_seconds, schema, now, _crash_at
+            )
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
+
+def _compact(fs, rel, partition_dir, state_dir, strategy, target_file_mb, min_age_seconds, schema, now, _crash_at):
     recovered = _recover(fs, partition_dir, state_dir)
     files = _data_files(fs, partition_dir)
     if not files:

@@ -89,7 +89,8 @@ def test_compaction_keeps_every_row_once_and_rerun_is_a_no_op(tmp_path):
         k: os.stat(f"{tmp_path}/events/tenant_id={k[0]}/event_date={k[1]}/{v[0]}").st_mtime_ns
         for k, v in before.items()
     }
-    assert not os.listdir(tmp_path / "_compaction" / "events" / "tenant_id=acme-in" / "event_date=2026-03-01")
+    leftovers = os.listdir(tmp_path / "_compaction" / "events" / "tenant_id=acme-in" / "event_date=2026-03-01")
+    assert leftovers == [".lock"]  # no staging dir, no marker
 
 
 def test_range_tenant_and_open_partitions_are_respected(tmp_path):
@@ -135,7 +136,21 @@ def test_crash_at_any_point_is_repaired_by_rerunning(tmp_path, strategy, crash_a
     assert read_ids(tmp_path) == expected
     assert len(files_of(tmp_path, "acme-in", "2026-03-01")) == 1
     state = tmp_path / "_compaction" / "events" / "tenant_id=acme-in" / "event_date=2026-03-01"
-    assert not list(state.iterdir())
+    assert [p.name for p in state.iterdir()] == [".lock"]
+
+
+def test_a_partition_being_compacted_elsewhere_is_skipped(tmp_path):
+    import fcntl
+
+    expected = make_lake(tmp_path, tenants=("acme-in",), days=1)
+    part = {"tenant_id": "acme-in", "event_date": "2026-03-01"}
+    state = tmp_path / "_compaction" / "events" / "tenant_id=acme-in" / "event_date=2026-03-01"
+    state.mkdir(parents=True)
+    with open(state / ".lock", "a") as held:  # another compaction of this partition is running
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert compact_partition(str(tmp_path), "events", part).status == "skipped_busy"
+    assert compact_partition(str(tmp_path), "events", part).status == "compacted"
+    assert read_ids(tmp_path) == expected
 
 
 def test_file_written_during_compaction_is_kept(tmp_path, monkeypatch):
