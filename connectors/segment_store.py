@@ -1,9 +1,11 @@
 """Segment membership in the DynamoDB profile store, for real-time use.
 
-One item per person, keyed ``<tenant_id>#<person_id>`` (attribute ``pk`` by default, the profile
-item's key). A write sets only the segment attributes (``segments``: the sorted names, possibly empty;
-``segments_as_of``: ISO date; ``tenant_id``, ``person_id``), so the profile attributes other writers keep
-on the same item survive. Every write is *conditional*: it applies only when the item has no
+One item per person in the profile table, beside the person's profile item: ``pk = <tenant_id>#<person_id>``
+(the profile's partition key, see ``docs/sinks.md``) and ``sk = SEGMENTS`` (the profile item is
+``sk = PROFILE`` and is rewritten whole by its own writer, so segments live in their own item; a real-time
+reader gets both with one ``Query`` on ``pk``). A write sets only the segment attributes (``segments``: the
+sorted names, possibly empty; ``segments_as_of``: ISO date; ``tenant_id``, ``person_id``). For a table with a
+partition key only, pass ``sort_key=None``. Every write is *conditional*: it applies only when the item has no
 ``segments_as_of`` yet or an older-or-equal one, so a backfill of an older as-of date can never
 overwrite newer membership (Feast's online store gets this wrong; see ../shared/REFERENCE.md), and a
 rerun of the same date rewrites the same values.
@@ -31,6 +33,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 __all__ = [
     "DEFAULT_KEY_ATTRIBUTE",
+    "DEFAULT_SORT_KEY",
+    "SEGMENTS_SORT_VALUE",
     "SegmentStoreError",
     "TransientStoreError",
     "WriteStats",
@@ -41,6 +45,8 @@ __all__ = [
 ]
 
 DEFAULT_KEY_ATTRIBUTE = "pk"
+DEFAULT_SORT_KEY = "sk"
+SEGMENTS_SORT_VALUE = "SEGMENTS"
 TRANSIENT_CODES = frozenset(
     {
         "ProvisionedThroughputExceededException",
@@ -78,10 +84,18 @@ def item_key(tenant_id: str, person_id: str) -> str:
     return f"{tenant_id}#{person_id}"
 
 
+def _key(key_attribute: str, sort_key: str | None, tenant_id: str, person_id: str) -> dict:
+    key = {key_attribute: {"S": item_key(tenant_id, person_id)}}
+    if sort_key:
+        key[sort_key] = {"S": SEGMENTS_SORT_VALUE}
+    return key
+
+
 def _update_one(
     client,
     table: str,
     key_attribute: str,
+    sort_key: str | None,
     tenant_id: str,
     person_id: str,
     segments: Sequence[str],
@@ -94,7 +108,7 @@ def _update_one(
         try:
             client.update_item(
                 TableName=table,
-                Key={key_attribute: {"S": item_key(tenant_id, person_id)}},
+                Key=_key(key_attribute, sort_key, tenant_id, person_id),
                 UpdateExpression="SET #seg = :seg, #asof = :asof, #tenant = :tenant, #person = :person",
                 ConditionExpression="attribute_not_exists(#asof) OR #asof <= :asof",
                 ExpressionAttributeNames={
@@ -134,6 +148,7 @@ def write_memberships(
     rows: Iterable[tuple[str, str, Sequence[str]]],
     as_of: dt.date,
     key_attribute: str = DEFAULT_KEY_ATTRIBUTE,
+    sort_key: str | None = DEFAULT_SORT_KEY,
     concurrency: int = 8,
     max_attempts: int = 8,
     base_delay: float = 0.05,
@@ -145,7 +160,7 @@ def write_memberships(
         return stats
 
     def one(r):
-        return _update_one(client, table, key_attribute, r[0], r[1], r[2], as_of, max_attempts, base_delay)
+        return _update_one(client, table, key_attribute, sort_key, r[0], r[1], r[2], as_of, max_attempts, base_delay)
 
     if concurrency <= 1:
         for r in rows:
@@ -157,23 +172,33 @@ def write_memberships(
     return stats
 
 
-def read_membership(client, table: str, tenant_id: str, person_id: str, key_attribute: str = DEFAULT_KEY_ATTRIBUTE):
+def read_membership(
+    client,
+    table: str,
+    tenant_id: str,
+    person_id: str,
+    key_attribute: str = DEFAULT_KEY_ATTRIBUTE,
+    sort_key: str | None = DEFAULT_SORT_KEY,
+):
     """``(segments, as_of)`` stored for a person, or None (real-time readers, tests)."""
     item = client.get_item(
-        TableName=table, Key={key_attribute: {"S": item_key(tenant_id, person_id)}}, ConsistentRead=True
+        TableName=table, Key=_key(key_attribute, sort_key, tenant_id, person_id), ConsistentRead=True
     ).get("Item")
     if not item or "segments_as_of" not in item:
         return None
     return [v["S"] for v in item["segments"]["L"]], dt.date.fromisoformat(item["segments_as_of"]["S"])
 
 
-def create_table(client, table: str, key_attribute: str = DEFAULT_KEY_ATTRIBUTE) -> None:
-    """Create the profile table (on-demand) if missing: for local stacks and tests; infra owns AWS."""
+def create_table(
+    client, table: str, key_attribute: str = DEFAULT_KEY_ATTRIBUTE, sort_key: str | None = DEFAULT_SORT_KEY
+) -> None:
+    """Create the profile table's layout (on-demand) if missing: for local stacks and tests; infra owns AWS."""
+    keys = [key_attribute, *([sort_key] if sort_key else [])]
     try:
         client.create_table(
             TableName=table,
-            KeySchema=[{"AttributeName": key_attribute, "KeyType": "HASH"}],
-            AttributeDefinitions=[{"AttributeName": key_attribute, "AttributeType": "S"}],
+            KeySchema=[{"AttributeName": k, "KeyType": t} for k, t in zip(keys, ("HASH", "RANGE"), strict=False)],
+            AttributeDefinitions=[{"AttributeName": k, "AttributeType": "S"} for k in keys],
             BillingMode="PAY_PER_REQUEST",
         )
     except ClientError as err:

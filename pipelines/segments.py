@@ -26,7 +26,7 @@ from apache_beam.metrics import Metrics
 
 from connectors.analytics_io import ReadEventBuckets, event_files, write_table
 from connectors.aws import AwsSettings
-from connectors.segment_store import DEFAULT_KEY_ATTRIBUTE, write_memberships
+from connectors.segment_store import DEFAULT_KEY_ATTRIBUTE, DEFAULT_SORT_KEY, write_memberships
 from pipelines.options import AwsOptions, DateRangeOptions, iso_date, parse_options, run_pipeline, setup_logging
 from transforms import segments as seg
 
@@ -80,6 +80,13 @@ class SegmentsOptions(DateRangeOptions, AwsOptions):
             dest="dynamodb_key_attribute",
             default=DEFAULT_KEY_ATTRIBUTE,
             help="Partition-key attribute of the profile table (value '<tenant_id>#<person_id>').",
+        )
+        parser.add_argument(
+            "--dynamodb-sort-key",
+            dest="dynamodb_sort_key",
+            default=DEFAULT_SORT_KEY,
+            help="Sort-key attribute of the profile table; the segments item has the value SEGMENTS "
+            "(beside the PROFILE item). Pass an empty string for a table with a partition key only.",
         )
         parser.add_argument(
             "--buckets", type=int, default=16, help="Person buckets: the parallelism of the per-person work."
@@ -164,8 +171,9 @@ class _WriteTenantFn(beam.DoFn):
 class _WriteProfileStoreFn(beam.DoFn):
     """Conditional per-person updates; the client is opened per worker in setup()."""
 
-    def __init__(self, settings: AwsSettings, table: str, key_attribute: str, as_of: dt.date):
+    def __init__(self, settings: AwsSettings, table: str, key_attribute: str, sort_key: str | None, as_of: dt.date):
         self.settings, self.table, self.key_attribute, self.as_of = settings, table, key_attribute, as_of
+        self.sort_key = sort_key or None
         self.written = Metrics.counter("livora.segments", "profile_items_written")
         self.stale = Metrics.counter("livora.segments", "profile_items_newer_kept")
         self.retries = Metrics.counter("livora.segments", "profile_write_retries")
@@ -175,7 +183,7 @@ class _WriteProfileStoreFn(beam.DoFn):
 
     def process(self, persons: pd.DataFrame):
         rows = zip(persons["tenant_id"], persons["person_id"], persons["segments"], strict=True)
-        stats = write_memberships(self.client, self.table, rows, self.as_of, self.key_attribute)
+        stats = write_memberships(self.client, self.table, rows, self.as_of, self.key_attribute, self.sort_key)
         self.written.inc(stats.written)
         self.stale.inc(stats.stale)
         self.retries.inc(stats.retries)
@@ -241,7 +249,9 @@ def build(pipeline: beam.Pipeline, opts: SegmentsOptions, config: seg.SegmentsCo
     )
     if opts.dynamodb_table:
         result.persons | "WriteProfileStore" >> beam.ParDo(
-            _WriteProfileStoreFn(opts.settings(), opts.dynamodb_table, opts.dynamodb_key_attribute, opts.as_of)
+            _WriteProfileStoreFn(
+                opts.settings(), opts.dynamodb_table, opts.dynamodb_key_attribute, opts.dynamodb_sort_key, opts.as_of
+            )
         )
 
 

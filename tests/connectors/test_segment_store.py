@@ -49,7 +49,7 @@ def test_transient_errors_are_retried_with_backoff(error):
     stats = write_memberships(client, "t", [("acme", "p1", ["b", "a"])], dt.date(2026, 10, 1), base_delay=0.001)
     assert (stats.written, stats.retries, len(client.calls)) == (1, 2, 3)
     call = client.calls[-1]
-    assert call["Key"] == {"pk": {"S": "acme#p1"}}
+    assert call["Key"] == {"pk": {"S": "acme#p1"}, "sk": {"S": "SEGMENTS"}}
     assert call["ExpressionAttributeValues"][":seg"] == {"L": [{"S": "a"}, {"S": "b"}]}  # sorted names
 
 
@@ -90,3 +90,11 @@ def test_older_as_of_never_overwrites_newer(aws):
     write_memberships(client, "profiles", [("t", "p1", [])], later)
     assert read_membership(client, "profiles", "t", "p1") == ([], later)
     assert read_membership(client, "profiles", "t", "nobody") is None
+
+
+@pytest.mark.integration
+def test_a_table_with_a_partition_key_only(aws):
+    client = aws.client("dynamodb")
+    create_table(client, "segments_only", key_attribute="id", sort_key=None)
+    write_memberships(client, "segments_only", [("t", "p", ["a"])], dt.date(2026, 1, 1), "id", None)
+    assert read_membership(client, "segments_only", "t", "p", "id", None) == (["a"], dt.date(2026, 1, 1))

@@ -11,8 +11,9 @@ import pandas as pd
 import pyarrow.dataset as ds
 import pytest
 
+from connectors.dynamodb import create_tables
 from connectors.lake import read_events
-from connectors.segment_store import create_table, read_membership
+from connectors.segment_store import read_membership
 from pipelines import segments as seg_pipeline
 from tests.analytics_lake import START, generate_rows, row, write_lake
 from transforms.segments import load_config, membership
@@ -102,9 +103,10 @@ def test_profile_store_gets_conditional_updates(tmp_path, aws, config_file):
     ]
     write_lake(str(lake), rows)
     client = aws.client("dynamodb")
-    create_table(client, "profiles")
-    # the profile writer's attributes on the same item must survive segment updates
-    client.put_item(TableName="profiles", Item={"pk": {"S": "acme-in#alice"}, "order_count": {"N": "7"}})
+    create_tables(aws, "profiles", "identity")  # the profile store's real layout (pk, sk)
+    # the profile item beside the segments item must be left alone
+    profile = {"pk": {"S": "acme-in#alice"}, "sk": {"S": "PROFILE"}, "order_count": {"N": "7"}}
+    client.put_item(TableName="profiles", Item=profile)
     flags = ["--dynamodb-table", "profiles", "--aws-profile", "local", "--aws-endpoint-url", aws.endpoint_url]
 
     def stored(person):
@@ -114,9 +116,13 @@ def test_profile_store_gets_conditional_updates(tmp_path, aws, config_file):
     run(lake, config_file, "--as-of", "2026-08-03", "--output", str(tmp_path / "o"), *flags)
     assert stored("alice") == (["email_buyers"], dt.date(2026, 8, 3))
     assert stored("bob") == ([], dt.date(2026, 8, 3))
-    assert client.get_item(TableName="profiles", Key={"pk": {"S": "acme-in#alice"}})["Item"]["order_count"] == {
-        "N": "7"
-    }
+    items = client.query(
+        TableName="profiles",
+        KeyConditionExpression="pk = :pk",
+        ExpressionAttributeValues={":pk": {"S": "acme-in#alice"}},
+    )["Items"]
+    assert sorted(i["sk"]["S"] for i in items) == ["PROFILE", "SEGMENTS"]  # one query gives both
+    assert next(i for i in items if i["sk"]["S"] == "PROFILE") == profile
 
     # a newer as-of: bob viewed skincare twice within 30 days
     run(lake, config_file, "--as-of", "2026-08-10", "--output", str(tmp_path / "o"), *flags)
