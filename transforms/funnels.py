@@ -67,6 +67,7 @@ Mode = Literal["ordered", "strict", "strict_increase", "unordered"]
 MODES: tuple[str, ...] = ("ordered", "strict", "strict_increase", "unordered")
 DEFAULT_TIMEZONE = "Asia/Kolkata"
 NONE = np.int64(-1)
+_IDX = np.int32  # row and pair indices (a batch holds fewer than 2**31 rows)
 _US = 1_000_000
 
 # ---------------------------------------------------------------------------------------------
@@ -396,9 +397,8 @@ def _slot_engine(
     n_p: int,
 ) -> LevelResult:
     level = np.zeros(n_p, dtype=np.int64)
-    best = np.full((n_p, n_steps), NONE, dtype=np.int64)
     if len(p_person) == 0:
-        return LevelResult(level, best)
+        return LevelResult(level, np.full((n_p, n_steps), NONE, dtype=_IDX))
     counts = np.bincount(p_person, minlength=n_p)
     # relabel persons by descending pair count: the persons active at rank j are a prefix 0..m_j-1
     perm = np.argsort(-counts, kind="stable")
@@ -420,11 +420,12 @@ def _slot_engine(
 
     # state per (relabelled) person
     slot_first = np.full((n_p, n_steps), NONE, dtype=np.int64)  # chain start ts per level slot
-    slot_last = np.full((n_p, n_steps), NONE, dtype=np.int64)  # last step ts per slot (strict_increase)
-    chain_start = np.full((n_p, n_steps), NONE, dtype=np.int64)  # pair id of the chain start per slot
-    chain = np.full((n_p, n_steps, n_steps), NONE, dtype=np.int64)  # row index per step per slot chain
+    increase = mode == "strict_increase"
+    slot_last = np.full((n_p, n_steps) if increase else (0, 0), NONE, dtype=np.int64)  # last step ts per slot
+    chain_start = np.full((n_p, n_steps), NONE, dtype=_IDX)  # pair id of the chain start per slot
+    chain = np.full((n_p, n_steps, n_steps), NONE, dtype=_IDX)  # row index per step per slot chain
     lvl = np.zeros(n_p, dtype=np.int64)
-    bst = np.full((n_p, n_steps), NONE, dtype=np.int64)
+    bst = np.full((n_p, n_steps), NONE, dtype=_IDX)
     strict = mode == "strict"
     alive = np.ones(n_p, dtype=bool)
     started = np.zeros(n_p, dtype=bool)
@@ -449,7 +450,8 @@ def _slot_engine(
         if len(i0):
             t0 = ts_j[i0]
             slot_first[i0, 0] = t0
-            slot_last[i0, 0] = t0
+            if increase:
+                slot_last[i0, 0] = t0
             chain_start[i0, 0] = lo + i0
             chain[i0, 0, 0] = row_j[i0]
             new = i0[lvl[i0] < 1]
@@ -464,12 +466,13 @@ def _slot_engine(
             k = step_j[ia]
             pf = slot_first[ia, k - 1]
             ok = (pf != NONE) & (ts_j[ia] <= pf + window)
-            if mode == "strict_increase":
+            if increase:
                 ok &= slot_last[ia, k - 1] < ts_j[ia]
             ia, k, pf = ia[ok], k[ok], pf[ok]
             if len(ia):
                 slot_first[ia, k] = pf
-                slot_last[ia, k] = ts_j[ia]
+                if increase:
+                    slot_last[ia, k] = ts_j[ia]
                 # chain bookkeeping: a slot already holding the same chain keeps its first row
                 prev_chain = chain_start[ia, k - 1]
                 fresh = chain_start[ia, k] != prev_chain
@@ -484,6 +487,7 @@ def _slot_engine(
                     lvl[iw] = kw + 1
                     bst[iw, :] = chain[iw, kw, :]
     level[perm] = lvl
+    best = np.empty_like(bst)
     best[perm] = bst
     return LevelResult(level, best)
 
@@ -564,6 +568,41 @@ def _codes(values: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, pa.Array]:
     return encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64), encoded.dictionary
 
 
+def _tenant_codes(values: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, pa.Array]:
+    """Codes of the tenant column without hashing every row when each chunk holds one tenant.
+
+    That is the usual shape: a lake file (a chunk) is one tenant's partition, and a pipeline
+    bucket is one tenant. One comparison pass per chunk replaces a hash per row.
+    """
+    chunks = values.chunks if isinstance(values, pa.ChunkedArray) else [values]
+    firsts = []
+    for chunk in chunks:
+        if len(chunk) == 0:
+            firsts.append(None)
+            continue
+        if chunk.null_count or not pc.all(pc.equal(chunk, chunk[0])).as_py():
+            return _codes(values)
+        firsts.append(chunk[0].as_py())
+    names = sorted({f for f in firsts if f is not None})
+    code_of = {name: i for i, name in enumerate(names)}
+    codes = np.concatenate(
+        [np.full(len(c), code_of.get(f, 0), dtype=np.int64) for c, f in zip(chunks, firsts, strict=True)]
+        or [np.zeros(0, dtype=np.int64)]
+    )
+    return codes, pa.array(names, pa.string())
+
+
+def _person_keys(tenant_codes: np.ndarray, n_tenants: int, person_codes: np.ndarray, n_persons: int):
+    """Dense codes of (tenant, person): the same person id in two tenants is two people."""
+    if n_tenants == 1:  # the pipeline's case (one tenant per bucket): person codes are already dense
+        return person_codes, n_persons
+    combined = tenant_codes * n_persons + person_codes
+    present = np.zeros(n_tenants * n_persons, dtype=bool)
+    present[combined] = True
+    dense = np.cumsum(present) - 1
+    return dense[combined], int(present.sum())
+
+
 def _ts_us(table: pa.Table) -> np.ndarray:
     col = table.column("timestamp")
     if pa.types.is_timestamp(col.type):
@@ -587,14 +626,9 @@ def person_funnel(table: pa.Table, definition: FunnelDefinition, entry_before: d
     schema = person_funnel_schema(n_steps)
     if table.num_rows == 0:
         return schema.empty_table()
-    tenant_codes, tenants = _codes(table.column("tenant_id"))
+    tenant_codes, tenants = _tenant_codes(table.column("tenant_id"))
     person_codes, persons = _codes(table.column("person_id"))
-    # a person key is (tenant, person): the same person id in two tenants is two people
-    if len(tenants) == 1:  # the pipeline's case (one tenant per bucket): person codes are already dense
-        key_codes, n_p = person_codes, len(persons)
-    else:
-        uniq, key_codes = np.unique(tenant_codes * (len(persons) + 1) + person_codes, return_inverse=True)
-        key_codes, n_p = key_codes.ravel(), len(uniq)
+    key_codes, n_p = _person_keys(tenant_codes, len(tenants), person_codes, len(persons))
     ts = _ts_us(table)
     match = np.column_stack([condition_mask(table, s.event, s.filters) for s in definition.steps])
     tiebreak = table.column("message_id")

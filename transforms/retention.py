@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
 from pydantic import BaseModel, ConfigDict, Field
 
-from transforms.funnels import BucketLakeBatches, _sort_order
+from transforms.funnels import BucketLakeBatches, _codes, _person_keys, _sort_order, _tenant_codes
 
 __all__ = [
     "RETENTION_SCHEMA",
@@ -116,11 +116,9 @@ def retention_table(
     """
     if table.num_rows == 0:
         return RETENTION_SCHEMA.empty_table()
-    tenant = table.column("tenant_id").combine_chunks().dictionary_encode()
-    person = table.column("person_id").combine_chunks().dictionary_encode()
-    t_codes = tenant.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-    p_codes = person.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-    key = t_codes * (len(person.dictionary) + 1) + p_codes
+    t_codes, tenant_values = _tenant_codes(table.column("tenant_id"))
+    p_codes, person_values = _codes(table.column("person_id"))
+    key, _ = _person_keys(t_codes, len(tenant_values), p_codes, len(person_values))
     ts = pc.cast(table.column("timestamp"), pa.int64()).to_numpy(zero_copy_only=False).astype(np.int64)
     days = _local_days(table.column("timestamp"), definition.timezone)
     per = period_index(days, definition.period)
@@ -198,7 +196,7 @@ def retention_table(
     k_grid = np.arange(n)
     visible = (g_per[:, None] + k_grid[None, :]) <= last_period
     gi, ki = np.nonzero(visible)
-    tenants = tenant.dictionary.take(pa.array(g_tenant[gi]))
+    tenants = tenant_values.take(pa.array(g_tenant[gi]))
     cohort_start = pa.array(period_start(g_per[gi], definition.period).astype(np.int32), pa.int32()).cast(pa.date32())
     out = pa.table(
         {
