@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 
 import maxminddb
 
-__all__ = ["GeoInfo", "GeoIpLookup", "geo_from_record", "is_public_ip"]
+__all__ = ["GeoInfo", "GeoIpLookup", "geo_from_record", "is_public_ip", "public_address"]
 
 
 class GeoInfo(NamedTuple):
@@ -29,12 +29,24 @@ class GeoInfo(NamedTuple):
 NO_GEO = GeoInfo()
 
 
-def is_public_ip(ip: str) -> bool:
-    """True for a syntactically valid, globally routable address (private, loopback, CGNAT... are not)."""
+def public_address(ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address to look up, or None when it is invalid or not globally routable.
+
+    IPv4-mapped IPv6 (``::ffff:49.36.1.2``, as some proxies forward) is unwrapped to the IPv4 address.
+    Private, loopback, link-local, carrier-grade NAT (100.64/10) and reserved ranges are not global.
+    """
     try:
-        return ipaddress.ip_address(ip).is_global
+        address = ipaddress.ip_address(ip.strip())
     except ValueError:
-        return False
+        return None
+    if address.version == 6 and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address if address.is_global else None
+
+
+def is_public_ip(ip: str) -> bool:
+    """True for a syntactically valid, globally routable address."""
+    return public_address(ip) is not None
 
 
 def _name(record: dict[str, Any] | None, language: str) -> str | None:
@@ -75,10 +87,11 @@ class GeoIpLookup:
         self.lookup = functools.lru_cache(maxsize=cache_size)(self._lookup) if cache_size else self._lookup
 
     def _lookup(self, ip: str | None) -> GeoInfo:
-        if not ip or not is_public_ip(ip):
+        address = public_address(ip) if ip else None
+        if address is None:
             return NO_GEO
         try:
-            record = self._reader.get(ip)
+            record = self._reader.get(address)
         except ValueError:  # an IPv6 address against an IPv4-only database
             return NO_GEO
         return geo_from_record(record, self.language)

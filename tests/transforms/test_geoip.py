@@ -30,6 +30,8 @@ def geo(city_db) -> GeoIpLookup:
         ("8.8.8.8", GeoInfo("US", "California", "Mountain View", 37.4223, -122.085)),
         ("2405:200:1:2::5", GeoInfo("IN", "Maharashtra", "Mumbai", 19.0728, 72.8826)),
         ("157.32.9.9", GeoInfo("IN", None, None, 21.9974, 79.0011)),  # country-level precision only
+        ("::ffff:106.51.0.9", GeoInfo("IN", "Karnataka", "Bengaluru", 12.9634, 77.5855)),  # IPv4-mapped IPv6
+        (" 49.36.0.1 ", GeoInfo("IN", "Maharashtra", "Mumbai", 19.0728, 72.8826)),  # stray whitespace
     ],
 )
 def test_lookup_known_ranges(geo, ip, expected):
@@ -52,6 +54,7 @@ def test_every_sample_network_resolves_to_its_row(geo):
         "100.64.1.1",  # carrier-grade NAT (very common on Indian mobile networks)
         "169.254.0.1",  # link-local
         "::1",
+        "::ffff:192.168.0.1",  # IPv4-mapped private address
         "fe80::1",
         "not-an-ip",
         "999.1.1.1",
