@@ -78,6 +78,7 @@ TRANSIENT_CODES = frozenset(
         "LimitExceededException",
     }
 )
+ITEM_ERROR_CODES = frozenset({"ValidationException", "ItemCollectionSizeLimitExceededException"})
 _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()
 
@@ -124,6 +125,15 @@ def _error_code(err: Exception) -> str | None:
     if isinstance(err, (ConnectionError, ReadTimeoutError)):
         return type(err).__name__
     return None
+
+
+def _is_item_error(err: Exception) -> bool:
+    """A refusal of the item itself (bad attribute, too large, key mismatch): dead-letter the rows.
+
+    Any other non-transient error (missing table, access denied, bad credentials) is a configuration
+    problem: it is raised, failing the bundle loudly, instead of dead-lettering every row.
+    """
+    return isinstance(err, ClientError) and err.response.get("Error", {}).get("Code") in ITEM_ERROR_CODES
 
 
 def _describe(err: Exception) -> tuple[str, str]:
@@ -211,6 +221,8 @@ def _write_chunk(client, table, requests, indices, key_attributes, backoff: Back
             response = client.batch_write_item(RequestItems={table: [requests[i] for i in pending]})
         except (ClientError, BotoCoreError) as err:
             if _error_code(err) is None:
+                if not _is_item_error(err):
+                    raise
                 if len(pending) == 1:
                     report.failures.append(WriteFailure(pending[0], *_describe(err)))
                 else:  # find the bad item(s): the rest of the batch is fine and must be written
@@ -368,6 +380,8 @@ def _apply_profile(client, table, key, partial, stored_item, backoff: Backoff, m
                 old, version = _state_of(response.get("Item"))
                 continue
             if _error_code(err) is None:
+                if not _is_item_error(err):
+                    raise
                 return code, message
             attempt += 1
             if attempt >= backoff.max_attempts:

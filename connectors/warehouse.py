@@ -235,6 +235,12 @@ class _Warehouse:
     def is_transient(err: BaseException) -> bool:
         raise NotImplementedError
 
+    @staticmethod
+    def is_data_error(err: BaseException) -> bool:
+        """The rows are at fault (bad value, bad JSON, constraint): dead-letter them. Anything else that is
+        not transient (missing privilege, bad SQL, wrong URL) is a configuration error and is raised."""
+        raise NotImplementedError
+
 
 class DuckDBWarehouse(_Warehouse):
     """Embedded default. One connection per load: the file lock is held only while loading."""
@@ -299,6 +305,12 @@ class DuckDBWarehouse(_Warehouse):
         import duckdb
 
         return isinstance(err, (duckdb.IOException, duckdb.TransactionException))
+
+    @staticmethod
+    def is_data_error(err: BaseException) -> bool:
+        import duckdb
+
+        return isinstance(err, (duckdb.DataError, duckdb.ConstraintException))
 
 
 def _duckdb_columns(con, table: str) -> list[str] | None:
@@ -379,6 +391,12 @@ class PostgresWarehouse(_Warehouse):
             errors.LockNotAvailable,
         )
         return isinstance(err, transient) and not isinstance(err, errors.QueryCanceled)
+
+    @staticmethod
+    def is_data_error(err: BaseException) -> bool:
+        import psycopg
+
+        return isinstance(err, (psycopg.DataError, psycopg.IntegrityError))
 
 
 def _pg_columns(cur, table: str) -> list[str] | None:
@@ -492,6 +510,11 @@ class RedshiftWarehouse(_Warehouse):
         if isinstance(err, ClientError):
             return err.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) >= 500
         return isinstance(err, BotoCoreError)
+
+    @staticmethod
+    def is_data_error(err: BaseException) -> bool:
+        # a rejected value fails the whole COPY with "Load into table ... failed. Check 'stl_load_errors'"
+        return PostgresWarehouse.is_data_error(err) or "stl_load_errors" in str(err)
 
 
 def connect(url: str, **kwargs) -> _Warehouse:
@@ -630,7 +653,7 @@ class _LoadBatchFn(beam.DoFn):
         except TransientWarehouseError:
             raise  # the runner retries the bundle; the MERGE makes that safe
         except Exception as err:
-            if isinstance(err, (pa.ArrowException,)) or not self._warehouse.is_transient(err):
+            if isinstance(err, pa.ArrowException) or self._warehouse.is_data_error(err):
                 if len(rows) == 1:
                     self._failed.inc()
                     yield beam.pvalue.TaggedOutput(self.FAILURES, warehouse_failure(rows[0], self._target, err))

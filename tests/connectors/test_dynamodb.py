@@ -379,3 +379,12 @@ def test_batch_writer_delivers_every_item_exactly_once_under_chaos(n, dup, scrip
     )
     assert report.failures == []
     assert client.store == {f"k{i}": str(i) for i in range(n)}
+
+
+def test_a_missing_table_fails_loudly_instead_of_dead_lettering_everything(aws):
+    client = aws.client("dynamodb")
+    request = [{"PutRequest": {"Item": {"pk": {"S": "k"}, "sk": {"S": "x"}}}}]
+    with pytest.raises(ClientError, match="ResourceNotFoundException"):
+        batch_write_with_retry(client, "no-such-table", request, backoff=Backoff(sleep=lambda s: None))
+    with pytest.raises(ClientError, match="ResourceNotFoundException"):
+        write_profile_states(client, "no-such-table", {("acme-in", "p1"): contribution(lake_row("m1", 0))})

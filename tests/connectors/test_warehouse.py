@@ -330,3 +330,18 @@ def test_duckdb_concurrent_loads_into_a_new_table(tmp_path):
     batches = overlapping_batches()
     assert _load_concurrently(url, "events", batches) == []
     assert count_rows(url) == len({r["message_id"] for b in batches for r in b})
+
+
+def test_duckdb_bad_row_is_dead_lettered_but_a_broken_target_fails_loudly(tmp_path):
+    import duckdb
+
+    url = f"duckdb://{tmp_path}/wh.duckdb"
+    run_load(url, [*ROWS[:5], lake_row(98, properties="{not json")], "events")  # asserts the one failure
+    assert count_rows(url) == 5
+    con = duckdb.connect(str(tmp_path / "wh.duckdb"))
+    con.execute("CREATE VIEW broken AS SELECT 1 AS x")
+    con.close()
+    options = PipelineOptions(flags=[], runner="FnApiRunner")
+    # a configuration error, not bad rows: the run fails instead of dead-lettering every row
+    with pytest.raises(Exception, match=r"(?i)view|catalog"), beam.Pipeline(options=options) as pipeline:
+        _ = pipeline | beam.Create(ROWS[:3]) | LoadToWarehouse(url, "broken", retry=FAST)
