@@ -37,6 +37,7 @@ __all__ = [
     "person_buckets",
     "read_event_file",
     "read_table",
+    "to_arrow",
     "write_bytes_atomically",
     "write_table",
 ]
@@ -170,7 +171,8 @@ def write_bytes_atomically(path: str, data: bytes) -> None:
         raise
 
 
-def _to_arrow(df: pd.DataFrame, schema: pa.Schema | None = None) -> pa.Table:
+def to_arrow(df: pd.DataFrame, schema: pa.Schema | None = None) -> pa.Table:
+    """A result DataFrame as Arrow with plain ``string`` columns and no pandas metadata."""
     table = pa.Table.from_pandas(df, schema=schema, preserve_index=False)
     # pandas' pyarrow-backed strings come back as large_string: store plain strings
     fields = [pa.field(f.name, pa.string()) if pa.types.is_large_string(f.type) else f for f in table.schema]
@@ -179,7 +181,7 @@ def _to_arrow(df: pd.DataFrame, schema: pa.Schema | None = None) -> pa.Table:
 
 def write_table(path: str, df: pd.DataFrame, csv: bool = True, schema: pa.Schema | None = None) -> str:
     """Write ``df`` to ``path`` (``.parquet``) atomically, and the same rows to the ``.csv`` beside it."""
-    table = _to_arrow(df, schema)
+    table = to_arrow(df, schema)
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression="zstd")
     write_bytes_atomically(path, sink.getvalue().to_pybytes())

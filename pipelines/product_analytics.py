@@ -25,7 +25,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
 
-from connectors.analytics_io import ReadEventBuckets, event_files, person_bucket, read_table, write_table
+from connectors.analytics_io import ReadEventBuckets, event_files, person_bucket, read_table, to_arrow, write_table
+from connectors.warehouse import load_table
 from pipelines.options import DateRangeOptions, parse_options, run_pipeline, setup_logging
 from schemas.lake import EVENTS_SCHEMA
 from transforms import product_analytics as pa_t
@@ -34,6 +35,13 @@ log = logging.getLogger(__name__)
 
 TABLES = ("product_funnel", "category_funnel", "revenue_daily", "ltv_cohorts", "cart_abandonment")
 DAILY_TABLES = ("revenue_daily", "cart_abandonment")
+WAREHOUSE_PARTITIONS = {  # what a load replaces: the run's days for daily tables, the tenant's rows otherwise
+    "product_funnel": ("tenant_id",),
+    "category_funnel": ("tenant_id",),
+    "revenue_daily": ("tenant_id", "date"),
+    "ltv_cohorts": ("tenant_id",),
+    "cart_abandonment": ("tenant_id", "date"),
+}
 ORDER_EVENT = "Order Completed"
 
 
@@ -53,6 +61,12 @@ class ProductAnalyticsOptions(DateRangeOptions):
         )
         parser.add_argument(
             "--buckets", type=int, default=16, help="Person buckets: the parallelism of the per-person work."
+        )
+        parser.add_argument(
+            "--warehouse",
+            default=None,
+            help="Also load the tables into this warehouse (duckdb:///path.duckdb, postgresql://..., "
+            "redshift://...): daily tables replace the (tenant, date) pairs of the run, the others the tenant's rows.",
         )
 
 
@@ -134,16 +148,23 @@ class ProductAnalytics(beam.PTransform):
 
 
 class _WriteTablesFn(beam.DoFn):
-    def __init__(self, output: str, start: dt.date | None, end: dt.date, tenant: str | None):
+    def __init__(
+        self, output: str, start: dt.date | None, end: dt.date, tenant: str | None, warehouse: str | None = None
+    ):
         self.output, self.start, self.end, self.tenant = output.rstrip("/"), start, end, tenant
+        self.warehouse = warehouse
 
     def process(self, tables: dict[str, pd.DataFrame]):
         for name in TABLES:
             df = tables[name]
             path = f"{self.output}/{name}.parquet"
             if name in DAILY_TABLES:
-                df = pa_t.merge_daily(read_table(path), df, self.start, self.end, self.tenant)
-            write_table(path, df)
+                merged = pa_t.merge_daily(read_table(path), df, self.start, self.end, self.tenant)
+                write_table(path, merged)
+            else:
+                write_table(path, df)
+            if self.warehouse and len(df):
+                load_table(self.warehouse, name, to_arrow(df), replace_partitions=WAREHOUSE_PARTITIONS[name])
             yield name, len(df)
 
 
@@ -163,7 +184,8 @@ def build(pipeline: beam.Pipeline, opts: ProductAnalyticsOptions) -> None:
         pipeline
         | "EventFiles" >> beam.Create([tuple(f) for f in files])
         | "ProductAnalytics" >> ProductAnalytics(opts.cart_hours, data_end, end_date, opts.buckets)
-        | "WriteTables" >> beam.ParDo(_WriteTablesFn(opts.output, opts.start_date, end_date, opts.tenant))
+        | "WriteTables"
+        >> beam.ParDo(_WriteTablesFn(opts.output, opts.start_date, end_date, opts.tenant, opts.warehouse))
     )
 
 

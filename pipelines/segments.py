@@ -24,9 +24,10 @@ import pandas as pd
 import pyarrow as pa
 from apache_beam.metrics import Metrics
 
-from connectors.analytics_io import ReadEventBuckets, event_files, write_table
+from connectors.analytics_io import ReadEventBuckets, event_files, to_arrow, write_table
 from connectors.aws import AwsSettings
 from connectors.segment_store import DEFAULT_KEY_ATTRIBUTE, DEFAULT_SORT_KEY, write_memberships
+from connectors.warehouse import load_table
 from pipelines.options import AwsOptions, DateRangeOptions, iso_date, parse_options, run_pipeline, setup_logging
 from transforms import segments as seg
 
@@ -91,6 +92,12 @@ class SegmentsOptions(DateRangeOptions, AwsOptions):
         parser.add_argument(
             "--buckets", type=int, default=16, help="Person buckets: the parallelism of the per-person work."
         )
+        parser.add_argument(
+            "--warehouse",
+            default=None,
+            help="Also load segment_membership and segment_sizes into this warehouse (duckdb:///..., "
+            "postgresql://..., redshift://...), replacing the run's (tenant_id, as_of) rows.",
+        )
 
 
 class _FeaturesFn(beam.DoFn):
@@ -140,8 +147,9 @@ def _cutpoints(element):
 
 
 class _WriteTenantFn(beam.DoFn):
-    def __init__(self, root: str, config: seg.SegmentsConfig, as_of: dt.date):
+    def __init__(self, root: str, config: seg.SegmentsConfig, as_of: dt.date, warehouse: str | None = None):
         self.root, self.config, self.as_of = root.rstrip("/"), config, as_of
+        self.warehouse = warehouse
         self.files = Metrics.counter("livora.segments", "files_written")
 
     def process(self, element):
@@ -165,6 +173,18 @@ class _WriteTenantFn(beam.DoFn):
         write_table(f"{self.root}/segments/{part}", members, csv=False, schema=MEMBERS_SCHEMA)
         write_table(f"{self.root}/segment_sizes/{part}", sizes, csv=False, schema=SIZES_SCHEMA)
         self.files.inc(2)
+        if self.warehouse:
+            for name, df, schema in (
+                ("segment_membership", members, MEMBERS_SCHEMA),
+                ("segment_sizes", sizes, SIZES_SCHEMA),
+            ):
+                table = to_arrow(df, schema)
+                table = table.append_column("tenant_id", pa.array([tenant] * table.num_rows, pa.string()))
+                table = table.append_column("as_of", pa.array([self.as_of] * table.num_rows, pa.date32()))
+                # load_table needs rows: an as-of rerun that leaves a tenant with no member at all keeps the
+                # earlier members in the warehouse (segment_sizes, never empty, is always replaced and shows 0)
+                if table.num_rows:
+                    load_table(self.warehouse, name, table, replace_partitions=("tenant_id", "as_of"))
         yield tenant, len(members)
 
 
@@ -245,7 +265,7 @@ def build(pipeline: beam.Pipeline, opts: SegmentsOptions, config: seg.SegmentsCo
     (
         result.per_tenant
         | "GroupByTenant" >> beam.GroupByKey()
-        | "WriteMembership" >> beam.ParDo(_WriteTenantFn(root, config, opts.as_of))
+        | "WriteMembership" >> beam.ParDo(_WriteTenantFn(root, config, opts.as_of, opts.warehouse))
     )
     if opts.dynamodb_table:
         result.persons | "WriteProfileStore" >> beam.ParDo(

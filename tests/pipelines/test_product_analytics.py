@@ -114,3 +114,16 @@ def test_bad_flags_fail_before_the_graph(lake, tmp_path):
         )
     with pytest.raises(ValueError, match="cart-hours"):
         product_analytics.run(["--lake", str(lake), "--output", str(tmp_path), "--cart-hours", "0"])
+
+
+def test_warehouse_load_is_idempotent(lake, tmp_path):
+    import duckdb
+
+    url = f"duckdb:///{tmp_path}/wh.duckdb"
+    got = run(lake, tmp_path / "o", "--warehouse", url)
+    run(lake, tmp_path / "o", "--warehouse", url)  # a rerun replaces, never adds
+    with duckdb.connect(str(tmp_path / "wh.duckdb"), read_only=True) as con:
+        for name in TABLES:
+            assert con.execute(f"SELECT count(*) FROM {name}").fetchone()[0] == len(got[name]), name
+        total = con.execute("SELECT sum(revenue_inr) FROM revenue_daily").fetchone()[0]
+    assert total == pytest.approx(got["revenue_daily"]["revenue_inr"].sum())

@@ -146,3 +146,21 @@ def test_help_and_bad_flags(lake, config_file, tmp_path):
     bad.write_text("segments: [{name: a, rule: {event: {name: X, min_count: -1}}}]")
     with pytest.raises(ValueError):
         seg_pipeline.run(["--lake", str(lake), "--config", str(bad), "--as-of", "2026-10-01"])
+
+
+def test_warehouse_load_replaces_the_as_of(lake, config_file, tmp_path):
+    import duckdb
+
+    url = f"duckdb:///{tmp_path}/wh.duckdb"
+    for _ in range(2):
+        run(lake, config_file, "--as-of", AS_OF.isoformat(), "--output", str(tmp_path / "o"), "--warehouse", url)
+    files = read_dir(tmp_path / "o" / "segments")
+    with duckdb.connect(str(tmp_path / "wh.duckdb"), read_only=True) as con:
+        rows = con.execute(
+            "SELECT tenant_id, person_id, segment, CAST(as_of AS VARCHAR) FROM segment_membership"
+        ).fetchall()
+        sizes = con.execute("SELECT count(*) FROM segment_sizes").fetchone()[0]
+    assert sorted(rows) == sorted(
+        zip(files["tenant_id"], files["person_id"], files["segment"], files["as_of"], strict=True)
+    )
+    assert sizes == 2 * 3  # two tenants, three segments
