@@ -249,6 +249,14 @@ class Enricher:
         if preload_rates:
             _ = self._r.fx
 
+    def cache_stats(self) -> dict[str, dict[str, int]]:
+        """Hits, misses and size of each per-worker cache (for metrics and tuning the cache sizes)."""
+        r = self._r
+        if r is None:
+            return {}
+        caches = {"ua": r.ua, "geo": r.geo, "device": r.device, "attribution": r.attribution, "fx_rate": r.rate}
+        return {name: cache.cache_info()._asdict() for name, cache in caches.items()}
+
     def enrich(self, ev: ValidEvent) -> dict[str, Any] | FailedEvent:
         """The ENRICH_COLUMNS of ``ev``'s lake row, or a FailedEvent (stage enrich) for unconvertible money.
 

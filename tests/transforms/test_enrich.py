@@ -406,3 +406,15 @@ def test_money_with_a_non_code_currency_fails(enricher, currency):
     failed = enricher.enrich(valid({"event": "Order Refunded", "properties": {"total": 10, "currency": currency}}))
     assert isinstance(failed, FailedEvent)
     assert (failed.reason, failed.field_path) == (Reason.UNKNOWN_CURRENCY, "properties.currency")
+
+
+def test_cache_stats_count_repeat_visitors(city_db):
+    enricher = Enricher(EnrichConfig(geoip_db=city_db))
+    assert enricher.cache_stats() == {}
+    ev = valid({"event": "X", "context": {"ip": MUMBAI_IP, "userAgent": IPHONE, "page": {"url": "https://acme.in/"}}})
+    for _ in range(3):
+        enricher.enrich(ev)
+    stats = enricher.cache_stats()
+    assert stats["device"]["hits"] == 2 and stats["device"]["misses"] == 1
+    assert stats["attribution"]["hits"] == 2 and stats["attribution"]["misses"] == 1
+    assert stats["ua"]["misses"] == 1 and stats["geo"]["misses"] == 1
