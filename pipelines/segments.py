@@ -107,6 +107,7 @@ class _FeaturesFn(beam.DoFn):
 
     def process(self, element):
         bucket, tables = element
+        tables = list(tables)  # grouped values are an iterable on distributed runners, not a list
         table = pa.concat_tables([t.cast(tables[0].schema) for t in tables])
         features = seg.person_features(table, self.config, self.as_of)
         self.persons.inc(len(features))
