@@ -82,9 +82,6 @@ ENRICH_COLUMNS = (
 )
 """The LakeEvent columns :meth:`Enricher.enrich` returns, in LakeEvent order."""
 
-_ROW_TEMPLATE: dict[str, Any] = dict.fromkeys(ENRICH_COLUMNS)
-_ROW_TEMPLATE["is_bot"] = False
-_ROW_TEMPLATE["channel"] = "direct"
 _PAGE, _IDENTIFY, _GROUP = EventType.PAGE, EventType.IDENTIFY, EventType.GROUP
 
 
@@ -169,6 +166,7 @@ class _Resources:
         self.amount = functools.lru_cache(maxsize=10_000)(_amount)
         self.rate = functools.lru_cache(maxsize=100_000)(self._rate)
         self.base_currency = config.base_currency.upper()
+        self.row_template: dict[str, Any] = {**dict.fromkeys(ENRICH_COLUMNS), "is_bot": False, "channel": "direct"}
         self._fx: FxTable | None = None
         self.policies: dict[str, CompiledPolicy] = {}
         self._default_policy = CompiledPolicy(config.default_pii)
@@ -308,7 +306,7 @@ class Enricher:
         traits = fields["traits"]
         has_traits = bool(traits) or event_type is _IDENTIFY or event_type is _GROUP
         traits_json = dumps_json(apply_policy(traits, "traits", policy)) if has_traits else None
-        row = _ROW_TEMPLATE.copy()  # all keys in LakeEvent order: updates below never resize the dict
+        row = r.row_template.copy()  # all keys in LakeEvent order: updates below never resize the dict
         row.update(r.device(policy, ctx["ip"], ctx["user_agent"]))
         row.update(r.attribution(url, path, referrer, campaign))
         row["locale"] = ctx["locale"]
