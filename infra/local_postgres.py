@@ -85,10 +85,13 @@ def running_postgres(datadir: str | os.PathLike | None = None, timeout: float = 
     import psycopg
 
     owned = datadir is None
-    base = Path(tempfile.mkdtemp(prefix="livora-pg-") if owned else datadir)
+    user = _server_user()
+    # under root the server user must be able to reach the directory: /tmp is world-traversable, a
+    # custom $TMPDIR (or pytest's tmp dirs) may not be
+    parent = "/tmp" if user and os.path.isdir("/tmp") else None
+    base = Path(tempfile.mkdtemp(prefix="livora-pg-", dir=parent) if owned else datadir)
     base.mkdir(parents=True, exist_ok=True)
     data, log_file = base / "data", base / "postgres.log"
-    user = _server_user()
     if user:
         info = pwd.getpwnam(user)
         os.chown(base, info.pw_uid, info.pw_gid)
