@@ -393,3 +393,103 @@ def test_membership_equals_duckdb_sql(seed, as_of):
     want_set = set(zip(want["tenant_id"], want["person_id"], want["segment"], strict=True))
     assert got_set == want_set
     assert {s for *_, s in got_set} == {"skincare_browsers", "champions", "email_buyers_or_repeat"}  # all non-empty
+
+
+def test_the_example_rules_file_is_valid():
+    import pathlib
+
+    path = pathlib.Path(__file__).parents[2] / "docs" / "examples" / "segments.yaml"
+    config = load_config(path.read_text())
+    assert len(config.segments) == 6 and config.uses_rfm()
+    rows = generate_rows(persons=50, seed=9)
+    out = membership(pd.DataFrame(rows), config, dt.date(2026, 10, 31))
+    assert set(out["segment"]) <= {s.name for s in config.segments} and len(out) > 0
+
+
+# --- random rule trees against a naive per-person evaluation ---------------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_NAMES = ["A", "B", "C"]
+_leaf = st.fixed_dictionaries(
+    {
+        "name": st.sampled_from([*_NAMES, None]),
+        "min_count": st.integers(0, 3),
+        "max_count": st.one_of(st.none(), st.integers(0, 4)),
+        "within_days": st.one_of(st.none(), st.integers(1, 12)),
+        "color": st.one_of(st.none(), st.sampled_from(["red", "blue"])),
+    }
+).filter(lambda d: d["max_count"] is None or d["max_count"] >= d["min_count"])
+_tree = st.recursive(
+    _leaf.map(lambda d: ("leaf", d)),
+    lambda kids: st.one_of(
+        st.lists(kids, min_size=1, max_size=3).map(lambda k: ("and", k)),
+        st.lists(kids, min_size=1, max_size=3).map(lambda k: ("or", k)),
+        kids.map(lambda k: ("not", k)),
+    ),
+    max_leaves=6,
+)
+_rows = st.lists(
+    st.tuples(
+        st.sampled_from([f"p{i}" for i in range(6)]),
+        st.sampled_from([*_NAMES, "D"]),
+        st.integers(0, 20 * 24),  # hours after 2026-09-20 00:00 UTC
+        st.sampled_from([None, "red", "blue"]),
+    ),
+    min_size=1,
+    max_size=40,
+)
+
+
+def _to_yaml_rule(node) -> dict:
+    kind, body = node
+    if kind == "leaf":
+        leaf = {"name": body["name"], "min_count": body["min_count"]}
+        if body["max_count"] is not None:
+            leaf["max_count"] = body["max_count"]
+        if body["within_days"] is not None:
+            leaf["within_days"] = body["within_days"]
+        if body["color"] is not None:
+            leaf["where"] = [{"property": "color", "op": "eq", "value": body["color"]}]
+        return {"event": leaf}
+    if kind == "not":
+        return {"not": _to_yaml_rule(body)}
+    return {kind: [_to_yaml_rule(k) for k in body]}
+
+
+def _naive(node, events, end) -> bool:
+    kind, body = node
+    if kind == "leaf":
+        n = sum(
+            1
+            for name, when, color in events
+            if when < end
+            and (body["name"] is None or name == body["name"])
+            and (body["within_days"] is None or when >= end - dt.timedelta(days=body["within_days"]))
+            and (body["color"] is None or color == body["color"])
+        )
+        return n >= body["min_count"] and (body["max_count"] is None or n <= body["max_count"])
+    if kind == "not":
+        return not _naive(body, events, end)
+    results = [_naive(k, events, end) for k in body]
+    return all(results) if kind == "and" else any(results)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(tree=_tree, raw=_rows)
+def test_random_rule_trees_match_a_naive_evaluation(tree, raw):
+    base = dt.datetime(2026, 9, 20, tzinfo=dt.UTC)
+    rows = [
+        ev(p, (base + dt.timedelta(hours=h)).isoformat()[:19], event=name, props={"color": c} if c else {})
+        for p, name, h, c in raw
+    ]
+    config = load_config({"segments": [{"name": "s", "rule": _to_yaml_rule(tree)}]})
+    got = set(membership(pd.DataFrame(rows), config, AS_OF)["person_id"])
+    end = as_of_end(AS_OF)
+    by_person: dict[str, list] = {}
+    for p, name, h, c in raw:
+        by_person.setdefault(p, []).append((name, base + dt.timedelta(hours=h), c))
+    universe = {p for p, evs in by_person.items() if any(when < end for _n, when, _c in evs)}
+    want = {p for p in universe if _naive(tree, by_person[p], end)}
+    assert got == want
