@@ -94,6 +94,18 @@ class CheckpointStore:
         self.aws, self.table = aws, table
         self.client = client or aws.client("dynamodb")
 
+    def check_exists(self) -> None:
+        """Fail early, with the fix in the message, when the table is missing."""
+        try:
+            self.client.describe_table(TableName=self.table)
+        except ClientError as err:
+            if err.response["Error"]["Code"] == "ResourceNotFoundException":
+                raise ValueError(
+                    f"checkpoint table {self.table!r} does not exist: create it with "
+                    "`python -m infra.resources --profile local|aws --consumer-app NAME`"
+                ) from err
+            raise
+
     def load(self, stream: str) -> dict[str, Checkpoint]:
         """Every shard's checkpoint of ``stream`` (strongly consistent)."""
         found: dict[str, Checkpoint] = {}

@@ -28,6 +28,7 @@ __all__ = ["DedupeStore", "DropSeenDuplicates", "create_dedupe_table", "dedupe_k
 
 DEFAULT_TTL = dt.timedelta(hours=24)
 _BATCH_GET_MAX = 100
+_TRANSACT_MAX = 100
 _DEFAULT_BACKOFF = Backoff()
 
 
@@ -113,12 +114,7 @@ class DedupeStore:
         try:
             self.client.put_item(
                 TableName=self.table,
-                Item={
-                    "dedupe_key": {"S": key},
-                    "source_ref": {"S": source_ref},
-                    "first_seen": {"N": f"{now:.3f}"},
-                    "expires_at": {"N": str(int(now + self.ttl.total_seconds()))},
-                },
+                Item=self._item(key, source_ref, now),
                 ConditionExpression="attribute_not_exists(dedupe_key) OR expires_at < :now",
                 ExpressionAttributeValues={":now": {"N": str(int(now))}},
             )
@@ -137,11 +133,44 @@ class DedupeStore:
         for key, ref in items:  # the first unseen occurrence in this batch is the one to claim
             if key not in owners and key not in first_ref:
                 first_ref[key] = ref
-        if first_ref:
+        pending = list(first_ref.items())
+        chunks = [pending[i : i + _TRANSACT_MAX] for i in range(0, len(pending), _TRANSACT_MAX)]
+        if chunks:
             with ThreadPoolExecutor(self.workers) as pool:
-                claimed = pool.map(lambda kv: (kv[0], self._put_first(*kv)), first_ref.items())
-                owners.update(dict(claimed))
+                for claimed in pool.map(self._claim_chunk, chunks):
+                    owners.update(claimed)
         return [owners[key] != ref for key, ref in items]
+
+    def _claim_chunk(self, chunk: list[tuple[str, str]]) -> dict[str, str]:
+        """Claim up to 100 new keys in one transaction; if any was taken meanwhile, key by key."""
+        now = self.now()
+        try:
+            self.client.transact_write_items(
+                TransactItems=[
+                    {
+                        "Put": {
+                            "TableName": self.table,
+                            "Item": self._item(key, ref, now),
+                            "ConditionExpression": "attribute_not_exists(dedupe_key) OR expires_at < :now",
+                            "ExpressionAttributeValues": {":now": {"N": str(int(now))}},
+                        }
+                    }
+                    for key, ref in chunk
+                ]
+            )
+            return dict(chunk)
+        except ClientError as err:
+            if err.response["Error"]["Code"] != "TransactionCanceledException":
+                raise
+        return {key: self._put_first(key, ref) for key, ref in chunk}
+
+    def _item(self, key: str, source_ref: str, now: float) -> dict[str, Any]:
+        return {
+            "dedupe_key": {"S": key},
+            "source_ref": {"S": source_ref},
+            "first_seen": {"N": f"{now:.3f}"},
+            "expires_at": {"N": str(int(now + self.ttl.total_seconds()))},
+        }
 
 
 class _DropSeenFn(beam.DoFn):

@@ -428,6 +428,7 @@ def run_incremental(options: PipelineOptions, opts: StreamEventsOptions, out=sys
     aws = opts.settings()
     client = default_kinesis_client(aws)
     store = CheckpointStore(aws, opts.checkpoint_table_name())
+    store.check_exists()
     summary = StreamSummary(opts.stream, opts.lake, opts.dead_letters_path())
     config = opts.read_config(bounded=True)
     if config.start_position == StartPosition.LATEST:

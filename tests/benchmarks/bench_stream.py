@@ -1,0 +1,163 @@
+"""Benchmark: local Kinesis → lake, latency from put to visible and catch-up throughput.
+
+    pytest tests/benchmarks/bench_stream.py -m benchmark -s
+    LIVORA_BENCH_STREAM_EVENTS=20000 LIVORA_BENCH_STREAM_RATE=300 pytest ... for other sizes
+
+(a) latency: a producer thread puts events at a steady rate for a while; the pipeline runs
+    incremental passes back to back; a watcher polls the lake for new Parquet files and notes
+    when each event's row first becomes visible. Prints p50/p95/max of (visible - put).
+(b) throughput: a backlog on 4 shards, read in one catch-up run (lake only, then with the
+    DynamoDB dedupe store); the baseline in the same run is the batch ingest of the same records
+    from an NDJSON file (``pipelines.ingest_batch``). Prints events/s and the ratios.
+Everything runs against the moto server over HTTP on this machine (2 cores), so the numbers
+are about our overheads (pass start-up, per-call costs), not about AWS.
+"""
+
+from __future__ import annotations
+
+import glob
+import io
+import os
+import statistics
+import threading
+import time
+
+import pyarrow.parquet as pq
+import pytest
+
+from connectors.checkpoints import checkpoint_table_name, create_checkpoint_table
+from connectors.synthetic import generate_events
+from infra.resources import StreamingResources, create_streaming_resources
+from pipelines import stream_events
+from pipelines.demo_stream import put_records
+
+EVENTS = int(os.environ.get("LIVORA_BENCH_STREAM_EVENTS", "10000"))
+RATE = float(os.environ.get("LIVORA_BENCH_STREAM_RATE", "200"))  # events/s in the latency run
+DURATION = float(os.environ.get("LIVORA_BENCH_STREAM_SECONDS", "30"))
+
+
+def _argv(aws, res, lake, *extra):
+    return [
+        f"--stream={res.stream}",
+        f"--lake={lake}",
+        f"--aws-endpoint-url={aws.endpoint_url}",
+        f"--consumer-app={res.consumer_app}",
+        "--buckets=2",
+        "--min-call-interval=0.05",
+        *extra,
+    ]
+
+
+class LakeWatcher(threading.Thread):
+    """Polls the lake; records when each message id's row first becomes visible."""
+
+    def __init__(self, lake: str):
+        super().__init__(daemon=True)
+        self.lake, self.seen, self.files = lake, {}, set()
+        self.stop = threading.Event()
+
+    def run(self):
+        while not self.stop.is_set():
+            now = time.time()
+            for path in glob.glob(f"{self.lake}/events/**/*.parquet", recursive=True):
+                if path in self.files:
+                    continue
+                self.files.add(path)
+                try:
+                    ids = pq.read_table(path, columns=["message_id"]).column("message_id").to_pylist()
+                except OSError:
+                    continue
+                for mid in ids:
+                    self.seen.setdefault(mid, now)
+            time.sleep(0.05)
+
+
+@pytest.mark.benchmark
+def test_stream_latency_put_to_visible(aws, tmp_path):
+    res = create_streaming_resources(
+        aws, StreamingResources(stream="bench", shards=4, bucket=None, profiles_table=None, identity_table=None)
+    )
+    lake = str(tmp_path / "lake")
+    os.makedirs(lake)
+    records = list(generate_events(int(RATE * DURATION), seed=5, bad_fraction=0.0, duplicate_fraction=0.0))
+    put_at: dict[str, float] = {}
+    kinesis = aws.client("kinesis")
+    done = threading.Event()
+
+    def produce():
+        import json
+
+        step = 50  # put in small batches at the target rate
+        started = time.time()
+        for i in range(0, len(records), step):
+            chunk = records[i : i + step]
+            now = time.time()
+            put_records(kinesis, res.stream, chunk)
+            for r in chunk:
+                put_at[json.loads(r)["messageId"]] = now
+            wait = started + (i + step) / RATE - time.time()
+            if wait > 0:
+                time.sleep(wait)
+        done.set()
+
+    watcher = LakeWatcher(lake)
+    watcher.start()
+    producer = threading.Thread(target=produce, daemon=True)
+    producer.start()
+    passes = 0
+    while True:
+        summary = stream_events.run(_argv(aws, res, lake, "--once", "--dedupe-table=none"), out=io.StringIO())
+        passes += 1
+        if done.is_set() and summary.total("records_read") == 0:
+            break
+    time.sleep(0.5)
+    watcher.stop.set()
+    watcher.join()
+    latencies = sorted(watcher.seen[m] - t for m, t in put_at.items() if m in watcher.seen)
+    assert len(latencies) == len(put_at), f"{len(put_at) - len(latencies)} events never became visible"
+    q = statistics.quantiles(latencies, n=100)
+    print(
+        f"\n[bench_stream latency] {len(latencies)} events at {RATE:.0f}/s over {DURATION:.0f}s, 4 shards, "
+        f"{passes} passes: put→visible p50 {q[49]:.2f}s  p95 {q[94]:.2f}s  max {latencies[-1]:.2f}s"
+    )
+
+
+@pytest.mark.benchmark
+def test_stream_catch_up_throughput_vs_batch_ingest(aws, tmp_path):
+    from pipelines.ingest_batch import run as ingest_batch
+
+    records = list(generate_events(EVENTS, seed=6))
+    res = create_streaming_resources(
+        aws, StreamingResources(stream="bench", shards=4, bucket=None, profiles_table=None, identity_table=None)
+    )
+    started = time.perf_counter()
+    put_records(aws.client("kinesis"), res.stream, records)
+    put_s = time.perf_counter() - started
+
+    path = tmp_path / "events.ndjson"
+    path.write_bytes(b"".join(r.replace(b"\n", b" ") + b"\n" for r in records))
+    started = time.perf_counter()
+    batch = ingest_batch([f"--input={path}", f"--lake={tmp_path / 'lake_batch'}", "--buckets=2"])
+    batch_s = time.perf_counter() - started
+    assert batch.events_in == EVENTS
+
+    started = time.perf_counter()
+    plain = stream_events.run(_argv(aws, res, str(tmp_path / "lake_a"), "--dedupe-table=none"), out=io.StringIO())
+    stream_s = time.perf_counter() - started
+    assert plain.total("records_read") == EVENTS
+
+    create_checkpoint_table(aws, checkpoint_table_name("bench-dedupe"))
+    started = time.perf_counter()
+    deduped = stream_events.run(
+        _argv(aws, res, str(tmp_path / "lake_b"), "--consumer-app=bench-dedupe", f"--dedupe-table={res.dedupe_table}"),
+        out=io.StringIO(),
+    )
+    dedupe_s = time.perf_counter() - started
+    assert deduped.total("records_read") == EVENTS
+
+    print(
+        f"\n[bench_stream throughput] {EVENTS} events, 4 shards: PutRecords {EVENTS / put_s:,.0f}/s; "
+        f"batch ingest (baseline) {EVENTS / batch_s:,.0f}/s; "
+        f"stream catch-up, lake only {EVENTS / stream_s:,.0f}/s ({batch_s / stream_s:.2f}x baseline); "
+        f"with DynamoDB dedupe {EVENTS / dedupe_s:,.0f}/s ({batch_s / dedupe_s:.2f}x baseline)"
+    )
