@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from transforms.attribution import attribute, classify_channel, hostname, is_same_site
 
@@ -160,3 +162,40 @@ def test_classify_channel_directly():
     assert classify_channel(None, None, None, frozenset({"gclid"})) == "paid_search"
     assert classify_channel("EMAIL", None, None) == "email"
     assert classify_channel("google", "organic", None) == "organic_search"
+
+
+CHANNELS = {
+    "direct",
+    "organic_search",
+    "paid_search",
+    "paid_social",
+    "social",
+    "email",
+    "affiliate",
+    "display",
+    "sms",
+    "referral",
+    "other",
+}
+url_like = st.one_of(
+    st.none(),
+    st.text(max_size=40),
+    st.builds(
+        lambda host, q: f"https://{host}/p?{q}",
+        st.text(alphabet="abcxyz.[]:@-", max_size=15),
+        st.text(alphabet="utm_sourcemdi=&gclfb%[]", max_size=40),
+    ),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    page_url=url_like,
+    path=st.none() | st.text(max_size=10),
+    referrer=url_like,
+    campaign=st.none() | st.tuples(*[st.none() | st.text(max_size=8)] * 5),
+)
+def test_attribute_never_raises(page_url, path, referrer, campaign):
+    result = attribute(page_url, path, referrer, campaign)
+    assert result.channel in CHANNELS
+    assert result.referrer_host is None or result.referrer_host == result.referrer_host.lower()
