@@ -21,7 +21,9 @@ import os
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import TYPE_CHECKING, Any
 
+import apache_beam as beam
 import orjson
+from apache_beam.metrics import Metrics
 from pydantic import BaseModel
 
 from schemas.events import EventType
@@ -44,7 +46,10 @@ from transforms.useragent import UserAgentParser
 if TYPE_CHECKING:
     from transforms.validate import ValidEvent
 
-__all__ = ["ENRICH_COLUMNS", "EnrichConfig", "Enricher", "PiiPolicy", "dumps_json"]
+__all__ = ["ENRICH_COLUMNS", "EnrichConfig", "EnrichEvents", "Enricher", "PiiPolicy", "dumps_json"]
+
+ROWS, FAILURES = "rows", "failures"
+"""Output tags of :class:`EnrichEvents`."""
 
 ENRICH_COLUMNS = (
     "ip",
@@ -384,3 +389,50 @@ def _event_day(event: Any) -> dt.date:
     if ts.tzinfo is not None:
         ts = ts.astimezone(dt.UTC)
     return ts.date()
+
+
+# --- Beam wrapper -----------------------------------------------------------------------------
+
+
+class _EnrichFn(beam.DoFn):
+    """ValidEvent -> lake row (without person/session ids) on the main output, FailedEvent on 'failures'."""
+
+    def __init__(self, config: EnrichConfig) -> None:
+        self._enricher = Enricher(config)
+
+    def setup(self) -> None:
+        self._enricher.setup()
+        self._enriched = Metrics.counter("enrich", "enriched")
+        self._bots = Metrics.counter("enrich", "bots")
+        self._failed = Metrics.counter("enrich", "failed")
+
+    def process(self, valid: ValidEvent):
+        from transforms.rows import to_lake_row
+
+        out = self._enricher.enrich(valid)
+        if isinstance(out, FailedEvent):
+            self._failed.inc()
+            Metrics.counter("enrich", f"failed_{out.reason.value}").inc()
+            yield beam.pvalue.TaggedOutput(FAILURES, out)
+            return
+        self._enriched.inc()
+        if out["is_bot"]:
+            self._bots.inc()
+        yield to_lake_row(valid, out)
+
+
+class EnrichEvents(beam.PTransform):
+    """PCollection[ValidEvent] -> tagged outputs ``rows`` (lake rows without person/session ids) and
+    ``failures`` (FailedEvent, stage enrich). The same :class:`Enricher` core as the fused pipeline stage.
+
+    Args:
+        config: the enrichment settings (checked now: a missing GeoIP file fails when the graph is built).
+    """
+
+    def __init__(self, config: EnrichConfig) -> None:
+        super().__init__()
+        Enricher(config)  # fail at construction on a bad configuration
+        self._config = config
+
+    def expand(self, events):
+        return events | "Enrich" >> beam.ParDo(_EnrichFn(self._config)).with_outputs(FAILURES, main=ROWS)

@@ -418,3 +418,38 @@ def test_cache_stats_count_repeat_visitors(city_db):
     assert stats["device"]["hits"] == 2 and stats["device"]["misses"] == 1
     assert stats["attribution"]["hits"] == 2 and stats["attribution"]["misses"] == 1
     assert stats["ua"]["misses"] == 1 and stats["geo"]["misses"] == 1
+
+
+def test_enrich_events_on_the_fnapi_runner(city_db):
+    """The Beam wrapper on a real runner: rows (full lake rows) and failures, nothing lost."""
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.testing.util import assert_that, equal_to
+
+    from transforms.enrich import EnrichEvents
+
+    events = [
+        order(order_id="o-1", revenue=100, currency="INR"),
+        order(order_id="o-2", revenue=5, currency="AED"),
+        valid({"type": "page", "messageId": "m-3", "context": {"ip": "106.51.0.1", "userAgent": GOOGLEBOT}}),
+    ]
+    with beam.Pipeline(options=PipelineOptions(runner="FnApiRunner")) as p:
+        out = p | "Events" >> beam.Create(events) | "Enrich" >> EnrichEvents(EnrichConfig(geoip_db=city_db))
+        rows = out.rows | "Key" >> beam.Map(lambda r: (r["message_id"], r["geo_city"], r["revenue_inr"], r["is_bot"]))
+        assert_that(
+            rows,
+            equal_to([("m-1", "Mumbai", Decimal("100.0000"), False), ("m-3", "Bengaluru", None, True)]),
+            label="Rows",
+        )
+        assert_that(
+            out.failures | "Reason" >> beam.Map(lambda f: f.reason),
+            equal_to([Reason.UNKNOWN_CURRENCY]),
+            label="Failures",
+        )
+
+
+def test_enrich_events_checks_config_when_built(tmp_path):
+    from transforms.enrich import EnrichEvents
+
+    with pytest.raises(FileNotFoundError):
+        EnrichEvents(EnrichConfig(geoip_db=str(tmp_path / "missing.mmdb")))
