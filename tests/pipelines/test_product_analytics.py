@@ -127,3 +127,39 @@ def test_warehouse_load_is_idempotent(lake, tmp_path):
             assert con.execute(f"SELECT count(*) FROM {name}").fetchone()[0] == len(got[name]), name
         total = con.execute("SELECT sum(revenue_inr) FROM revenue_daily").fetchone()[0]
     assert total == pytest.approx(got["revenue_daily"]["revenue_inr"].sum())
+
+
+@pytest.mark.slow
+def test_end_to_end_from_synthetic_traffic_reconciles_with_the_lake(tmp_path):
+    """synthetic records → ingest_batch → product_analytics → report; totals reconcile with the lake."""
+    import duckdb
+
+    from connectors.synthetic import generate_events
+    from pipelines import ingest_batch, report
+
+    source = tmp_path / "events.ndjson"
+    source.write_bytes(b"".join(r + b"\n" for r in generate_events(6000, seed=5, days=20)))
+    lake, out = tmp_path / "lake", tmp_path / "out"
+    ingest_batch.run(["--input", str(source), "--lake", str(lake)])
+    got = run(lake, out)
+    events = f"read_parquet('{lake}/events/**/*.parquet', hive_partitioning=true)"
+    with duckdb.connect() as con:
+        orders, revenue = con.execute(
+            f"SELECT count(DISTINCT (tenant_id, coalesce(order_id, message_id))), "
+            f"sum(CAST(revenue_inr AS DOUBLE)) FROM (SELECT *, row_number() OVER (PARTITION BY tenant_id, "
+            f"coalesce(order_id, message_id) ORDER BY timestamp, message_id) AS rn FROM {events} "
+            f"WHERE event = 'Order Completed') WHERE rn = 1"
+        ).fetchone()
+        views = con.execute(f"SELECT count(*) FROM {events} WHERE event = 'Product Viewed'").fetchone()[0]
+        refunds = con.execute(f"SELECT count(*) FROM {events} WHERE event = 'Order Refunded'").fetchone()[0]
+    daily = got["revenue_daily"]
+    assert orders > 0 and int(daily["orders"].sum()) == orders
+    assert daily["revenue_inr"].sum() == pytest.approx(revenue)
+    assert int(daily["refunds"].sum()) == refunds
+    assert int(got["product_funnel"]["views"].sum()) == views
+    page = (out / "r.html").as_posix()
+    report.run(["--input", str(out), "--output", page])
+    with open(page, encoding="utf-8") as handle:
+        html = handle.read()
+    for tenant, part in daily.groupby("tenant_id"):
+        assert f"Revenue <b>₹{part['revenue_inr'].sum():,.2f}</b>" in html, tenant
