@@ -465,14 +465,27 @@ class RedshiftWarehouse(_Warehouse):
         s3.put_object(Bucket=bucket, Key=f"{prefix}/manifest.json", Body=json.dumps(manifest).encode())
         return f"s3://{bucket}/{prefix}/manifest.json"
 
-    def statements(self, job: _Load, manifest_url: str) -> list[str]:
-        """The SQL of one load, in order (run inside one transaction)."""
+    def statements(self, job: _Load, manifest_url: str, existing_columns: Sequence[str] = ()) -> list[str]:
+        """The SQL of one load, in order (run inside one transaction).
+
+        ``existing_columns``: the target's columns if it exists; batch columns it lacks are added first.
+        """
         schema, columns = job.data.schema, job.data.schema.names
         out = [
             create_table_sql(
                 job.table, schema, self.dialect, job.key_columns, job.json_columns, table_options=job.table_options
             ),
             f"LOCK {quote(job.table)}",
+        ]
+        if existing_columns:
+            known = {c.lower() for c in existing_columns}
+            out += [
+                f"ALTER TABLE {quote(job.table)} ADD COLUMN {quote(f.name)} "
+                f"{sql_type(f.type, self.dialect, f.name in job.json_columns)}"
+                for f in schema
+                if f.name.lower() not in known
+            ]
+        out += [
             f"DROP TABLE IF EXISTS {quote(STAGING)}",
             create_table_sql(STAGING, schema, self.dialect, json_columns=job.json_columns, staging=True),
             f"COPY {quote(STAGING)} FROM '{manifest_url}' IAM_ROLE '{self.iam_role}' FORMAT AS PARQUET MANIFEST",
@@ -490,7 +503,14 @@ class RedshiftWarehouse(_Warehouse):
     def load(self, job: _Load) -> int:
         manifest_url = self.stage(job.data, uuid.uuid4().hex)
         with self._connect() as conn, conn.cursor() as cur:
-            for statement in self.statements(job, manifest_url):
+            schema, _, name = job.table.rpartition(".")
+            cur.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = %s "
+                "AND table_schema = COALESCE(NULLIF(%s, ''), current_schema())",
+                [name, schema],
+            )
+            existing = [row[0] for row in cur.fetchall()]
+            for statement in self.statements(job, manifest_url, existing):
                 cur.execute(statement)
                 if statement.startswith("COPY"):
                     self._fault("staged")

@@ -234,8 +234,8 @@ def test_postgres_load_table_replaces_partitions_atomically(postgres_url):
 class RecordingConnection:
     """Stands in for a psycopg connection to Redshift: records statements and the transaction outcome."""
 
-    def __init__(self, log, fail_on=None):
-        self.log, self.fail_on = log, fail_on
+    def __init__(self, log, fail_on=None, columns=()):
+        self.log, self.fail_on, self.columns = log, fail_on, list(columns)
 
     def __enter__(self):
         return self
@@ -257,10 +257,13 @@ class RecordingCursor:
     def __exit__(self, *exc):
         return False
 
-    def execute(self, statement):
+    def execute(self, statement, params=None):
         if self.conn.fail_on and statement.startswith(self.conn.fail_on):
             raise psycopg.OperationalError("server closed the connection unexpectedly")
         self.conn.log.append(statement)
+
+    def fetchall(self):  # the information_schema lookup of the target's columns
+        return [(c,) for c in self.conn.columns]
 
 
 @pytest.mark.integration
@@ -268,7 +271,11 @@ def test_redshift_stages_parquet_with_manifest_and_runs_one_transaction(aws):
     s3 = aws.client("s3")
     s3.create_bucket(Bucket="stage", CreateBucketConfiguration={"LocationConstraint": aws.region})
     log: list[str] = []
-    attempts = iter([RecordingConnection(log, fail_on="MERGE"), RecordingConnection(log)])
+    # the target exists without the newest contract column: the load adds it in the same transaction
+    existing = [c for c in EVENTS_SCHEMA.names if c != "pipeline_version"]
+    attempts = iter(
+        [RecordingConnection(log, fail_on="MERGE", columns=existing), RecordingConnection(log, columns=existing)]
+    )
     url = "redshift://loader:secret@example.redshift.amazonaws.com:5439/dev?iam_role=arn:aws:iam::123:role/copy&s3_staging=s3://stage/batches"
     warehouse = connect(url, aws=aws, connect=lambda: next(attempts))
     data = rows_to_arrow(ROWS)
@@ -277,7 +284,9 @@ def test_redshift_stages_parquet_with_manifest_and_runs_one_transaction(aws):
     # first attempt: failed at MERGE and rolled back; second: the whole transaction again, committed
     assert log.count("ROLLBACK") == 1 and log[-1] == "COMMIT"
     second = log[log.index("ROLLBACK") + 1 :]
-    assert [s.split()[0] for s in second] == ["CREATE", "LOCK", "DROP", "CREATE", "COPY", "MERGE", "DROP", "COMMIT"]
+    kinds = ["SELECT", "CREATE", "LOCK", "ALTER", "DROP", "CREATE", "COPY", "MERGE", "DROP", "COMMIT"]
+    assert [s.split()[0] for s in second] == kinds
+    assert 'ALTER TABLE "events" ADD COLUMN "pipeline_version" VARCHAR(65535)' in second
     copy = next(s for s in second if s.startswith("COPY"))
     manifest_url = copy.split("'")[1]
     assert copy.endswith("IAM_ROLE 'arn:aws:iam::123:role/copy' FORMAT AS PARQUET MANIFEST")
