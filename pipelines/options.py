@@ -115,3 +115,7 @@ def setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("apache_beam", "botocore", "urllib3", "root"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Our option groups are not direct PipelineOptions subclasses (two pipelines both declaring
+    # --lake would clash in Beam's global parser), so Beam calls their flags "unparseable" while
+    # still passing them through; the values are parsed by the pipeline's own view.
+    logging.getLogger("apache_beam.options.pipeline_options").setLevel(logging.ERROR)

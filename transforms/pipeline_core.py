@@ -42,6 +42,10 @@ class ProcessConfig(BaseModel):
         default=None, description="Ingest time for events without receivedAt (default: wall clock)."
     )
     webhook_secrets: dict[str, str] = Field(default_factory=dict, description="provider:tenant -> webhook secret.")
+    sdk_timestamp_is_original: bool = Field(
+        default=True,
+        description="Treat an SDK's `timestamp` (sent with `sentAt`) as the device time and skew-correct it, as Segment's API does.",
+    )
 
 
 def stable_bucket(key: str, buckets: int) -> int:
@@ -77,7 +81,12 @@ class EventParser:
                 raw = RawEvent(raw.payload, {**raw.data, "receivedAt": record.received_at.isoformat()}, raw.source_ref)
             valid = validate_event(raw, self._plans)
             if isinstance(valid, ValidEvent):
-                valid = normalize_event(valid, now=now, max_future=max_future)
+                valid = normalize_event(
+                    valid,
+                    now=now,
+                    max_future=max_future,
+                    sdk_timestamp_is_original=self.config.sdk_timestamp_is_original,
+                )
             if not isinstance(valid, ValidEvent):
                 yield valid
                 continue

@@ -7,6 +7,7 @@ arrangement as Flink or Spark task managers talking to Python SDK workers.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -27,6 +28,8 @@ def worker_pool():
         [sys.executable, "-m", "apache_beam.runners.worker.worker_pool_main", f"--service_port={port}"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        # the pool starts each SDK worker as `python ...`: it must be this virtualenv's python
+        env={**os.environ, "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ.get('PATH', '')}"},
     )
     time.sleep(3)
     assert proc.poll() is None, "worker pool did not start"
