@@ -465,6 +465,18 @@ class RedshiftWarehouse(_Warehouse):
         s3.put_object(Bucket=bucket, Key=f"{prefix}/manifest.json", Body=json.dumps(manifest).encode())
         return f"s3://{bucket}/{prefix}/manifest.json"
 
+    def unstage(self, manifest_url: str) -> None:
+        """Delete a batch's staged objects (best effort: a leftover is garbage, never data)."""
+        bucket, _, manifest_key = manifest_url.removeprefix("s3://").partition("/")
+        prefix = manifest_key.rsplit("/", 1)[0]
+        try:
+            self._aws.client("s3").delete_objects(
+                Bucket=bucket,
+                Delete={"Objects": [{"Key": f"{prefix}/part-00000.parquet"}, {"Key": manifest_key}], "Quiet": True},
+            )
+        except Exception as err:  # never fail a load over cleanup; an S3 lifecycle rule on the prefix catches leftovers
+            log.warning("could not delete staged batch %s: %s", manifest_url, err)
+
     def statements(self, job: _Load, manifest_url: str, existing_columns: Sequence[str] = ()) -> list[str]:
         """The SQL of one load, in order (run inside one transaction).
 
@@ -502,6 +514,13 @@ class RedshiftWarehouse(_Warehouse):
 
     def load(self, job: _Load) -> int:
         manifest_url = self.stage(job.data, uuid.uuid4().hex)
+        try:
+            self._run_load(job, manifest_url)
+        finally:  # committed or rolled back: the staged copy is no longer needed either way
+            self.unstage(manifest_url)
+        return job.data.num_rows
+
+    def _run_load(self, job: _Load, manifest_url: str) -> None:
         with self._connect() as conn, conn.cursor() as cur:
             schema, _, name = job.table.rpartition(".")
             cur.execute(
@@ -515,7 +534,6 @@ class RedshiftWarehouse(_Warehouse):
                 if statement.startswith("COPY"):
                     self._fault("staged")
             self._fault("merged")
-        return job.data.num_rows
 
     def count(self, table: str) -> int:
         with self._connect() as conn:

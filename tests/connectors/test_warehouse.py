@@ -288,14 +288,17 @@ def test_redshift_stages_parquet_with_manifest_and_runs_one_transaction(aws):
     assert [s.split()[0] for s in second] == kinds
     assert 'ALTER TABLE "events" ADD COLUMN "pipeline_version" VARCHAR(65535)' in second
     copy = next(s for s in second if s.startswith("COPY"))
-    manifest_url = copy.split("'")[1]
     assert copy.endswith("IAM_ROLE 'arn:aws:iam::123:role/copy' FORMAT AS PARQUET MANIFEST")
-    bucket, key = manifest_url.removeprefix("s3://").split("/", 1)
-    manifest = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+    # after commit (and after the rollback) the staged Parquet and manifest are deleted
+    assert s3.list_objects_v2(Bucket="stage").get("KeyCount") == 0
+
+    manifest_url = warehouse.stage(data, "batch-1")
+    assert manifest_url == "s3://stage/batches/batch-1/manifest.json"
+    manifest = json.loads(s3.get_object(Bucket="stage", Key="batches/batch-1/manifest.json")["Body"].read())
     (entry,) = manifest["entries"]
-    part_bucket, part_key = entry["url"].removeprefix("s3://").split("/", 1)
-    body = s3.get_object(Bucket=part_bucket, Key=part_key)["Body"].read()
-    assert entry["meta"]["content_length"] == len(body) and entry["mandatory"] is True
+    assert entry["url"] == "s3://stage/batches/batch-1/part-00000.parquet" and entry["mandatory"] is True
+    body = s3.get_object(Bucket="stage", Key="batches/batch-1/part-00000.parquet")["Body"].read()
+    assert entry["meta"]["content_length"] == len(body)
     staged = pq.read_table(io.BytesIO(body))
     assert staged.schema.names == EVENTS_SCHEMA.names and staged.num_rows == len(ROWS)
 
