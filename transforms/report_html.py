@@ -49,6 +49,15 @@ def fmt_num(v) -> str:
     return "" if v is None or pd.isna(v) else f"{float(v):,.2f}"
 
 
+def fmt_duration(seconds) -> str:
+    """Seconds as the largest sensible unit: 45s, 12.5m, 3.2h, 2.1d."""
+    s = float(seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s >= size:
+            return f"{s / size:.1f}{unit}"
+    return f"{s:.0f}s"
+
+
 def table_html(df: pd.DataFrame, columns: Sequence[tuple[str, str, Callable | None]], limit: int | None = None) -> str:
     """``columns``: (column, header, formatter or None for text, left-aligned)."""
     rows = df if limit is None else df.head(limit)
@@ -77,6 +86,9 @@ def funnel_svg(steps: pd.DataFrame, width: int = 720) -> str:
         text = f"{fmt_int(rec['persons'])} · {fmt_pct(rec.get('conversion_overall'))}"
         if int(rec["step"]) > 1:
             text += f" (step {fmt_pct(rec.get('conversion_from_previous'))})"
+            median = rec.get("median_time_to_convert_s")
+            if median is not None and not pd.isna(median):
+                text += f" · median {fmt_duration(median)}"
         parts.append(f'<text x="0" y="{y + 17}" font-size="12">{esc(label)}</text>')
         parts.append(
             f'<rect x="{label_w}" y="{y}" width="{w:.1f}" height="{bar_h}" fill="{PALETTE[0]}" rx="3">'

@@ -65,6 +65,7 @@ def outputs(tmp_path):
                 "persons": [1234, 617, 150],
                 "conversion_from_previous": [1.0, 0.5, 150 / 617],
                 "conversion_overall": [1.0, 0.5, 150 / 1234],
+                "median_time_to_convert_s": [None, 750.0, 2 * 86400 + 8640],
             }
         ),
     )
@@ -116,7 +117,8 @@ def test_report_shows_the_figures(outputs, tmp_path):
     text = " ".join(parsed.text)
     assert "Acme weekly" in text
     # funnel bars: one per step, persons and conversion shown
-    assert "1,234 · 100.0%" in text and "617 · 50.0% (step 50.0%)" in text and "150 · 12.2% (step 24.3%)" in text
+    assert "1,234 · 100.0%" in text and "617 · 50.0% (step 50.0%) · median 12.5m" in text
+    assert "150 · 12.2% (step 24.3%) · median 2.1d" in text
     # retention heatmap: the rates in cells, cohort sizes on rows
     assert "22.5%" in text and "2026-10-05 (n=40)" in text and "2026-10-12 (n=30)" in text
     # revenue KPIs: totals over channels and days; a bar per day including the empty 2 Oct
