@@ -57,6 +57,7 @@ __all__ = [
     "persons_of",
     "profile_item",
     "read_profile",
+    "read_stitched_profile",
     "write_profile_states",
 ]
 
@@ -454,6 +455,46 @@ def persons_of(client, table: str, tenant_id: str, node: str) -> list[str]:
 def nodes_of(client, table: str, tenant_id: str, person_id: str) -> list[str]:
     """The anonymous and user nodes linked to a person."""
     return _query_sort_keys(client, table, f"{tenant_id}#P#{person_id}")
+
+
+def read_stitched_profile(
+    client, profiles_table: str, identity_table: str, tenant_id: str, node: str, max_persons: int = 100
+) -> dict[str, Any] | None:
+    """The profile of everyone the identity graph links to ``node`` (``u:<user>`` or ``a:<anon>``), merged.
+
+    Stored profiles are per lake ``person_id``; a visitor's anonymous activity processed before their
+    sign-up may sit under another person id than their later activity. This walks the graph (node ->
+    persons -> their nodes -> ...) and merges the states at read time: the merge is the same semilattice
+    join, so the result does not depend on which person ids exist or in which order they are found.
+    The merged profile's ``person_id`` is the one linked to a user node (else the smallest);
+    ``person_ids`` lists all merged ones.
+    """
+    persons: set[str] = set()
+    seen_nodes: set[str] = set()
+    frontier = [node]
+    while frontier and len(persons) < max_persons:
+        current = frontier.pop()
+        if current in seen_nodes:
+            continue
+        seen_nodes.add(current)
+        for person in persons_of(client, identity_table, tenant_id, current):
+            if person not in persons:
+                persons.add(person)
+                frontier += [n for n in nodes_of(client, identity_table, tenant_id, person) if n not in seen_nodes]
+    if not persons:
+        profile = read_profile(client, profiles_table, tenant_id, node)  # not a node: maybe a person id
+        return profile and {**profile, "person_ids": [node]}
+    keys = [{"pk": {"S": _profile_pk(tenant_id, p)}, "sk": {"S": PROFILE_SORT_KEY}} for p in sorted(persons)]
+    states = [_state_of(item)[0] for item in _batch_get(client, profiles_table, keys, Backoff())]
+    if not states:
+        return None
+    identified = sorted(s["person_id"] for s in states if s["user_ids"])
+    canonical = identified[0] if identified else min(s["person_id"] for s in states)
+    merged = None
+    for state in states:
+        rekeyed = {**state, "person_id": canonical}
+        merged = rekeyed if merged is None else profiles.merge(merged, rekeyed)
+    return {**profiles.summarize(merged), "person_ids": sorted(s["person_id"] for s in states)}
 
 
 # --- Beam transforms -----------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from connectors.dynamodb import (
     read_profile,
     write_profile_states,
 )
-from transforms.profiles import contribution
+from transforms.profiles import contribution, fold
 
 pytestmark = pytest.mark.integration
 
@@ -388,3 +388,33 @@ def test_a_missing_table_fails_loudly_instead_of_dead_lettering_everything(aws):
         batch_write_with_retry(client, "no-such-table", request, backoff=Backoff(sleep=lambda s: None))
     with pytest.raises(ClientError, match="ResourceNotFoundException"):
         write_profile_states(client, "no-such-table", {("acme-in", "p1"): contribution(lake_row("m1", 0))})
+
+
+def test_stitched_profile_merges_the_anonymous_past_at_read_time(aws):
+    """Anonymous browsing and an order processed before sign-up (person q), the identify and a later order
+    after it (person p, stitched to the user): reading by user or by the old anonymous id sees all of it."""
+    from connectors.dynamodb import identity_items, read_stitched_profile
+
+    create_tables(aws, PROFILES, IDENTITY)
+    client = aws.client("dynamodb")
+    before = [
+        lake_row("m1", 0, "q", type_="page", anonymous_id="anon-1"),
+        lake_row("m2", 5, "q", event="Order Completed", anonymous_id="anon-1", order_id="o1", revenue_inr="100"),
+    ]
+    after = [
+        lake_row("m3", 60, "p", type_="identify", anonymous_id="anon-1", user_id="u-1", traits='{"name":"Asha"}'),
+        lake_row("m4", 70, "p", event="Order Completed", user_id="u-1", order_id="o2", revenue_inr="250"),
+    ]
+    for batch in (before, after):
+        write_profile_states(client, PROFILES, fold(batch))
+        requests = [
+            {"PutRequest": {"Item": {k: {"S": v} for k, v in i.items()}}} for r in batch for i in identity_items(r)
+        ]
+        batch_write_with_retry(client, IDENTITY, requests)
+    assert read_profile(client, PROFILES, "acme-in", "p")["order_count"] == 1  # stored per lake person id
+    for node in ("u:u-1", "a:anon-1"):
+        merged = read_stitched_profile(client, PROFILES, IDENTITY, "acme-in", node)
+        assert merged["person_id"] == "p" and merged["person_ids"] == ["p", "q"]
+        assert (merged["order_count"], merged["revenue_inr"]) == (2, Decimal("350"))
+        assert merged["first_seen"] == "2026-03-01T10:00:00.000000Z" and merged["traits"] == {"name": "Asha"}
+    assert read_stitched_profile(client, PROFILES, IDENTITY, "acme-in", "u:nobody") is None
