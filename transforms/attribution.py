@@ -3,7 +3,7 @@
 Channel rules (first match wins; documented with examples in docs/enrichment.md):
 
 1. ``email``          utm_medium or utm_source is email / e-mail / newsletter, or an untagged visit
-                      from a webmail host (mail.google.com, outlook.live.com)
+                      from a webmail host or mail app (mail.google.com, android-app://com.google.android.gm)
 2. ``affiliate``      utm_medium is affiliate / affiliates / partner
 3. ``paid_search``    a search click id (gclid, gbraid, wbraid, msclkid, dclid), or a paid medium
                       (cpc, ppc, paid*, ...) whose source / referrer is a search engine, or medium
@@ -44,12 +44,29 @@ SOCIAL_CLICK_IDS = ("fbclid", "ttclid", "li_fat_id", "twclid")
 
 SEARCH_ENGINE_LABELS = frozenset({"google", "bing", "duckduckgo", "yahoo", "yandex", "baidu", "ecosia", "qwant"})
 SOCIAL_LABELS = frozenset(
-    {"facebook", "fb", "instagram", "twitter", "linkedin", "youtube", "whatsapp", "pinterest", "reddit", "snapchat"}
+    {
+        "facebook",
+        "fb",
+        "instagram",
+        "twitter",
+        "linkedin",
+        "youtube",
+        "whatsapp",
+        "pinterest",
+        "reddit",
+        "snapchat",
+        "telegram",
+        "sharechat",
+    }
 )
-SOCIAL_HOSTS = frozenset({"t.co", "x.com", "lnkd.in", "youtu.be", "wa.me", "fb.me", "pin.it", "ig.me"})
+SOCIAL_HOSTS = frozenset({"t.co", "x.com", "lnkd.in", "youtu.be", "wa.me", "fb.me", "pin.it", "ig.me", "t.me"})
 SOCIAL_SOURCES = SOCIAL_LABELS | SOCIAL_HOSTS | {"ig", "x", "meta", "wa", "tiktok"}
 EMAIL_WORDS = frozenset({"email", "e-mail", "e_mail", "newsletter", "mail"})
 WEBMAIL_PREFIXES = ("mail.", "outlook.")
+WEBMAIL_HOSTS = frozenset(
+    {"com.google.android.gm", "com.microsoft.office.outlook", "com.yahoo.mobile.client.android.mail"}
+)
+"""Android mail apps as they appear in ``android-app://PACKAGE/`` referrers (Gmail, Outlook, Yahoo Mail)."""
 AFFILIATE_MEDIUMS = frozenset({"affiliate", "affiliates", "partner", "partners"})
 PAID_SEARCH_MEDIUMS = frozenset({"cpc", "ppc", "sem", "paid_search", "paidsearch", "paid-search", "search_ads"})
 PAID_SOCIAL_MEDIUMS = frozenset({"paid_social", "paidsocial", "paid-social", "social_paid", "social-paid"})
@@ -101,7 +118,12 @@ def _labels(host: str | None) -> set[str]:
 
 
 def is_search_engine(host: str | None) -> bool:
-    return bool(host) and bool(_labels(host) & SEARCH_ENGINE_LABELS) and not host.startswith("mail.")
+    return (
+        bool(host)
+        and bool(_labels(host) & SEARCH_ENGINE_LABELS)
+        and not host.startswith(WEBMAIL_PREFIXES)
+        and host not in WEBMAIL_HOSTS
+    )
 
 
 def is_social(host: str | None) -> bool:
@@ -140,7 +162,7 @@ def classify_channel(
 
     if medium in EMAIL_WORDS or source in EMAIL_WORDS:
         return "email"
-    if not tagged and referrer_host and referrer_host.startswith(WEBMAIL_PREFIXES):
+    if not tagged and referrer_host and (referrer_host.startswith(WEBMAIL_PREFIXES) or referrer_host in WEBMAIL_HOSTS):
         return "email"
     if medium in AFFILIATE_MEDIUMS:
         return "affiliate"

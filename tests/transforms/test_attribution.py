@@ -56,6 +56,13 @@ SHOP = "https://www.acme.in/products/kurta-42"
         (SHOP + "?utm_source=klaviyo&utm_medium=email&utm_campaign=nov", None, None, "email"),
         (SHOP, None, ("acme", "newsletter", "weekly", None, None), "email"),
         (SHOP, "https://mail.google.com/", None, "email"),
+        # Android apps as referrers (android-app://PACKAGE/), common on Indian mobile traffic
+        (SHOP, "android-app://com.google.android.gm/", None, "email"),
+        (SHOP, "android-app://com.google.android.googlequicksearchbox/", None, "organic_search"),
+        (SHOP, "android-app://com.instagram.android/", None, "social"),
+        (SHOP, "android-app://com.whatsapp/", None, "social"),
+        (SHOP, "android-app://org.telegram.messenger/", None, "social"),
+        (SHOP, "https://t.me/acmedeals", None, "social"),
         # affiliate, display, sms
         (SHOP + "?utm_source=cuelinks&utm_medium=affiliate", "https://cuelinks.com/", None, "affiliate"),
         (SHOP + "?utm_source=dv360&utm_medium=display", None, None, "display"),
