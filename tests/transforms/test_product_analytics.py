@@ -482,3 +482,87 @@ def test_cart_abandonment_equals_duckdb(generated):
     got = out["cart_abandonment"]
     assert _records(got, cols) == _records(want, cols)
     assert got["carts_abandoned"].sum() > 0 and got["carts_purchased"].sum() > 0
+
+
+# --- carts: random event sequences against a step-by-step reading of the definition ----------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_cart_events = st.lists(
+    st.tuples(
+        st.sampled_from(["p1", "p2", "p3"]),
+        st.sampled_from(["Product Added", "Checkout Started", "Order Completed", "Product Viewed"]),
+        st.integers(0, 120),  # hours after T0: gaps around the 24 h window are common
+        st.sampled_from(["A", "B"]),
+    ),
+    min_size=1,
+    max_size=25,
+)
+
+
+def _naive_carts(events, hours, end):
+    """The documented state machine, one event at a time (per person, in (timestamp, message_id) order)."""
+    window = dt.timedelta(hours=hours)
+    carts_, per_product = [], []
+    for person in sorted({e[0] for e in events}):
+        seq = sorted((e for e in events if e[0] == person and e[1] != "Product Viewed"), key=lambda e: (e[2], e[4]))
+        cart = None
+        prev = None
+        for _p, event, when, product, _mid in seq:
+            if event == "Order Completed":
+                if cart is not None:
+                    status = (
+                        "purchased"
+                        if prev is not None and prev[0] != "Order Completed" and when - cart["last"] <= window
+                        else "abandoned"
+                    )
+                    carts_.append(status)
+                    per_product += [
+                        (pid, "purchased" if status == "purchased" and pid == product else "abandoned")
+                        for pid in sorted(cart["items"])
+                    ]
+                    cart = None
+            else:
+                if cart is not None and when - cart["last"] > window:
+                    carts_.append("abandoned")
+                    per_product += [(pid, "abandoned") for pid in sorted(cart["items"])]
+                    cart = None
+                if cart is None:
+                    cart = {"last": when, "items": set()}
+                cart["last"] = when
+                cart["items"].add(product)
+            prev = (event, when)
+        if cart is not None:
+            status = "pending" if cart["last"] > end - window else "abandoned"
+            carts_.append(status)
+            per_product += [(pid, status) for pid in sorted(cart["items"])]
+    return sorted(carts_), sorted(per_product)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(raw=_cart_events)
+def test_random_cart_sequences_match_the_definition(raw):
+    end = T0 + dt.timedelta(hours=100)
+    events, rows = [], []
+    for i, (person, event, hours, product) in enumerate(raw):
+        when, mid = h(hours), f"m{i:04d}"
+        events.append((person, event, when, product, mid))
+        if event == "Order Completed":  # one product an order, each order its own id
+            rows.append(order(person, when, [(product, 1, 10, "C")], f"o{i}", 10, mid=mid))
+        elif event == "Checkout Started":
+            rows.append(row(person, when, event, {"products": [{"product_id": product}]}, mid=mid))
+        else:
+            rows.append(row(person, when, event, {"product_id": product}, mid=mid))
+    rows = [r for r in rows if r["timestamp"] < end]
+    events = [e for e in events if e[2] < end]
+    want_carts, want_products = _naive_carts(events, 24, end)
+    df = dedupe_orders(frame(pd.DataFrame(rows)))
+    table, _member = carts(df, 24, end)
+    assert sorted(table["status"]) == want_carts
+    prod = analyse(pd.DataFrame(rows), 24, end)["product_funnel"]
+    got_products = []
+    for rec in prod.to_dict("records"):
+        for status in ("purchased", "abandoned", "pending"):
+            got_products += [(rec["product_id"], status)] * int(rec[f"carts_{status}"])
+    assert sorted(got_products) == want_products
