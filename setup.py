@@ -13,6 +13,7 @@ INSTALL_REQUIRES = [
     "pycountry>=24",
     "great-expectations>=1.3",
     "ua-parser[re2]>=1.0",
+    "ua-parser-rs>=0.1.5",
     "maxminddb>=2.6",
     "geoip2>=4.8",
     "phonenumbers>=8.13",
@@ -22,6 +23,8 @@ INSTALL_REQUIRES = [
     "psycopg[binary]>=3.2",
     "numpy>=1.26",
     "scipy>=1.11",
+    "mmdb-writer>=0.2",  # the demo writes a sample GeoIP database (infra/geoip_sample.py)
+    "netaddr>=1.0",
 ]
 
 TEST_REQUIRES = [
@@ -30,8 +33,6 @@ TEST_REQUIRES = [
     "hypothesis>=6.100",
     "jsonschema>=4",
     "ruff>=0.6",
-    "mmdb-writer>=0.2",
-    "netaddr>=1.0",
     "lifetimes==0.11.3",
 ]
 
