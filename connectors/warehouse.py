@@ -165,16 +165,19 @@ def merge_sql(
 
 
 def replace_partitions_sql(
-    target: str, staging: str, columns: Sequence[str], partition_columns: Sequence[str]
+    target: str, staging: str, columns: Sequence[str], partition_columns: Sequence[str], dialect: str = "postgresql"
 ) -> list[str]:
     """Delete the partitions present in the batch, then insert the batch (partition overwrite)."""
     parts = ", ".join(quote(c) for c in partition_columns)
     names = ", ".join(quote(c) for c in columns)
-    match = " AND ".join(f"t.{quote(c)} = s.{quote(c)}" for c in partition_columns)
-    return [
-        f"DELETE FROM {quote(target)} t WHERE EXISTS (SELECT 1 FROM (SELECT DISTINCT {parts} FROM {quote(staging)}) s WHERE {match})",
-        f"INSERT INTO {quote(target)} ({names}) SELECT {names} FROM {quote(staging)}",
-    ]
+    batch = f"(SELECT DISTINCT {parts} FROM {quote(staging)}) s"
+    if dialect == "redshift":  # Redshift's DELETE takes no alias: DELETE ... USING with the table name
+        match = " AND ".join(f"{quote(target)}.{quote(c)} = s.{quote(c)}" for c in partition_columns)
+        delete = f"DELETE FROM {quote(target)} USING {batch} WHERE {match}"
+    else:
+        match = " AND ".join(f"t.{quote(c)} = s.{quote(c)}" for c in partition_columns)
+        delete = f"DELETE FROM {quote(target)} t WHERE EXISTS (SELECT 1 FROM {batch} WHERE {match})"
+    return [delete, f"INSERT INTO {quote(target)} ({names}) SELECT {names} FROM {quote(staging)}"]
 
 
 # --- Arrow preparation ---------------------------------------------------------------------------------
@@ -505,7 +508,7 @@ class RedshiftWarehouse(_Warehouse):
         if job.replace_partitions:
             names = ", ".join(quote(c) for c in columns)
             values = ", ".join(f"JSON_PARSE({quote(c)})" if c in job.json_columns else quote(c) for c in columns)
-            delete, _ = replace_partitions_sql(job.table, STAGING, columns, job.replace_partitions)
+            delete, _ = replace_partitions_sql(job.table, STAGING, columns, job.replace_partitions, self.dialect)
             out += [delete, f"INSERT INTO {quote(job.table)} ({names}) SELECT {values} FROM {quote(STAGING)}"]
         else:
             out.append(merge_sql(job.table, STAGING, columns, job.key_columns, self.dialect, job.json_columns))

@@ -357,3 +357,16 @@ def test_duckdb_bad_row_is_dead_lettered_but_a_broken_target_fails_loudly(tmp_pa
     # a configuration error, not bad rows: the run fails instead of dead-lettering every row
     with pytest.raises(Exception, match=r"(?i)view|catalog"), beam.Pipeline(options=options) as pipeline:
         _ = pipeline | beam.Create(ROWS[:3]) | LoadToWarehouse(url, "broken", retry=FAST)
+
+
+def test_redshift_partition_replace_sql():
+    from connectors.warehouse import replace_partitions_sql
+
+    delete, insert = replace_partitions_sql(
+        "daily", "stage", ["tenant_id", "day", "n"], ["tenant_id", "day"], "redshift"
+    )
+    assert delete == (
+        'DELETE FROM "daily" USING (SELECT DISTINCT "tenant_id", "day" FROM "stage") s '
+        'WHERE "daily"."tenant_id" = s."tenant_id" AND "daily"."day" = s."day"'
+    )
+    assert insert == 'INSERT INTO "daily" ("tenant_id", "day", "n") SELECT "tenant_id", "day", "n" FROM "stage"'
