@@ -574,6 +574,11 @@ class _WriteProfilesFn(_BufferedSinkFn):
 
 
 class _WriteIdentityFn(_BufferedSinkFn):
+    def __init__(self, *args):
+        super().__init__(*args)
+        self._items = beam.metrics.Metrics.counter("dynamodb", "identity_items_requested")
+        self._retries = beam.metrics.Metrics.counter("dynamodb", "batch_write_retries")
+
     def _write(self, rows):
         requests, owner = [], []
         for index, row in enumerate(rows):
@@ -581,6 +586,8 @@ class _WriteIdentityFn(_BufferedSinkFn):
                 requests.append({"PutRequest": {"Item": {k: {"S": v} for k, v in item.items()}}})
                 owner.append(index)
         report = batch_write_with_retry(self._client, self._table, requests)
+        self._items.inc(len(requests))
+        self._retries.inc(report.retries)
         return {owner[f.index]: (f.code, f.message) for f in report.failures}
 
 
