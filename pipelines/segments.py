@@ -20,15 +20,26 @@ import logging
 import sys
 
 import apache_beam as beam
+import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
 
-from connectors.analytics_io import ReadEventBuckets, event_files, to_arrow, write_table
+from connectors.analytics_io import (
+    EventFile,
+    ReadEventBuckets,
+    event_files,
+    person_buckets,
+    read_event_file,
+    to_arrow,
+    write_table,
+)
 from connectors.aws import AwsSettings
 from connectors.segment_store import DEFAULT_KEY_ATTRIBUTE, DEFAULT_SORT_KEY, write_memberships
 from connectors.warehouse import load_table
 from pipelines.options import AwsOptions, DateRangeOptions, iso_date, parse_options, run_pipeline, setup_logging
+from schemas.lake import EVENTS_SCHEMA
 from transforms import segments as seg
 
 log = logging.getLogger(__name__)
@@ -108,7 +119,8 @@ class _FeaturesFn(beam.DoFn):
     def process(self, element):
         bucket, tables = element
         tables = list(tables)  # grouped values are an iterable on distributed runners, not a list
-        table = pa.concat_tables([t.cast(tables[0].schema) for t in tables])
+        schema = pa.schema([pa.field(f.name, f.type) for f in tables[0].schema])  # all nullable
+        table = pa.concat_tables([t.cast(schema) for t in tables])
         features = seg.person_features(table, self.config, self.as_of)
         self.persons.inc(len(features))
         yield bucket, features
@@ -211,19 +223,58 @@ class _WriteProfileStoreFn(beam.DoFn):
         yield stats.written
 
 
+class _PresenceFn(beam.DoFn):
+    """An older partition file → one placeholder row per person (no event type, so it counts for no leaf).
+
+    The rules never look back that far, but the persons must still be evaluated: someone inactive since
+    then has left every windowed segment, and the profile store must hear it.
+    """
+
+    def __init__(self, columns: list[str], buckets: int):
+        self.columns, self.buckets = columns, buckets
+        self.persons = Metrics.counter("livora.segments", "older_persons_read")
+
+    def process(self, file):
+        file = EventFile(*file)
+        persons = pc.unique(read_event_file(file, ["person_id"]).column("person_id"))
+        n = len(persons)
+        if not n:
+            return
+        at = dt.datetime.combine(file.event_date, dt.time(), tzinfo=dt.UTC)
+        values = {
+            "tenant_id": pa.array([file.tenant_id] * n, pa.string()),
+            "person_id": persons,
+            "message_id": pa.array([""] * n, pa.string()),
+            "timestamp": pa.array([at] * n, EVENTS_SCHEMA.field("timestamp").type),
+        }
+        table = pa.table(
+            {c: values.get(c, pa.nulls(n, EVENTS_SCHEMA.field(c).type)) for c in self.columns},
+        )
+        self.persons.inc(n)
+        bucket = person_buckets(table["person_id"], self.buckets)
+        for b in np.unique(bucket):
+            yield int(b), table.filter(pa.array(bucket == b))
+
+
 class SegmentMembership(beam.PTransform):
-    """PCollection[EventFile] → tagged outputs ``persons`` (per-bucket DataFrames of tenant_id, person_id,
-    segments) and ``per_tenant`` ((tenant, (members DataFrame, persons evaluated)) pieces)."""
+    """PCollection[EventFile] (or a pair: files in the rules' window, older files whose persons are only
+    evaluated) → tagged outputs ``persons`` (per-bucket DataFrames of tenant_id, person_id, segments) and
+    ``per_tenant`` ((tenant, (members DataFrame, persons evaluated)) pieces)."""
 
     def __init__(self, config: seg.SegmentsConfig, as_of: dt.date, buckets: int = 16):
         super().__init__()
         self.config, self.as_of, self.buckets = config, as_of, buckets
 
     def expand(self, files):
+        window, older = files if isinstance(files, tuple) else (files, None)
         end = seg.as_of_end(self.as_of, self.config.timezone)
+        columns = self.config.required_columns()
+        pieces = window | "ReadEvents" >> ReadEventBuckets(columns, None, before=end, buckets=self.buckets)
+        if older is not None:
+            presence = older | "ReadOlderPersons" >> beam.ParDo(_PresenceFn(columns, self.buckets))
+            pieces = (pieces, presence) | "WithOlderPersons" >> beam.Flatten()
         features = (
-            files
-            | "ReadEvents" >> ReadEventBuckets(self.config.required_columns(), None, before=end, buckets=self.buckets)
+            pieces
             | "GroupByPersonBucket" >> beam.GroupByKey()
             | "PersonFeatures" >> beam.ParDo(_FeaturesFn(self.config, self.as_of))
         )
@@ -256,12 +307,20 @@ def read_range(config: seg.SegmentsConfig, as_of: dt.date, start: dt.date | None
 def build(pipeline: beam.Pipeline, opts: SegmentsOptions, config: seg.SegmentsConfig) -> None:
     first, last = read_range(config, opts.as_of, opts.start_date)
     files = event_files(opts.lake, first, last, opts.tenant)
-    log.info("segments as of %s over %d partition files (%s..%s)", opts.as_of, len(files), first, last)
-    result = (
-        pipeline
-        | "EventFiles" >> beam.Create([tuple(f) for f in files])
-        | "SegmentMembership" >> SegmentMembership(config, opts.as_of, opts.buckets)
+    older = (
+        event_files(opts.lake, opts.start_date, first - dt.timedelta(days=1), opts.tenant) if first is not None else []
     )
+    log.info(
+        "segments as of %s over %d partition files (%s..%s), persons only from %d older files",
+        opts.as_of,
+        len(files),
+        first,
+        last,
+        len(older),
+    )
+    window_files = pipeline | "EventFiles" >> beam.Create([tuple(f) for f in files])
+    older_files = pipeline | "OlderEventFiles" >> beam.Create([tuple(f) for f in older])
+    result = (window_files, older_files) | "SegmentMembership" >> SegmentMembership(config, opts.as_of, opts.buckets)
     root = opts.output or opts.lake
     (
         result.per_tenant

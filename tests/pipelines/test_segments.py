@@ -164,3 +164,28 @@ def test_warehouse_load_replaces_the_as_of(lake, config_file, tmp_path):
         zip(files["tenant_id"], files["person_id"], files["segment"], files["as_of"], strict=True)
     )
     assert sizes == 2 * 3  # two tenants, three segments
+
+
+def test_persons_older_than_every_window_are_still_evaluated(lake, tmp_path):
+    """Rules that look back 7 days read 7 days of events, but everyone seen before is evaluated too."""
+    cfg = tmp_path / "short.yaml"
+    cfg.write_text(
+        "segments:\n"
+        "  - {name: recent_viewers, rule: {event: {name: Product Viewed, within_days: 7}}}\n"
+        "  - {name: lapsed, rule: {not: {event: {name: Product Viewed, within_days: 7}}}}\n"
+    )
+    as_of = dt.date(2026, 10, 20)
+    run(lake, cfg, "--as-of", as_of.isoformat(), "--output", str(tmp_path / "o"))
+    got = read_dir(tmp_path / "o" / "segments")
+    want = membership(read_events(str(lake)), load_config(cfg.read_text()), as_of)  # over the whole lake
+    assert sorted(zip(got["tenant_id"], got["segment"], got["person_id"], strict=True)) == sorted(
+        zip(want["tenant_id"], want["segment"], want["person_id"], strict=True)
+    )
+    persons = read_events(str(lake), columns=["tenant_id", "person_id", "timestamp"]).to_pandas()
+    seen = persons.loc[persons["timestamp"] < pd.Timestamp("2026-10-21T00:00:00Z")]
+    sizes = read_dir(tmp_path / "o" / "segment_sizes")
+    evaluated = dict(zip(sizes["tenant_id"], sizes["evaluated_persons"], strict=True))
+    assert evaluated == seen.groupby("tenant_id")["person_id"].nunique().to_dict()
+    lapsed = sizes.loc[sizes["segment"] == "lapsed", "members"].sum()
+    recent = sizes.loc[sizes["segment"] == "recent_viewers", "members"].sum()
+    assert lapsed + recent == sum(evaluated.values()) and lapsed > recent > 0
