@@ -561,3 +561,24 @@ def test_random_counts_and_conversion_times_against_duckdb():
     for g, e in zip(got, expected, strict=True):
         for a, b in zip(g[3:], e[3:], strict=True):
             assert (a is None and b is None) or a == pytest.approx(b, rel=1e-9), (g, e)
+
+
+def test_bucketing_keeps_every_row_once_and_a_person_in_one_bucket():
+    from transforms.funnels import bucket_lake_batch, partition_of_path, person_buckets
+
+    path = "s3://lake/events/tenant_id=acme-in/event_date=2026-10-02/part-00000.parquet"
+    assert partition_of_path(path) == ("acme-in", dt.date(2026, 10, 2))
+    rows = [(f"p{i % 37}", ["view", "add", "other"][i % 3], _at(1, 0, i % 60), {}) for i in range(300)]
+    table = _table(rows).drop_columns(["tenant_id"])
+    pieces = bucket_lake_batch(path, table, buckets=5, events=["view", "add"])
+    assert {key[0] for key, _ in pieces} == {"acme-in"}
+    assert sum(t.num_rows for _, t in pieces) == sum(1 for r in rows if r[1] != "other")
+    seen: dict[str, int] = {}
+    for (_, bucket), piece in pieces:
+        for person in piece.column("person_id").to_pylist():
+            assert seen.setdefault(person, bucket) == bucket
+    # the bucket of an id does not depend on what else is in the batch (stable across files and workers)
+    alone = person_buckets(pa.array(["p3"]), 5)[0]
+    assert alone == seen["p3"] == person_buckets(pa.array(["zz", "p3", "p3"]), 5)[1]
+    # events_from: rows of an event kept only from a partition date on
+    assert bucket_lake_batch(path, table, 5, ["view"], events_from={"view": dt.date(2026, 10, 3)}) == []
