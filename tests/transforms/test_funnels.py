@@ -582,3 +582,50 @@ def test_bucketing_keeps_every_row_once_and_a_person_in_one_bucket():
     assert alone == seen["p3"] == person_buckets(pa.array(["zz", "p3", "p3"]), 5)[1]
     # events_from: rows of an event kept only from a partition date on
     assert bucket_lake_batch(path, table, 5, ["view"], events_from={"view": dt.date(2026, 10, 3)}) == []
+
+
+def test_random_exclusions_against_duckdb():
+    """Exclusion between steps 1 and 3 of the counted chain (ordered mode), person by person, vs SQL."""
+    rng = random.Random(5)
+    steps = ["view", "add", "buy"]
+    rows = []
+    for p in range(200):
+        t = _at(1, 0) + dt.timedelta(minutes=rng.randrange(3000))
+        for _ in range(rng.randint(1, 10)):
+            rows.append((f"p{p}", rng.choice([*steps, "remove", "other"]), t, {}))
+            t += dt.timedelta(minutes=rng.choice([0, 1, 7, 60, 600]))
+    table = _table(rows)
+    definition = FunnelDefinition(
+        name="f", steps=steps, window_seconds=7200, exclusions=[{"event": "remove", "from_step": 1, "to_step": 3}]
+    )
+    mine = person_funnel(table, definition)
+    got = {
+        (p, lv, ex)
+        for p, lv, ex in zip(
+            mine.column("person_id").to_pylist(),
+            mine.column("level").to_pylist(),
+            mine.column("excluded").to_pylist(),
+            strict=True,
+        )
+    }
+    w = 7200 * 10**6
+    tbl = table  # noqa: F841 - read by DuckDB's replacement scan
+    sql = f"""
+    WITH ev AS (SELECT person_id, event, epoch_us(timestamp) AS ts FROM tbl),
+    s1 AS (SELECT person_id, ts AS t1 FROM ev WHERE event = 'view'),
+    s2 AS (SELECT person_id, ts FROM ev WHERE event = 'add'),
+    s3 AS (SELECT person_id, ts FROM ev WHERE event = 'buy'),
+    c2 AS (SELECT s1.*, s2.ts AS t2 FROM s1 ASOF LEFT JOIN s2 ON s1.person_id = s2.person_id AND s2.ts >= s1.t1),
+    c3 AS (SELECT c2.*, s3.ts AS t3 FROM c2 ASOF LEFT JOIN s3 ON c2.person_id = s3.person_id AND s3.ts >= c2.t2),
+    chains AS (SELECT *, CASE WHEN t2 IS NULL OR t2 > t1 + {w} THEN 1
+                              WHEN t3 IS NULL OR t3 > t1 + {w} THEN 2 ELSE 3 END AS level FROM c3),
+    best AS (SELECT person_id, arg_min({{'level': level, 't1': t1, 't3': t3}},
+                    {{'l': -level, 'reach': CASE level WHEN 1 THEN t1 WHEN 2 THEN t2 ELSE t3 END, 's': -t1}}) AS c
+             FROM chains GROUP BY ALL)
+    SELECT person_id, c.level,
+           EXISTS (SELECT 1 FROM ev x WHERE x.person_id = b.person_id AND x.event = 'remove' AND x.ts > c.t1
+                   AND (CASE WHEN c.level >= 3 THEN x.ts < c.t3 ELSE x.ts <= c.t1 + {w} END))
+    FROM best b"""
+    expected = {(p, lv, ex) for p, lv, ex in duckdb.sql(sql).fetchall()}
+    assert any(ex for _, _, ex in expected) and not all(ex for _, _, ex in expected)
+    assert got == expected
