@@ -25,7 +25,7 @@ PROFILES, IDENTITY = "profiles", "identity"
 def lake(tmp_path_factory):
     root = tmp_path_factory.mktemp("sinks")
     source = root / "events.ndjson"
-    source.write_bytes(b"\n".join(generate_events(600, seed=11, days=5)) + b"\n")
+    source.write_bytes(b"\n".join(generate_events(400, seed=11, days=5)) + b"\n")
     ingest_batch.run(["--input", str(source), "--lake", str(root / "lake"), "--tracking-plans", "none"])
     return root / "lake"
 
@@ -58,7 +58,7 @@ def iso(ts: dt.datetime) -> str:
 
 def test_profiles_identity_and_warehouse_from_lake_rows(lake, aws, postgres_url, tmp_path):
     rows = read_events(str(lake)).to_pylist()
-    assert len(rows) > 400
+    assert len(rows) > 250
     create_tables(aws, PROFILES, IDENTITY)
     duck = f"duckdb://{tmp_path}/wh.duckdb"
     with beam.Pipeline(options=PipelineOptions(flags=[], runner="FnApiRunner")) as pipeline:

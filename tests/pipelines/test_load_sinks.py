@@ -62,3 +62,56 @@ def test_help_and_flag_checks():
         assert flag in out
     with pytest.raises(ValueError, match="nothing to load"):
         load_sinks.run(["--lake", "x"])
+
+
+@pytest.fixture
+def worker_pool():
+    """A Beam SDK worker pool in another process (as Flink task managers would host Python workers)."""
+    import os
+    import time
+
+    from infra.local_stack import free_port
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "apache_beam.runners.worker.worker_pool_main", f"--service_port={port}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ.get('PATH', '')}"},
+    )
+    time.sleep(3)
+    assert proc.poll() is None, "worker pool did not start"
+    try:
+        yield f"localhost:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+@pytest.mark.portable
+def test_sinks_on_portable_runner_with_external_sdk_workers(tmp_path, aws, worker_pool):
+    """The sink DoFns pickle, open their clients in setup() and share nothing in-process."""
+    source = tmp_path / "events.ndjson"
+    source.write_bytes(b"\n".join(generate_events(120, seed=9, days=2)) + b"\n")
+    lake = tmp_path / "lake"
+    ingest_batch.run(["--input", str(source), "--lake", str(lake), "--tracking-plans", "none"])
+    rows = read_events(str(lake)).to_pylist()
+    warehouse = f"duckdb://{tmp_path}/wh.duckdb"
+    load_sinks.run(
+        [
+            "--lake", str(lake), "--warehouse", warehouse, "--profiles-table", "prof", "--identity-table", "ident",
+            "--create-tables", "--aws-profile", "local", "--aws-endpoint-url", aws.endpoint_url,
+            "--runner=PortableRunner", "--job_endpoint=embed", "--environment_type=EXTERNAL",
+            f"--environment_config={worker_pool}",
+        ]
+    )  # fmt: skip
+    assert count_rows(warehouse) == len(rows)
+    client = aws.client("dynamodb")
+    orders = {}
+    for r in rows:
+        if r["type"] == "track" and r["event"] == "Order Completed":
+            orders.setdefault((r["tenant_id"], r["person_id"]), set()).add(r["order_id"] or r["message_id"])
+    for r in rows:
+        profile = read_profile(client, "prof", r["tenant_id"], r["person_id"])
+        assert profile is not None
+        assert profile["order_count"] == len(orders.get((r["tenant_id"], r["person_id"]), ()))

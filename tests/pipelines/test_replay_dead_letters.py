@@ -48,15 +48,24 @@ def lake_ids(lake):
     return sorted(r[0] for r in rows)
 
 
-@pytest.fixture
-def ingested(tmp_path):
-    source = tmp_path / "input.ndjson"
+@pytest.fixture(scope="module")
+def ingested_once(tmp_path_factory):
+    root = tmp_path_factory.mktemp("replay")
+    source = root / "input.ndjson"
     lines = [json.dumps(e) for e in GOOD] + [json.dumps(BAD_TIMESTAMP), json.dumps(NO_ID), MALFORMED]
     source.write_text("\n".join(lines) + "\n")
-    lake = tmp_path / "lake"
+    lake = root / "lake"
     summary = ingest_batch.run(["--input", str(source), "--lake", str(lake), "--tracking-plans", "none"])
     assert summary.lake_rows == len(GOOD) and summary.dead_letters == 3
     return lake
+
+
+@pytest.fixture
+def ingested(ingested_once, tmp_path):
+    """A private copy of the ingested lake per test (replays write into it)."""
+    import shutil
+
+    return shutil.copytree(ingested_once, tmp_path / "lake")
 
 
 def dead_letter_glob(lake):
