@@ -32,6 +32,7 @@ import datetime as dt
 import fcntl
 import hashlib
 import json
+import logging
 import math
 import os
 import sys
@@ -48,6 +49,7 @@ from schemas.lake import EVENTS_FILE_SCHEMA
 
 __all__ = ["CompactionResult", "compact_partition", "exchange_supported", "list_partitions"]
 
+log = logging.getLogger(__name__)
 STATE_DIR = "_compaction"
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
@@ -56,7 +58,7 @@ _AT_FDCWD = -100
 @dataclass(frozen=True)
 class CompactionResult:
     partition: str
-    status: str  # compacted | skipped_compact | skipped_open | skipped_empty | skipped_busy
+    status: str  # compacted | skipped_compact | skipped_open | skipped_empty | skipped_busy | skipped_unknown_columns
     files_in: int = 0
     files_out: int = 0
     rows_in: int = 0
@@ -165,16 +167,24 @@ def list_partitions(
     return out
 
 
+class UnknownColumnsError(ValueError):
+    """A file holds columns the table schema lacks: compacting it would drop data, so it is refused."""
+
+
 def _combine(fs, directory: str, names: Sequence[str], schema: pa.Schema) -> pa.Table:
+    partition = dict(seg.split("=", 1) for seg in directory.split("/") if "=" in seg)
     tables = []
     for name in names:
         with fs.open_input_file(f"{directory}/{name}") as handle:
             piece = pq.read_table(handle)
-        unknown = set(piece.schema.names) - set(schema.names)
-        if unknown:
-            raise ValueError(
-                f"{directory}/{name} has columns {sorted(unknown)} not in the table schema: refusing to drop data"
-            )
+        for column in set(piece.schema.names) - set(schema.names):
+            # a writer that also stored the Hive partition columns: redundant when they equal the path's
+            values = set(piece.column(column).cast(pa.string()).to_pylist()) if column in partition else None
+            if values != {partition.get(column)}:
+                raise UnknownColumnsError(
+                    f"{directory}/{name} has column {column!r} not in the table schema: refusing to drop data"
+                )
+            piece = piece.drop_columns([column])
         for field in schema:
             if field.name not in piece.schema.names:
                 piece = piece.append_column(field.name, pa.nulls(piece.num_rows, field.type))
@@ -330,7 +340,11 @@ def _compact(fs, rel, partition_dir, state_dir, strategy, target_file_mb, min_ag
 
     inputs = {name: files[name].size for name in sorted(files)}
     cid = hashlib.sha1(json.dumps(sorted(inputs.items())).encode()).hexdigest()[:12]
-    combined = _combine(fs, partition_dir, list(inputs), schema)
+    try:
+        combined = _combine(fs, partition_dir, list(inputs), schema)
+    except UnknownColumnsError as err:
+        log.warning("not compacting %s: %s", rel, err)
+        return CompactionResult(rel, "skipped_unknown_columns", files_in=len(files), recovered=recovered)
     compacted = _dedupe_sorted(combined)
     outputs = _output_names(cid, min(needed, max(1, compacted.num_rows)))
     marker_path = f"{state_dir}/{cid}.json"

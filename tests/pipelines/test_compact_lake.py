@@ -287,3 +287,25 @@ def test_any_file_split_with_repeats_compacts_to_the_distinct_rows(tmp_path_fact
     (name,) = files_of(root, "acme-in", "2026-03-01")
     again = compact_partition(str(root), "events", part)
     assert again.status == "skipped_compact" and files_of(root, "acme-in", "2026-03-01") == [name]
+
+
+def test_redundant_partition_columns_are_dropped_and_unknown_columns_refused(tmp_path):
+    import pyarrow as pa
+
+    from connectors.lake import rows_to_table
+
+    part = {"tenant_id": "acme-in", "event_date": "2026-03-01"}
+    rows = [row(i, 0, "acme-in") for i in range(6)]
+    for k in range(3):  # a writer that also stored the Hive partition columns in the files
+        table = rows_to_table(rows[2 * k : 2 * k + 2]).append_column("tenant_id", pa.array(["acme-in"] * 2))
+        write_partition_file(str(tmp_path), "events", part, table, f"part-w{k}.parquet")
+    assert compact_partition(str(tmp_path), "events", part).status == "compacted"
+    assert read_ids(tmp_path)[("acme-in", "2026-03-01")] == sorted(r["message_id"] for r in rows)
+
+    other = {"tenant_id": "bloom-in", "event_date": "2026-03-01"}
+    for k in range(2):
+        table = rows_to_table(rows[:2]).append_column("surprise", pa.array(["x", "y"]))
+        write_partition_file(str(tmp_path), "events", other, table, f"part-u{k}.parquet")
+    result = compact_partition(str(tmp_path), "events", other)
+    assert result.status == "skipped_unknown_columns"
+    assert files_of(tmp_path, "bloom-in", "2026-03-01") == ["part-u0.parquet", "part-u1.parquet"]  # untouched
