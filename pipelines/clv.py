@@ -19,11 +19,12 @@ import zoneinfo
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.io.parquetio import ReadAllFromParquetBatched, WriteToParquet
+from apache_beam.io.parquetio import ReadAllFromParquetBatched, WriteToParquetBatched
 
 from connectors.lake import partition_dirs
 from pipelines.options import AwsOptions, DateRangeOptions, iso_date, parse_options, run_pipeline, setup_logging
 from transforms.clv import (
+    DEFAULT_BUCKETS,
     MONEY_COLUMNS,
     ORDER_COLUMNS,
     PREDICTIONS_SCHEMA,
@@ -99,6 +100,13 @@ class ClvOptions(DateRangeOptions, AwsOptions):
             "predicted holdout transactions per person and per tenant.",
         )
         parser.add_argument(
+            "--buckets",
+            type=int,
+            default=DEFAULT_BUCKETS,
+            help=f"Person buckets per tenant: the unit of parallel summarising and predicting "
+            f"(default {DEFAULT_BUCKETS}). Results do not depend on it.",
+        )
+        parser.add_argument(
             "--output",
             required=True,
             help="Output directory (local or s3://) for clv_model.json and clv_predictions.parquet.",
@@ -119,6 +127,8 @@ def check_options(opts: ClvOptions) -> None:
         raise ValueError("--period-days must be positive")
     if opts.horizon_periods < 0:
         raise ValueError("--horizon-periods must be >= 0")
+    if opts.buckets < 1:
+        raise ValueError("--buckets must be >= 1")
     if opts.discount_rate < 0:
         raise ValueError("--discount-rate must be >= 0")
     if opts.holdout_end is not None and opts.holdout_end <= opts.calibration_end:
@@ -183,14 +193,14 @@ def build(pipeline: beam.Pipeline, opts: ClvOptions, patterns: list[str]) -> Non
         pipeline
         | "LakeFiles" >> beam.Create(patterns)
         | "ReadLake" >> ReadAllFromParquetBatched(columns=list(ORDER_COLUMNS), with_filename=True)
-        | "Orders" >> OrdersFromLakeBatches(opts.money_column, opts.timezone, opts.start_date)
+        | "Orders" >> OrdersFromLakeBatches(opts.money_column, opts.timezone, opts.start_date, opts.buckets)
     )
     summaries = orders | "Summarise" >> SummariseCustomers(opts.calibration_end, opts.period_days, opts.holdout_end)
     models = summaries | "Fit" >> FitClvModels()
     predictions = summaries | "Predict" >> PredictClv(
         models, opts.horizon_periods, settings["discount_rate_per_period"], settings["holdout_periods"]
     )
-    _ = predictions | "WritePredictions" >> WriteToParquet(
+    _ = predictions | "WritePredictions" >> WriteToParquetBatched(
         f"{output}/{PREDICTIONS_FILE}", schema=PREDICTIONS_SCHEMA, num_shards=1, shard_name_template=""
     )
     if settings["holdout_periods"] is not None:

@@ -23,32 +23,34 @@ import datetime as dt
 import math
 import re
 import urllib.parse
+import zlib
 import zoneinfo
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 
 import apache_beam as beam
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
 from scipy import optimize, special
 
 __all__ = [
+    "ORDERS_SCHEMA",
     "PREDICTIONS_SCHEMA",
     "BgNbdParams",
     "CustomerSummary",
     "FitClvModels",
     "GammaGammaParams",
     "HoldoutComparison",
-    "Order",
     "OrdersFromLakeBatches",
     "PredictClv",
     "SummariseCustomers",
+    "SummaryBatch",
     "bgnbd_log_likelihood",
     "bgnbd_log_likelihood_terms",
     "customer_lifetime_value",
-    "dedupe_orders",
     "expected_average_order_value",
     "expected_purchases",
     "fit_bgnbd",
@@ -57,10 +59,12 @@ __all__ = [
     "gamma_gamma_log_likelihood",
     "gamma_gamma_log_likelihood_terms",
     "merge_same_day",
-    "orders_from_table",
+    "order_table",
     "period_discount_rate",
-    "predict_rows",
+    "person_buckets",
+    "predict_table",
     "probability_alive",
+    "summarise_order_table",
     "summarise_orders",
     "tenant_from_path",
 ]
@@ -469,6 +473,21 @@ def customer_lifetime_value(
 ORDER_EVENT = "Order Completed"
 MONEY_COLUMNS = ("revenue_inr", "revenue")
 ORDER_COLUMNS = ("type", "event", "person_id", "user_id", "timestamp", "order_id", "currency", *MONEY_COLUMNS)
+"""The lake columns the CLV pipeline reads."""
+DEFAULT_BUCKETS = 32
+_EPOCH = dt.date(1970, 1, 1)
+
+ORDERS_SCHEMA = pa.schema(
+    [
+        pa.field("person_id", pa.string()),
+        pa.field("user_id", pa.string()),
+        pa.field("day", pa.date32()),
+        pa.field("value", pa.float64()),
+        pa.field("order_id", pa.string()),
+        pa.field("currency", pa.string()),
+    ]
+)
+"""One Order Completed event reduced to what the models need (``day`` is a local calendar date)."""
 
 _TENANT_IN_PATH = re.compile(r"(?:^|/)tenant_id=([^/]+)/")
 
@@ -481,74 +500,109 @@ def tenant_from_path(path: str) -> str:
     return urllib.parse.unquote(match.group(1))
 
 
-@dataclass(frozen=True)
-class Order:
-    """One Order Completed event reduced to what the CLV models need."""
-
-    day: dt.date
-    value: float | None
-    order_id: str | None
-    currency: str | None
-    user_id: str | None
-
-
-def orders_from_table(
-    table: pa.Table, money_column: str = "revenue_inr", timezone: str = "UTC"
-) -> list[tuple[str, Order]]:
-    """(person_id, Order) for the Order Completed track events of a lake table.
+def order_table(
+    table: pa.Table, money_column: str = "revenue_inr", timezone: str = "UTC", start: dt.date | None = None
+) -> pa.Table:
+    """The Order Completed track events of a lake table as :data:`ORDERS_SCHEMA` rows.
 
     ``day`` is the calendar date of the event time in ``timezone`` (an IANA name; the day is what
-    merges several orders into one transaction); ``currency`` is INR for ``revenue_inr`` and the
-    event's own currency for ``revenue``.
+    merges several orders into one transaction); orders on days before ``start`` are dropped.
+    ``currency`` is INR for ``revenue_inr`` and the event's own currency for ``revenue``.
     """
     if money_column not in MONEY_COLUMNS:
         raise ValueError(f"money column must be one of {MONEY_COLUMNS}, got {money_column!r}")
     mask = pc.and_(pc.equal(table["type"], "track"), pc.equal(table["event"], ORDER_EVENT))
     orders = table.filter(pc.fill_null(mask, False))
-    if orders.num_rows == 0:
-        return []
     local = pc.local_timestamp(pc.cast(orders["timestamp"], pa.timestamp("us", tz=timezone)))
-    days = pc.cast(local, pa.date32()).to_pylist()
-    values = pc.cast(orders[money_column], pa.float64()).to_pylist()
-    currencies = ["INR"] * orders.num_rows if money_column == "revenue_inr" else orders["currency"].to_pylist()
-    return [
-        (person, Order(day, value, order_id, currency, user))
-        for person, day, value, order_id, currency, user in zip(
-            orders["person_id"].to_pylist(),
+    days = pc.cast(local, pa.date32())
+    currency = pa.array(["INR"] * orders.num_rows, pa.string()) if money_column == "revenue_inr" else orders["currency"]
+    result = pa.Table.from_arrays(
+        [
+            orders["person_id"],
+            orders["user_id"],
             days,
-            values,
-            orders["order_id"].to_pylist(),
-            currencies,
-            orders["user_id"].to_pylist(),
-            strict=True,
-        )
-    ]
+            pc.cast(orders[money_column], pa.float64()),
+            orders["order_id"],
+            currency,
+        ],
+        schema=ORDERS_SCHEMA,
+    )
+    if start is not None:
+        result = result.filter(pc.greater_equal(result["day"], pa.scalar(start, pa.date32())))
+    return result
 
 
-def dedupe_orders(orders: Iterable[Order]) -> tuple[list[Order], int]:
-    """One order per order_id (the SDK and a Shopify webhook may both report it): (kept, dropped).
+def person_buckets(person_ids: pa.Array | pa.ChunkedArray, buckets: int) -> np.ndarray:
+    """Bucket of each person: crc32 of the id modulo ``buckets`` (the same in every worker)."""
+    return np.fromiter(
+        (zlib.crc32(pid.encode()) % buckets for pid in person_ids.to_pylist()), dtype=np.int64, count=len(person_ids)
+    )
 
-    Orders without an id are all kept. The survivor is the earliest (day, then value) so that the
-    choice does not depend on input order.
+
+@dataclass(frozen=True)
+class SummaryBatch:
+    """The summaries of one (tenant, bucket) and the currencies of their calibration orders."""
+
+    summaries: pd.DataFrame
+    currencies: frozenset[str]
+
+
+def _day_numbers(column: pd.Series) -> np.ndarray:
+    return column.to_numpy(dtype="datetime64[D]").astype(np.int64)
+
+
+def summarise_order_table(
+    orders: pa.Table,
+    calibration_end: dt.date,
+    period_days: float = 7.0,
+    holdout_end: dt.date | None = None,
+) -> tuple[SummaryBatch, int]:
+    """:func:`summarise_orders` for every person of an :data:`ORDERS_SCHEMA` table, vectorised.
+
+    First one order per (person, order_id) (the SDK and a Shopify webhook may both report an
+    order; the survivor is the earliest day, then the lowest value; orders without an id are all
+    kept), then one transaction per (person, day) with the values summed. Returns the summaries
+    (one row per person with an order up to the calibration end) and the number of duplicate
+    order ids dropped.
     """
-    kept: dict[str, Order] = {}
-    anonymous: list[Order] = []
-    dropped = 0
-    for order in orders:
-        if order.order_id is None:
-            anonymous.append(order)
-            continue
-        previous = kept.get(order.order_id)
-        if previous is not None:
-            dropped += 1
-            if (order.day, _sort_value(order.value)) >= (previous.day, _sort_value(previous.value)):
-                continue
-        kept[order.order_id] = order
-    return sorted([*kept.values(), *anonymous], key=lambda o: (o.day, _sort_value(o.value))), dropped
-
-
-def _sort_value(value: float | None) -> float:
-    return -math.inf if value is None else value
+    if period_days <= 0:
+        raise ValueError("period_days must be positive")
+    df = orders.to_pandas(date_as_object=False)
+    df["day"] = _day_numbers(df["day"])
+    cal = (calibration_end - _EPOCH).days
+    end = (holdout_end - _EPOCH).days if holdout_end is not None else cal
+    has_id = df["order_id"].notna()
+    ided = df[has_id].sort_values(["person_id", "order_id", "day", "value"], na_position="first", kind="stable")
+    ided = ided.drop_duplicates(["person_id", "order_id"], keep="first")
+    dropped = int(has_id.sum()) - len(ided)
+    df = pd.concat([ided, df[~has_id]], ignore_index=True)
+    df = df[df["day"] <= end]
+    days = df.groupby(["person_id", "day"], sort=True)["value"].sum(min_count=1).reset_index()
+    calib = days[days["day"] <= cal]
+    grouped = calib.groupby("person_id", sort=True)["day"]
+    first, last, count = grouped.min(), grouped.max(), grouped.size()
+    is_first = calib["person_id"].ne(calib["person_id"].shift())
+    monetary = calib[~is_first.to_numpy()].groupby("person_id")["value"].mean()
+    persons = first.index
+    summaries = pd.DataFrame(
+        {
+            "person_id": persons,
+            "user_id": df.groupby("person_id")["user_id"].min().reindex(persons).to_numpy(),
+            "first_purchase": first.to_numpy(),
+            "last_purchase": last.to_numpy(),
+            "frequency": count.to_numpy() - 1,
+            "recency": (last - first).to_numpy() / period_days,
+            "T": (cal - first).to_numpy() / period_days,
+            "monetary": monetary.reindex(persons).to_numpy(dtype=float),
+        }
+    )
+    if holdout_end is not None:
+        holdout = days[days["day"] > cal].groupby("person_id")["value"]
+        summaries["holdout_transactions"] = holdout.size().reindex(persons, fill_value=0).to_numpy()
+        summaries["holdout_value"] = holdout.sum().reindex(persons, fill_value=0.0).to_numpy()
+    calibration_orders = df[df["day"] <= cal]
+    currencies = frozenset(calibration_orders["currency"].dropna().unique().tolist())
+    return SummaryBatch(summaries, currencies), dropped
 
 
 # --------------------------------------------------------------------------------------------
@@ -580,40 +634,49 @@ PREDICTIONS_SCHEMA = pa.schema(
 
 
 class _OrdersFromBatchFn(beam.DoFn):
-    def __init__(self, money_column: str, timezone: str, start: dt.date | None):
-        self.money_column, self.timezone, self.start = money_column, timezone, start
+    def __init__(self, money_column: str, timezone: str, start: dt.date | None, buckets: int):
+        self.args = (money_column, timezone, start)
+        self.buckets = buckets
         self.orders = Metrics.counter("clv", "orders_read")
         self.no_money = Metrics.counter("clv", "orders_without_money")
-        self.early = Metrics.counter("clv", "orders_before_start_date")
 
     def process(self, element):
         path, table = element
         tenant = tenant_from_path(path)
-        for person, order in orders_from_table(table, self.money_column, self.timezone):
-            if self.start is not None and order.day < self.start:
-                self.early.inc()
-                continue
-            self.orders.inc()
-            if order.value is None:
-                self.no_money.inc()
-            yield (tenant, person), order
+        orders = order_table(table, *self.args)
+        if orders.num_rows == 0:
+            return
+        self.orders.inc(orders.num_rows)
+        self.no_money.inc(orders["value"].null_count)
+        bucket = person_buckets(orders["person_id"], self.buckets)
+        for b in np.unique(bucket):
+            yield (tenant, int(b)), orders.filter(pa.array(bucket == b))
 
 
 class OrdersFromLakeBatches(beam.PTransform):
-    """(file path, Arrow table) lake batches -> ((tenant_id, person_id), Order).
+    """(file path, Arrow table) lake batches -> ((tenant_id, person bucket), orders table).
 
     Args:
         money_column: ``revenue_inr`` or ``revenue``.
         timezone: IANA time zone whose calendar days are the transaction days.
         start: orders on earlier (local) days are ignored (optional).
+        buckets: person buckets per tenant (the unit of parallel work downstream).
     """
 
-    def __init__(self, money_column: str = "revenue_inr", timezone: str = "UTC", start: dt.date | None = None):
+    def __init__(
+        self,
+        money_column: str = "revenue_inr",
+        timezone: str = "UTC",
+        start: dt.date | None = None,
+        buckets: int = DEFAULT_BUCKETS,
+    ):
         super().__init__()
         if money_column not in MONEY_COLUMNS:
             raise ValueError(f"money column must be one of {MONEY_COLUMNS}, got {money_column!r}")
+        if buckets < 1:
+            raise ValueError("buckets must be >= 1")
         zoneinfo.ZoneInfo(timezone)  # fail while building the graph, not in a worker
-        self.args = (money_column, timezone, start)
+        self.args = (money_column, timezone, start, buckets)
 
     def expand(self, batches):
         return batches | "Orders" >> beam.ParDo(_OrdersFromBatchFn(*self.args))
@@ -621,36 +684,24 @@ class OrdersFromLakeBatches(beam.PTransform):
 
 class _SummariseFn(beam.DoFn):
     def __init__(self, calibration_end: dt.date, period_days: float, holdout_end: dt.date | None):
-        self.calibration_end, self.period_days, self.holdout_end = calibration_end, period_days, holdout_end
+        self.args = (calibration_end, period_days, holdout_end)
         self.duplicates = Metrics.counter("clv", "duplicate_order_ids")
         self.persons = Metrics.counter("clv", "persons_summarised")
         self.late = Metrics.counter("clv", "persons_without_calibration_orders")
 
     def process(self, element):
-        (tenant, person), orders = element
-        orders, dropped = dedupe_orders(orders)
+        (tenant, _bucket), tables = element
+        orders = pa.concat_tables(list(tables))
+        batch, dropped = summarise_order_table(orders, *self.args)
         self.duplicates.inc(dropped)
-        summary = summarise_orders(
-            ((o.day, o.value) for o in orders), self.calibration_end, self.period_days, self.holdout_end
-        )
-        if summary is None:
-            self.late.inc()
-            return
-        self.persons.inc()
-        calibration = [o for o in orders if o.day <= self.calibration_end]
-        users = sorted({o.user_id for o in orders if o.user_id})
-        currencies = sorted({o.currency for o in calibration if o.currency})
-        yield {
-            "tenant_id": tenant,
-            "person_id": person,
-            "user_id": users[0] if users else None,
-            "currencies": currencies,
-            **summary.as_dict(),
-        }
+        self.persons.inc(len(batch.summaries))
+        self.late.inc(pc.count_distinct(orders["person_id"]).as_py() - len(batch.summaries))
+        if len(batch.summaries):
+            yield tenant, batch
 
 
 class SummariseCustomers(beam.PTransform):
-    """((tenant, person), Order) -> one summary dict per person with an order up to the calibration end."""
+    """((tenant, bucket), orders tables) -> (tenant, SummaryBatch) per bucket with any customer."""
 
     def __init__(self, calibration_end: dt.date, period_days: float = 7.0, holdout_end: dt.date | None = None):
         super().__init__()
@@ -661,7 +712,7 @@ class SummariseCustomers(beam.PTransform):
         self.args = (calibration_end, period_days, holdout_end)
 
     def expand(self, orders):
-        return orders | "GroupByPerson" >> beam.GroupByKey() | "Summarise" >> beam.ParDo(_SummariseFn(*self.args))
+        return orders | "GroupByBucket" >> beam.GroupByKey() | "Summarise" >> beam.ParDo(_SummariseFn(*self.args))
 
 
 class _FitCombineFn(beam.CombineFn):
@@ -673,31 +724,37 @@ class _FitCombineFn(beam.CombineFn):
     """
 
     def create_accumulator(self):
-        return {"bg": collections.Counter(), "gg": [], "currencies": set(), "n": 0}
+        return {"bg": collections.Counter(), "gg_x": [], "gg_m": [], "currencies": set(), "n": 0}
 
-    def add_input(self, acc, summary):
-        acc["bg"][(summary["frequency"], summary["recency"], summary["T"])] += 1
-        if summary["frequency"] > 0 and summary["monetary"] > 0:  # NaN (no known spend) fails the test
-            acc["gg"].append((summary["frequency"], summary["monetary"]))
-        acc["currencies"].update(summary["currencies"])
-        acc["n"] += 1
+    def add_input(self, acc, batch: SummaryBatch):
+        s = batch.summaries
+        counts = s.groupby(["frequency", "recency", "T"]).size()
+        acc["bg"].update(dict(zip(counts.index.tolist(), counts.to_numpy().tolist(), strict=True)))
+        spend = (s["frequency"] > 0) & (s["monetary"] > 0)  # NaN (no known spend) is not > 0
+        acc["gg_x"].append(s.loc[spend, "frequency"].to_numpy(dtype=float))
+        acc["gg_m"].append(s.loc[spend, "monetary"].to_numpy(dtype=float))
+        acc["currencies"] |= batch.currencies
+        acc["n"] += len(s)
         return acc
 
     def merge_accumulators(self, accumulators):
         merged = self.create_accumulator()
         for acc in accumulators:
             merged["bg"].update(acc["bg"])
-            merged["gg"].extend(acc["gg"])
+            merged["gg_x"].extend(acc["gg_x"])
+            merged["gg_m"].extend(acc["gg_m"])
             merged["currencies"] |= acc["currencies"]
             merged["n"] += acc["n"]
         return merged
 
     def extract_output(self, acc):
-        return fit_models(acc["bg"], acc["gg"], acc["currencies"], acc["n"])
+        x = np.concatenate(acc["gg_x"]) if acc["gg_x"] else np.empty(0)
+        m = np.concatenate(acc["gg_m"]) if acc["gg_m"] else np.empty(0)
+        return fit_models(acc["bg"], x, m, acc["currencies"], acc["n"])
 
 
 def fit_models(
-    bg_counts: collections.Counter, gg_pairs: Sequence[tuple[int, float]], currencies: set[str], n_customers: int
+    bg_counts: collections.Counter, gg_x: np.ndarray, gg_m: np.ndarray, currencies: set[str], n_customers: int
 ) -> dict:
     """Fit both models on one tenant's sufficient statistics; the result is what clv_model.json holds."""
     if len(currencies) > 1:
@@ -712,7 +769,7 @@ def fit_models(
         "currency": next(iter(currencies), None),
         "n_customers": int(n_customers),
         "n_repeat_customers": int(np.sum(weights[triples[:, 0] > 0])),
-        "n_gamma_gamma_customers": len(gg_pairs),
+        "n_gamma_gamma_customers": len(gg_x),
         "r": bg.r,
         "alpha": bg.alpha,
         "a": bg.a,
@@ -727,9 +784,8 @@ def fit_models(
         "gamma_gamma_converged": None,
         "gamma_gamma_at_bound": None,
     }
-    if gg_pairs:
-        pairs = np.array(gg_pairs, dtype=float)
-        gg, gg_fit = fit_gamma_gamma(pairs[:, 0], pairs[:, 1])
+    if len(gg_x):
+        gg, gg_fit = fit_gamma_gamma(gg_x, gg_m)
         model.update(
             p=gg.p,
             q=gg.q,
@@ -742,85 +798,76 @@ def fit_models(
 
 
 class FitClvModels(beam.PTransform):
-    """Summaries -> (tenant_id, model dict): one BG/NBD + Gamma-Gamma fit per tenant."""
+    """(tenant, SummaryBatch) -> (tenant_id, model dict): one BG/NBD + Gamma-Gamma fit per tenant."""
 
     def expand(self, summaries):
-        return (
-            summaries
-            | "KeyByTenant" >> beam.Map(lambda s: (s["tenant_id"], s))
-            | "Fit" >> beam.CombinePerKey(_FitCombineFn())
-        )
+        return summaries | "Fit" >> beam.CombinePerKey(_FitCombineFn())
 
 
-def predict_rows(
-    summaries: Sequence[dict],
+def predict_table(
+    tenant: str,
+    summaries: pd.DataFrame,
     model: dict,
     horizon_periods: int,
     discount_rate: float,
     holdout_periods: float | None = None,
-) -> list[dict]:
-    """Prediction rows (see :data:`PREDICTIONS_SCHEMA`) for summaries of one tenant, vectorised."""
+) -> pa.Table:
+    """Prediction rows (:data:`PREDICTIONS_SCHEMA`) for one tenant's summaries, vectorised."""
     bg = BgNbdParams(model["r"], model["alpha"], model["a"], model["b"])
-    x = np.array([s["frequency"] for s in summaries], dtype=float)
-    t_x = np.array([s["recency"] for s in summaries], dtype=float)
-    T = np.array([s["T"] for s in summaries], dtype=float)
-    m = np.array([s["monetary"] for s in summaries], dtype=float)
-    expected = expected_purchases(bg, horizon_periods, x, t_x, T)
-    alive = probability_alive(bg, x, t_x, T)
+    n = len(summaries)
+    x = summaries["frequency"].to_numpy(dtype=float)
+    t_x = summaries["recency"].to_numpy(dtype=float)
+    T = summaries["T"].to_numpy(dtype=float)
+    m = summaries["monetary"].to_numpy(dtype=float)
     if model.get("p") is not None:
         gg = GammaGammaParams(model["p"], model["q"], model["v"])
         aov = expected_average_order_value(gg, x, m)
         value = customer_lifetime_value(bg, gg, x, t_x, T, m, horizon_periods, discount_rate)
     else:
-        aov = value = np.full(len(summaries), np.nan)
-    holdout = expected_purchases(bg, holdout_periods, x, t_x, T) if holdout_periods is not None else [None] * len(x)
-    rows = []
-    for k, s in enumerate(summaries):
-        rows.append(
-            {
-                "tenant_id": s["tenant_id"],
-                "person_id": s["person_id"],
-                "user_id": s.get("user_id"),
-                "currency": model.get("currency"),
-                "first_purchase": s["first_purchase"],
-                "last_purchase": s["last_purchase"],
-                "frequency": int(s["frequency"]),
-                "recency": float(s["recency"]),
-                "T": float(s["T"]),
-                "monetary": _or_none(s["monetary"]),
-                "expected_purchases": _or_none(expected[k]),
-                "p_alive": _or_none(alive[k]),
-                "expected_aov": _or_none(aov[k]),
-                "clv": _or_none(value[k]),
-                "holdout_transactions": s.get("holdout_transactions"),
-                "holdout_value": s.get("holdout_value"),
-                "holdout_expected_purchases": _or_none(holdout[k]),
-            }
-        )
-    return rows
+        aov = value = np.full(n, np.nan)
+
+    def floats(values) -> pa.Array:
+        values = np.asarray(values, dtype=float)
+        return pa.array(values, pa.float64(), mask=np.isnan(values))
+
+    holdout = holdout_periods is not None
+    columns = {
+        "tenant_id": pa.array([tenant] * n, pa.string()),
+        "person_id": pa.array(summaries["person_id"], pa.string()),
+        "user_id": pa.array(summaries["user_id"], pa.string(), from_pandas=True),
+        "currency": pa.array([model.get("currency")] * n, pa.string()),
+        "first_purchase": pa.array(summaries["first_purchase"].to_numpy(dtype=np.int32), pa.date32()),
+        "last_purchase": pa.array(summaries["last_purchase"].to_numpy(dtype=np.int32), pa.date32()),
+        "frequency": pa.array(summaries["frequency"].to_numpy(dtype=np.int64)),
+        "recency": floats(t_x),
+        "T": floats(T),
+        "monetary": floats(m),
+        "expected_purchases": floats(expected_purchases(bg, horizon_periods, x, t_x, T)),
+        "p_alive": floats(probability_alive(bg, x, t_x, T)),
+        "expected_aov": floats(aov),
+        "clv": floats(value),
+        "holdout_transactions": pa.array(summaries["holdout_transactions"].to_numpy(dtype=np.int64))
+        if holdout
+        else pa.nulls(n, pa.int64()),
+        "holdout_value": floats(summaries["holdout_value"]) if holdout else pa.nulls(n, pa.float64()),
+        "holdout_expected_purchases": floats(expected_purchases(bg, holdout_periods, x, t_x, T))
+        if holdout
+        else pa.nulls(n, pa.float64()),
+    }
+    return pa.Table.from_pydict(columns, schema=PREDICTIONS_SCHEMA)
 
 
-def _or_none(value) -> float | None:
-    if value is None:
-        return None
-    value = float(value)
-    return None if math.isnan(value) else value
-
-
-class _PredictBatchFn(beam.DoFn):
+class _PredictFn(beam.DoFn):
     def __init__(self, horizon_periods: int, discount_rate: float, holdout_periods: float | None):
         self.args = (horizon_periods, discount_rate, holdout_periods)
 
-    def process(self, batch, models):
-        by_tenant: dict[str, list[dict]] = collections.defaultdict(list)
-        for summary in batch:
-            by_tenant[summary["tenant_id"]].append(summary)
-        for tenant, summaries in by_tenant.items():
-            yield from predict_rows(summaries, models[tenant], *self.args)
+    def process(self, element, models):
+        tenant, batch = element
+        yield predict_table(tenant, batch.summaries, models[tenant], *self.args)
 
 
 class PredictClv(beam.PTransform):
-    """Summaries + per-tenant models (side input) -> prediction rows, in vectorised batches.
+    """(tenant, SummaryBatch) + per-tenant models (side input) -> prediction tables (Arrow).
 
     Args:
         models: the ``(tenant_id, model)`` PCollection from :class:`FitClvModels`.
@@ -837,39 +884,36 @@ class PredictClv(beam.PTransform):
         self.args = (horizon_periods, discount_rate, holdout_periods)
 
     def expand(self, summaries):
-        return (
-            summaries
-            | "Batch" >> beam.BatchElements(min_batch_size=64, max_batch_size=4096)
-            | "Predict" >> beam.ParDo(_PredictBatchFn(*self.args), models=beam.pvalue.AsDict(self.models))
-        )
+        return summaries | "Predict" >> beam.ParDo(_PredictFn(*self.args), models=beam.pvalue.AsDict(self.models))
 
 
 class _HoldoutCombineFn(beam.CombineFn):
     """Per tenant: actual vs predicted holdout transactions and their per-person correlation."""
 
     def create_accumulator(self):
-        return [0, 0.0, 0.0, 0.0, 0.0, 0.0]  # n, Σa, Σp, Σa², Σp², Σap
+        return np.zeros(6)  # n, Σa, Σp, Σa², Σp², Σap
 
-    def add_input(self, acc, row):
-        a, p = float(row["holdout_transactions"]), float(row["holdout_expected_purchases"])
-        return [acc[0] + 1, acc[1] + a, acc[2] + p, acc[3] + a * a, acc[4] + p * p, acc[5] + a * p]
+    def add_input(self, acc, table: pa.Table):
+        a = table["holdout_transactions"].to_numpy().astype(float)
+        p = table["holdout_expected_purchases"].to_numpy().astype(float)
+        return acc + np.array([len(a), a.sum(), p.sum(), a @ a, p @ p, a @ p])
 
     def merge_accumulators(self, accumulators):
-        return [sum(column) for column in zip(*accumulators, strict=True)]
+        return np.sum(list(accumulators), axis=0)
 
     def extract_output(self, acc):
-        n, sa, sp, saa, spp, sap = acc
+        n, sa, sp, saa, spp, sap = acc.tolist()
         var_a, var_p = n * saa - sa * sa, n * spp - sp * sp
         corr = (n * sap - sa * sp) / math.sqrt(var_a * var_p) if var_a > 0 and var_p > 0 else None
         return {"actual_transactions": round(sa), "predicted_transactions": sp, "correlation": corr}
 
 
 class HoldoutComparison(beam.PTransform):
-    """Prediction rows (with holdout columns) -> (tenant_id, {actual, predicted, correlation})."""
+    """Prediction tables (with holdout columns) -> (tenant_id, {actual, predicted, correlation})."""
 
-    def expand(self, rows):
+    def expand(self, tables):
         return (
-            rows
-            | "KeyByTenant" >> beam.Map(lambda r: (r["tenant_id"], r))
+            tables
+            | "KeyByTenant" >> beam.Map(lambda t: (t["tenant_id"][0].as_py(), t))
             | "Compare" >> beam.CombinePerKey(_HoldoutCombineFn())
         )

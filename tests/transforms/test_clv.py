@@ -11,19 +11,21 @@ import os
 from decimal import Decimal
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy import integrate, optimize, stats
 
 from schemas.lake import EVENTS_FILE_SCHEMA
 from transforms.clv import (
     ORDER_COLUMNS,
+    ORDERS_SCHEMA,
     BgNbdParams,
     GammaGammaParams,
-    Order,
     bgnbd_log_likelihood,
     customer_lifetime_value,
-    dedupe_orders,
     expected_average_order_value,
     expected_purchases,
     fit_bgnbd,
@@ -31,10 +33,11 @@ from transforms.clv import (
     fit_models,
     gamma_gamma_log_likelihood_terms,
     merge_same_day,
-    orders_from_table,
+    order_table,
     period_discount_rate,
-    predict_rows,
+    predict_table,
     probability_alive,
+    summarise_order_table,
     summarise_orders,
     tenant_from_path,
 )
@@ -317,7 +320,7 @@ def _lake_table(rows: list[dict]) -> pa.Table:
     return pa.Table.from_pylist([{name: row.get(name) for name in ORDER_COLUMNS} for row in rows], schema=schema)
 
 
-def test_orders_from_table_keeps_order_completed_tracks_only():
+def test_order_table_keeps_order_completed_tracks_only():
     utc = dt.UTC
     table = _lake_table(
         [
@@ -331,26 +334,114 @@ def test_orders_from_table_keeps_order_completed_tracks_only():
              "timestamp": dt.datetime(2025, 3, 2, 0, 0, 1, tzinfo=utc), "currency": "INR"},
         ]
     )  # fmt: skip
-    inr = orders_from_table(table)
-    assert inr == [
-        ("p1", Order(D(2025, 3, 1), 880.25, "o1", "INR", "u1")),
-        ("p2", Order(D(2025, 3, 2), None, None, "INR", None)),
+    assert order_table(table).to_pylist() == [
+        {
+            "person_id": "p1",
+            "user_id": "u1",
+            "day": D(2025, 3, 1),
+            "value": 880.25,
+            "order_id": "o1",
+            "currency": "INR",
+        },
+        {"person_id": "p2", "user_id": None, "day": D(2025, 3, 2), "value": None, "order_id": None, "currency": "INR"},
     ]
-    original = orders_from_table(table, "revenue")
-    assert [(o.value, o.currency) for _, o in original] == [(10.5, "USD"), (None, "INR")]
+    original = order_table(table, "revenue").to_pylist()
+    assert [(o["value"], o["currency"]) for o in original] == [(10.5, "USD"), (None, "INR")]
+    assert order_table(table, start=D(2025, 3, 2))["person_id"].to_pylist() == ["p2"]
     with pytest.raises(ValueError, match="money column"):
-        orders_from_table(table, "total")
+        order_table(table, "total")
 
 
-def test_dedupe_orders_keeps_one_per_order_id():
-    a = Order(D(2025, 1, 2), 100.0, "o1", "INR", None)
-    b = Order(D(2025, 1, 1), 100.0, "o1", "INR", None)  # the same order, reported a day earlier
-    c = Order(D(2025, 1, 3), 50.0, None, "INR", None)
-    d = Order(D(2025, 1, 3), 50.0, None, "INR", None)  # no id: cannot tell, both kept
-    kept, dropped = dedupe_orders([a, c, b, d])
+def _orders(rows: list[tuple]) -> pa.Table:
+    """(person, day, value, order_id[, currency]) tuples -> an ORDERS_SCHEMA table."""
+    return pa.Table.from_pylist(
+        [
+            {"person_id": r[0], "user_id": f"u-{r[0]}", "day": r[1], "value": r[2], "order_id": r[3],
+             "currency": r[4] if len(r) > 4 else "INR"}
+            for r in rows
+        ],
+        schema=ORDERS_SCHEMA,
+    )  # fmt: skip
+
+
+def test_summarise_order_table_dedupes_order_ids_and_merges_days():
+    orders = _orders(
+        [
+            ("p", D(2025, 1, 2), 100.0, "o1"),
+            ("p", D(2025, 1, 1), 100.0, "o1"),  # the same order reported a day earlier: the earliest survives
+            ("p", D(2025, 1, 8), 50.0, None),
+            ("p", D(2025, 1, 8), 50.0, None),  # no id: cannot tell, both kept (and merged into one day)
+            ("p", D(2025, 1, 8), 5.0, "o2"),
+            ("q", D(2025, 1, 15), 7.0, "o1"),  # order ids are per person
+            ("late", D(2025, 2, 1), 1.0, "x"),  # first order after the calibration end
+        ]
+    )
+    batch, dropped = summarise_order_table(orders, calibration_end=D(2025, 1, 31), period_days=7.0)
     assert dropped == 1
-    assert kept == [b, c, d]
-    assert dedupe_orders([b, d, c, a]) == (kept, 1)  # input order does not matter
+    assert batch.currencies == {"INR"}
+    rows = batch.summaries.set_index("person_id")
+    assert list(rows.index) == ["p", "q"]
+    assert rows.loc["p", "frequency"] == 1 and rows.loc["p", "monetary"] == pytest.approx(105.0)
+    assert rows.loc["p", "recency"] == pytest.approx(1.0) and rows.loc["p", "T"] == pytest.approx(30 / 7)
+    assert rows.loc["q", "frequency"] == 0 and math.isnan(rows.loc["q", "monetary"])
+    assert rows.loc["p", "user_id"] == "u-p"
+
+
+order_rows = st.lists(
+    st.tuples(
+        st.sampled_from(["a", "b", "c", "d"]),
+        st.dates(min_value=D(2025, 1, 1), max_value=D(2025, 3, 31)),
+        st.one_of(st.none(), st.floats(min_value=0, max_value=1e4, allow_nan=False)),
+        st.one_of(st.none(), st.sampled_from(["o1", "o2", "o3", "o4", "o5", "o6"])),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(order_rows, st.sampled_from([1.0, 7.0, 30.0]), st.booleans())
+def test_vectorised_summary_equals_the_per_person_definition(rows, period_days, with_holdout):
+    """summarise_order_table (pandas, many persons) == summarise_orders (one person, reference)."""
+    calibration_end, holdout_end = D(2025, 2, 15), (D(2025, 3, 15) if with_holdout else None)
+    batch, dropped = summarise_order_table(_orders(rows), calibration_end, period_days, holdout_end)
+    expected, expected_dropped = {}, 0
+    for person in sorted({r[0] for r in rows}):
+        mine = [r for r in rows if r[0] == person]
+        survivors = {}
+        for r in sorted(mine, key=lambda r: (r[1], -math.inf if r[2] is None else r[2])):
+            if r[3] is None:
+                survivors[id(r)] = r
+            elif r[3] in survivors:
+                expected_dropped += 1
+            else:
+                survivors[r[3]] = r
+        summary = summarise_orders(
+            [(r[1], r[2]) for r in survivors.values()], calibration_end, period_days, holdout_end
+        )
+        if summary is not None:
+            expected[person] = summary
+    assert dropped == expected_dropped
+    got = {row["person_id"]: row for row in batch.summaries.to_dict("records")}
+    assert set(got) == set(expected)
+    for person, summary in expected.items():
+        row = got[person]
+        assert row["frequency"] == summary.frequency
+        assert row["recency"] == pytest.approx(summary.recency)
+        assert row["T"] == pytest.approx(summary.T)
+        assert row["first_purchase"] == (summary.first_purchase - D(1970, 1, 1)).days
+        if math.isnan(summary.monetary):
+            assert math.isnan(row["monetary"])
+        else:
+            assert row["monetary"] == pytest.approx(summary.monetary)
+        if with_holdout:
+            assert row["holdout_transactions"] == summary.holdout_transactions
+            assert row["holdout_value"] == pytest.approx(summary.holdout_value)
+
+
+def test_summarise_order_table_reports_currencies_of_calibration_orders():
+    orders = _orders([("a", D(2025, 1, 1), 1.0, "o1", "USD"), ("a", D(2025, 3, 1), 1.0, "o2", "EUR")])
+    batch, _ = summarise_order_table(orders, D(2025, 1, 31), 7.0, D(2025, 3, 31))
+    assert batch.currencies == {"USD"}
 
 
 @pytest.mark.parametrize(
@@ -372,17 +463,20 @@ def test_tenant_from_path_rejects_other_files():
 def test_fit_models_refuses_mixed_currencies():
     counts = collections.Counter({(0, 0.0, 10.0): 5, (1, 3.0, 10.0): 3})
     with pytest.raises(ValueError, match="mixes currencies"):
-        fit_models(counts, [(1, 10.0)] * 3, {"INR", "USD"}, 8)
+        fit_models(counts, np.ones(3), np.full(3, 10.0), {"INR", "USD"}, 8)
 
 
-def test_predict_rows_without_spend_model():
+def test_predict_table_without_spend_model():
     """No repeat customer with a known spend: purchases are predicted, value columns are null."""
     model = {"r": 0.243, "alpha": 4.414, "a": 0.793, "b": 2.426, "p": None, "q": None, "v": None, "currency": "INR"}
-    summary = {"tenant_id": "t", "person_id": "p", "frequency": 0, "recency": 0.0, "T": 10.0, "monetary": math.nan,
-               "first_purchase": D(2025, 1, 1), "last_purchase": D(2025, 1, 1)}  # fmt: skip
-    (row,) = predict_rows([summary], model, horizon_periods=4, discount_rate=0.0)
+    summaries = pd.DataFrame(
+        {"person_id": ["p"], "user_id": [None], "frequency": [0], "recency": [0.0], "T": [10.0],
+         "monetary": [math.nan], "first_purchase": [20089], "last_purchase": [20089]}
+    )  # fmt: skip
+    (row,) = predict_table("t", summaries, model, horizon_periods=4, discount_rate=0.0).to_pylist()
     assert row["expected_purchases"] == pytest.approx(float(expected_purchases(PUBLISHED_BGNBD, 4, 0, 0.0, 10.0)))
     assert row["p_alive"] == 1.0
+    assert row["first_purchase"] == D(2025, 1, 1)
     assert (row["monetary"], row["expected_aov"], row["clv"], row["holdout_expected_purchases"]) == (None,) * 4
 
 
@@ -393,8 +487,8 @@ def test_transaction_days_follow_the_time_zone():
          "timestamp": dt.datetime(2025, 3, 1, h, tzinfo=dt.UTC), "revenue_inr": Decimal(1)}
         for h in (17, 20, 23)
     ]  # fmt: skip
-    utc_days = [o.day for _, o in orders_from_table(_lake_table(rows))]
-    ist_days = [o.day for _, o in orders_from_table(_lake_table(rows), timezone="Asia/Kolkata")]
+    utc_days = order_table(_lake_table(rows))["day"].to_pylist()
+    ist_days = order_table(_lake_table(rows), timezone="Asia/Kolkata")["day"].to_pylist()
     assert utc_days == [D(2025, 3, 1)] * 3
     assert ist_days == [D(2025, 3, 1), D(2025, 3, 2), D(2025, 3, 2)]
 
