@@ -33,7 +33,8 @@ TEST_REQUIRES = [
     "hypothesis>=6.100",
     "jsonschema>=4",
     "ruff>=0.6",
-    "lifetimes==0.11.3",
+    "lifetimes==0.11.3",  # only its bundled CDNOW data files (tests of pipelines.clv)
+    "chdb>=3",  # ClickHouse's own windowFunnel as the reference in funnel property tests
 ]
 
 setup(
