@@ -19,6 +19,7 @@ demo: $(STAMP)
 	$(PY) -m pipelines.demo
 
 test: $(STAMP)
+	infra/ensure_services.sh
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest
