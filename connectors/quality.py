@@ -59,7 +59,9 @@ class ExpectationOutcome(BaseModel):
 
     name: str = Field(description="Stable expectation name from schemas.expectations.")
     expectation: str = Field(description="GX expectation type, e.g. expect_column_values_to_not_be_null.")
-    column: str | None = Field(default=None, description="The column checked, when there is one.")
+    column: str | None = Field(
+        default=None, description="The column checked; comma-separated for multi-column rules; None for table rules."
+    )
     success: bool
     observed_value: Any = Field(default=None, description="Aggregate expectations: what was observed.")
     element_count: int | None = Field(default=None, description="Rows the expectation looked at.")
@@ -130,6 +132,17 @@ def _examples(result: dict[str, Any]) -> list[Any]:
     return examples
 
 
+def _columns(spec: ExpectationSpec) -> str | None:
+    kwargs = spec.kwargs
+    if "column" in kwargs:
+        return kwargs["column"]
+    if "column_A" in kwargs:
+        return f"{kwargs['column_A']},{kwargs['column_B']}"
+    if "column_list" in kwargs and spec.expectation.startswith("ExpectCompound"):
+        return ",".join(kwargs["column_list"])
+    return None
+
+
 def _outcome(spec: ExpectationSpec, validation: Any) -> ExpectationOutcome:
     result = dict(validation.result or {})
     info = validation.exception_info or {}
@@ -137,7 +150,7 @@ def _outcome(spec: ExpectationSpec, validation: Any) -> ExpectationOutcome:
     return ExpectationOutcome(
         name=spec.name,
         expectation=validation.expectation_config.type,
-        column=spec.kwargs.get("column"),
+        column=_columns(spec),
         success=bool(validation.success),
         observed_value=_jsonable(result.get("observed_value")),
         element_count=result.get("element_count"),

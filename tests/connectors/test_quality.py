@@ -1,0 +1,330 @@
+"""The GX quality suite on a lake written by the real ingest pipeline, and on corrupted copies of it."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import pathlib
+from decimal import Decimal
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from connectors.lake import read_events
+from connectors.quality import QualityChecker, parse_partition_dir, read_result, result_path, write_result
+from schemas.expectations import CHANNELS, add_check_columns, contract_specs, events_frame, events_specs
+from schemas.lake import EVENTS_SCHEMA
+from tests.quality_lake import (
+    clean_lake,
+    copy_partition,
+    part_files,
+    partition_dir,
+    partitions,
+    rewrite_file,
+)
+
+# Non-nullable columns as docs/lake.md lists them (independent of the code that derives them).
+DOCUMENTED_NOT_NULL = {
+    "tenant_id",
+    "event_date",
+    "message_id",
+    "type",
+    "person_id",
+    "timestamp",
+    "received_at",
+    "properties",
+    "is_bot",
+    "schema_version",
+}
+
+
+# --- the suite itself (no GX) -------------------------------------------------------------
+
+
+def test_suite_derives_not_null_and_types_from_the_contract():
+    specs = contract_specs()
+    not_null = {s.kwargs["column"] for s in specs if s.expectation == "ExpectColumnValuesToNotBeNull"}
+    assert not_null == DOCUMENTED_NOT_NULL
+    typed = {s.kwargs["column"]: s.kwargs["type_"] for s in specs if s.expectation == "ExpectColumnValuesToBeOfType"}
+    assert list(typed) == EVENTS_SCHEMA.names
+    assert typed["message_id"] == "str" and typed["is_bot"] == "bool" and typed["geo_latitude"] == "float64"
+    assert typed["timestamp"] == "Timestamp" and typed["event_date"] == "datetime64"
+    columns = next(s for s in specs if s.name == "columns_match_contract").kwargs["column_list"]
+    assert columns[: len(EVENTS_SCHEMA)] == EVENTS_SCHEMA.names
+
+
+def test_a_new_contract_column_changes_the_suite():
+    extended = EVENTS_SCHEMA.append(pa.field("loyalty_tier", pa.string(), nullable=False))
+    names = {s.name for s in contract_specs(extended)}
+    assert {"type:loyalty_tier", "not_null:loyalty_tier"} <= names
+
+
+def test_suite_names_are_unique_and_rules_present():
+    names = [s.name for s in events_specs()]
+    assert len(names) == len(set(names))
+    for rule in (
+        "unique:tenant_id,message_id",
+        "in_set:type",
+        "event_date_is_utc_date_of_timestamp",
+        "timestamp_not_after_received_at_plus_max_future",
+        "non_negative:revenue_inr",
+        "iso4217:currency",
+        "iso3166_alpha2:geo_country",
+        "in_set:channel",
+        "present:schema_version",
+        "not_null:session_id",
+        "not_null:person_id",
+    ):
+        assert rule in names
+
+
+def test_channel_set_covers_what_attribution_produces():
+    from transforms.attribution import classify_channel
+
+    mediums = [None, "email", "affiliate", "cpc", "paid_social", "display", "sms", "organic", "social", "weird"]
+    sources = [None, "google", "instagram", "newsletter", "partnerx"]
+    referrers = [None, "www.google.com", "instagram.com", "mail.google.com", "blog.example.org"]
+    clicks = [frozenset(), frozenset({"gclid"}), frozenset({"fbclid"})]
+    seen = {classify_channel(s, m, r, c) for s in sources for m in mediums for r in referrers for c in clicks} | {
+        classify_channel(None, None, None, has_utm=True)
+    }
+    assert seen <= set(CHANNELS)
+    assert len(seen) >= 10
+
+
+def test_check_columns_use_the_utc_date_and_the_lead_over_receipt():
+    ist = dt.timezone(dt.timedelta(hours=5, minutes=30))
+    ts = dt.datetime(2026, 10, 2, 3, 0, tzinfo=ist)  # 2026-10-01 21:30 UTC
+    table = pa.table(
+        {
+            "timestamp": pa.array([ts], pa.timestamp("us", tz="UTC")),
+            "received_at": pa.array([ts - dt.timedelta(hours=2)], pa.timestamp("us", tz="UTC")),
+        }
+    )
+    frame = add_check_columns(events_frame(table))
+    assert frame["check_timestamp_utc_date"].iloc[0].date() == dt.date(2026, 10, 1)
+    assert frame["check_timestamp_lead_seconds"].iloc[0] == 7200.0
+    assert list(events_frame(table).columns) == ["timestamp", "received_at"]  # input frame untouched
+
+
+def test_parse_partition_dir():
+    assert parse_partition_dir("/x/lake/events/tenant_id=acme-in/event_date=2026-10-01") == (
+        "acme-in",
+        dt.date(2026, 10, 1),
+    )
+    with pytest.raises(ValueError):
+        parse_partition_dir("/x/lake/events/tenant_id=acme-in")
+
+
+# --- GX on the ingested lake --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lake(tmp_path_factory):
+    return clean_lake(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def checker():
+    return QualityChecker()
+
+
+def _lake_rows(lake: str) -> int:
+    return (
+        duckdb.connect()
+        .execute(f"select count(*) from read_parquet('{lake}/events/**/*.parquet', hive_partitioning=true)")
+        .fetchone()[0]
+    )
+
+
+def test_ingested_lake_passes_every_expectation(lake, checker):
+    result = checker.check_range(lake)
+    assert [o.name for o in result.expectations if not o.success] == []
+    assert result.success and result.failed == []
+    assert result.rows == _lake_rows(lake)
+    assert [o.name for o in result.expectations] == [s.name for s in events_specs()]
+    assert all(o.error is None for o in result.expectations)
+
+
+def test_partition_result_is_written_where_documented_and_rerun_replaces_it(lake, checker):
+    tenant, date = partitions(lake)[0]
+    first = checker.check_partition(lake, tenant, date)
+    path = write_result(lake, first)
+    assert path == os.path.join(lake, "_quality", "events", f"tenant_id={tenant}", f"event_date={date}", "result.json")
+    body = pathlib.Path(path).read_bytes()
+    document = json.loads(body)
+    assert document["tenant_id"] == tenant and document["start_date"] == document["end_date"] == date.isoformat()
+    expected_rows = sum(pq.read_metadata(f).num_rows for f in part_files(partition_dir(lake, tenant, date)))
+    assert document["rows"] == expected_rows and document["success"] is True
+    assert read_result(path) == first
+    write_result(lake, checker.check_partition(lake, tenant, date))
+    assert pathlib.Path(path).read_bytes() == body  # deterministic: same data, same bytes
+    assert len(os.listdir(os.path.dirname(path))) == 1
+
+
+def test_range_results_have_their_own_path(lake, checker):
+    result = checker.check_range(lake, dt.date(2026, 10, 1), dt.date(2026, 10, 2), "acme-in")
+    assert result_path(lake, result).endswith(
+        "_quality/events/ranges/tenant_id=acme-in/2026-10-01_2026-10-02/result.json"
+    )
+
+
+# --- corrupted copies of ingested partitions: each breaks exactly one expectation ---------
+
+
+def _busiest_partition(lake: str) -> tuple[str, dt.date]:
+    return max(
+        partitions(lake), key=lambda p: sum(pq.read_metadata(f).num_rows for f in part_files(partition_dir(lake, *p)))
+    )
+
+
+def _partition_with_money(lake: str) -> tuple[str, dt.date, str]:
+    for tenant, date in partitions(lake):
+        for path in part_files(partition_dir(lake, tenant, date)):
+            if pq.read_table(path, columns=["revenue_inr"]).column(0).null_count < pq.read_metadata(path).num_rows:
+                return tenant, date, path
+    raise AssertionError("no money event in the lake")
+
+
+def test_duplicate_message_id_fails_only_uniqueness(lake, checker, tmp_path):
+    tenant, date = _busiest_partition(lake)
+    target = str(tmp_path / "lake")
+    copied = copy_partition(lake, target, tenant, date)
+    path = max(part_files(copied), key=lambda f: pq.read_metadata(f).num_rows)
+    duplicated = {}
+
+    def edit(rows):
+        assert len(rows) >= 2
+        duplicated["id"] = rows[0]["message_id"]
+        rows[1]["message_id"] = rows[0]["message_id"]
+
+    rewrite_file(path, edit)
+    result = checker.check_partition(target, tenant, date)
+    assert result.failed == ["unique:tenant_id,message_id"]
+    outcome = next(o for o in result.expectations if not o.success)
+    assert outcome.unexpected_count == 2
+    assert outcome.column == "tenant_id,message_id"
+    key = {"tenant_id": tenant, "message_id": duplicated["id"]}
+    assert outcome.unexpected_examples == [{"message_id": duplicated["id"], "value": key}] * 2
+
+
+def test_null_person_id_fails_only_not_null_person_id(lake, checker, tmp_path):
+    tenant, date = _busiest_partition(lake)
+    target = str(tmp_path / "lake")
+    path = part_files(copy_partition(lake, target, tenant, date))[0]
+    nulled = {}
+
+    def edit(rows):
+        nulled["id"] = rows[-1]["message_id"]
+        rows[-1]["person_id"] = None
+
+    rewrite_file(path, edit)
+    result = checker.check_partition(target, tenant, date)
+    assert result.failed == ["not_null:person_id"]
+    outcome = next(o for o in result.expectations if not o.success)
+    assert outcome.unexpected_count == 1
+    assert outcome.unexpected_examples[0]["message_id"] == nulled["id"]
+
+
+def test_partition_under_the_wrong_date_fails_only_the_event_date_rule(lake, checker, tmp_path):
+    tenant, date = _busiest_partition(lake)
+    target = str(tmp_path / "lake")
+    wrong = date + dt.timedelta(days=1)
+    copy_partition(lake, target, tenant, date, as_date=wrong)
+    result = checker.check_partition(target, tenant, wrong)
+    assert result.failed == ["event_date_is_utc_date_of_timestamp"]
+    outcome = next(o for o in result.expectations if not o.success)
+    rows = sum(pq.read_metadata(f).num_rows for f in part_files(partition_dir(lake, tenant, date)))
+    assert outcome.unexpected_count == rows == result.rows
+
+
+def test_negative_revenue_fails_only_the_revenue_rule(lake, checker, tmp_path):
+    tenant, date, source = _partition_with_money(lake)
+    target = str(tmp_path / "lake")
+    copied = copy_partition(lake, target, tenant, date)
+    path = os.path.join(copied, os.path.basename(source))
+    negated = {}
+
+    def edit(rows):
+        row = next(r for r in rows if r["revenue_inr"] is not None and r["revenue_inr"] > 0)
+        negated["id"], row["revenue_inr"] = row["message_id"], -row["revenue_inr"]
+        negated["value"] = row["revenue_inr"]
+
+    rewrite_file(path, edit)
+    result = checker.check_partition(target, tenant, date)
+    assert result.failed == ["non_negative:revenue_inr"]
+    outcome = next(o for o in result.expectations if not o.success)
+    assert outcome.unexpected_count == 1
+    assert outcome.unexpected_examples == [{"message_id": negated["id"], "value": str(negated["value"])}]
+
+
+def test_unreadable_file_is_a_failed_result_not_a_crash(lake, checker, tmp_path):
+    tenant, date = _busiest_partition(lake)
+    target = str(tmp_path / "lake")
+    path = part_files(copy_partition(lake, target, tenant, date))[0]
+    table = pq.read_table(path)
+    index = table.schema.get_field_index("revenue_inr")
+    broken = table.set_column(index, "revenue_inr", pa.array(["lots"] * table.num_rows))
+    pq.write_table(broken, path)
+    result = checker.check_partition(target, tenant, date)
+    assert result.failed == ["partition_readable"] and not result.success
+    assert result.rows == 0 and len(result.expectations) == 1
+    assert "'lots' is not a valid decimal128" in result.expectations[0].error
+
+
+# --- rules the ingest cannot produce, on in-memory rows of an ingested partition ----------
+
+
+def _rows(lake: str) -> list[dict]:
+    tenant, date = _busiest_partition(lake)
+    return read_events(lake, date, date, tenant).to_pylist()
+
+
+def _money_row(rows: list[dict]) -> dict:
+    return next(r for r in rows if r["currency"] is not None)
+
+
+@pytest.mark.parametrize(
+    "name, edit",
+    [
+        ("in_set:type", lambda rows: rows[0].update(type="trak")),
+        ("iso4217:currency", lambda rows: _money_row(rows).update(currency="RUPEE")),
+        ("iso3166_alpha2:geo_country", lambda rows: rows[0].update(geo_country="IND")),
+        ("in_set:channel", lambda rows: rows[0].update(channel="tv")),
+        ("present:schema_version", lambda rows: rows[0].update(schema_version="")),
+        ("not_null:session_id", lambda rows: rows[0].update(session_id=None)),
+        (
+            "timestamp_not_after_received_at_plus_max_future",
+            lambda rows: rows[0].update(received_at=rows[0]["timestamp"] - dt.timedelta(hours=24, seconds=1)),
+        ),
+    ],
+)
+def test_each_business_rule_catches_its_violation(lake, checker, name, edit):
+    rows = _rows(lake)
+    edit(rows)
+    tenant = rows[0]["tenant_id"]
+    result = checker.check_table(pa.Table.from_pylist(rows, schema=EVENTS_SCHEMA), tenant, None, None)
+    assert result.failed == [name]
+    assert next(o for o in result.expectations if not o.success).unexpected_count == 1
+
+
+def test_a_lead_of_exactly_max_future_is_allowed(lake, checker):
+    rows = _rows(lake)
+    rows[0]["received_at"] = rows[0]["timestamp"] - dt.timedelta(hours=24)
+    result = checker.check_table(pa.Table.from_pylist(rows, schema=EVENTS_SCHEMA), rows[0]["tenant_id"], None, None)
+    assert result.success, result.failed
+
+
+def test_refund_amounts_are_positive_in_the_ingested_lake(lake):
+    refunds = (
+        duckdb.connect()
+        .execute(
+            f"select min(revenue_inr), count(*) from read_parquet('{lake}/events/**/*.parquet', hive_partitioning=true) "
+            "where event = 'Order Refunded'"
+        )
+        .fetchone()
+    )
+    assert refunds[1] == 0 or refunds[0] >= Decimal(0)
