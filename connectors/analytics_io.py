@@ -174,8 +174,12 @@ def write_bytes_atomically(path: str, data: bytes) -> None:
 def to_arrow(df: pd.DataFrame, schema: pa.Schema | None = None) -> pa.Table:
     """A result DataFrame as Arrow with plain ``string`` columns and no pandas metadata."""
     table = pa.Table.from_pandas(df, schema=schema, preserve_index=False)
-    # pandas' pyarrow-backed strings come back as large_string: store plain strings
-    fields = [pa.field(f.name, pa.string()) if pa.types.is_large_string(f.type) else f for f in table.schema]
+    # pandas' pyarrow-backed strings come back as large_string: store plain strings; and an all-null text
+    # column (no channel known on a day, say) must stay a string column, not Arrow's null type
+    fields = [
+        pa.field(f.name, pa.string()) if pa.types.is_large_string(f.type) or pa.types.is_null(f.type) else f
+        for f in table.schema
+    ]
     return table.cast(pa.schema(fields)).replace_schema_metadata(None)
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import sys
+from zoneinfo import ZoneInfo
 
 import apache_beam as beam
 import pandas as pd
@@ -63,6 +64,12 @@ class ProductAnalyticsOptions(DateRangeOptions):
             "--buckets", type=int, default=16, help="Person buckets: the parallelism of the per-person work."
         )
         parser.add_argument(
+            "--timezone",
+            default="Asia/Kolkata",
+            help="Days of revenue_daily / cart_abandonment, LTV months and --start-date/--end-date are calendar "
+            "days in this IANA timezone (default Asia/Kolkata, as the retention pipeline).",
+        )
+        parser.add_argument(
             "--warehouse",
             default=None,
             help="Also load the tables into this warehouse (duckdb:///path.duckdb, postgresql://..., "
@@ -73,8 +80,16 @@ class ProductAnalyticsOptions(DateRangeOptions):
 class _PartialsFn(beam.DoFn):
     """One person bucket's rows (+ its deduplicated orders) → additive partial aggregates."""
 
-    def __init__(self, cart_hours: float, data_end: dt.datetime, order_schema: pa.Schema):
+    def __init__(
+        self,
+        cart_hours: float,
+        data_end: dt.datetime,
+        order_schema: pa.Schema,
+        timezone: str = "UTC",
+        data_start: dt.datetime | None = None,
+    ):
         self.cart_hours, self.data_end, self.order_schema = cart_hours, data_end, order_schema
+        self.timezone, self.data_start = timezone, data_start
         self.buckets = Metrics.counter("livora.product_analytics", "buckets")
 
     def process(self, element):
@@ -87,7 +102,7 @@ class _PartialsFn(beam.DoFn):
             return
         table = pa.concat_tables([t.cast(self.order_schema) for t in tables])
         self.buckets.inc()
-        yield pa_t.partials(table, self.cart_hours, self.data_end)
+        yield pa_t.partials(table, self.cart_hours, self.data_end, self.timezone, self.data_start)
 
 
 class _SplitOrdersFn(beam.DoFn):
@@ -115,11 +130,20 @@ def _earliest(rows):
 class ProductAnalytics(beam.PTransform):
     """PCollection[EventFile] → one dict of the final tables (see :func:`transforms.product_analytics.finalize`)."""
 
-    def __init__(self, cart_hours: float, data_end: dt.datetime, end_date: dt.date, buckets: int = 16):
+    def __init__(
+        self,
+        cart_hours: float,
+        data_end: dt.datetime,
+        end_date: dt.date,
+        buckets: int = 16,
+        timezone: str = "UTC",
+        data_start: dt.datetime | None = None,
+    ):
         super().__init__()
         if cart_hours <= 0:
             raise ValueError("cart_hours must be > 0")
         self.cart_hours, self.data_end, self.end_date, self.buckets = cart_hours, data_end, end_date, buckets
+        self.timezone, self.data_start = timezone, data_start
 
     def expand(self, files):
         columns = list(pa_t.INPUT_COLUMNS)
@@ -141,7 +165,8 @@ class ProductAnalytics(beam.PTransform):
         return (
             {"rows": rows, "orders": orders}
             | "GroupByPersonBucket" >> beam.CoGroupByKey()
-            | "BucketPartials" >> beam.ParDo(_PartialsFn(self.cart_hours, self.data_end, schema))
+            | "BucketPartials"
+            >> beam.ParDo(_PartialsFn(self.cart_hours, self.data_end, schema, self.timezone, self.data_start))
             | "AllPartials" >> beam.combiners.ToList()
             | "FinalTables" >> beam.Map(lambda parts: pa_t.finalize(parts, end_date))
         )
@@ -168,22 +193,36 @@ class _WriteTablesFn(beam.DoFn):
             yield name, len(df)
 
 
-def data_bounds(files, start: dt.date | None, end: dt.date | None) -> tuple[dt.date, dt.datetime]:
-    """The last event date and the exclusive end of the data (end of ``--end-date``, else of the last file's day)."""
-    last = end or (max(f.event_date for f in files) if files else dt.date.today())
-    if start and start > last:
-        last = start
-    return last, dt.datetime.combine(last + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
+def data_bounds(
+    files, start: dt.date | None, end: dt.date | None, timezone: str
+) -> tuple[dt.date, dt.datetime | None, dt.datetime]:
+    """(last local day, start instant, exclusive end instant) of a run.
+
+    With ``--end-date`` the run covers the local days ``[start, end]``; without, it ends with the last
+    partition's UTC day (so the last local day may be partial) and starts at the first row read.
+    """
+    if end is not None:
+        data_start, data_end = pa_t.local_bounds(start, end, timezone)
+        return end, data_start, data_end
+    last = max(f.event_date for f in files) if files else (start or dt.date.today())
+    data_end = dt.datetime.combine(last + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
+    data_start = pa_t.local_bounds(start, last, timezone)[0] if start else None
+    return (data_end - dt.timedelta(microseconds=1)).astimezone(ZoneInfo(timezone)).date(), data_start, data_end
 
 
 def build(pipeline: beam.Pipeline, opts: ProductAnalyticsOptions) -> None:
-    files = event_files(opts.lake, opts.start_date, opts.end_date, opts.tenant)
-    end_date, data_end = data_bounds(files, opts.start_date, opts.end_date)
-    log.info("product analytics over %d partition files up to %s", len(files), end_date)
+    # local days span two UTC partitions: read one more on each side, then cut on instants
+    day = dt.timedelta(days=1)
+    first = opts.start_date - day if opts.start_date else None
+    last = opts.end_date + day if opts.end_date else None
+    files = event_files(opts.lake, first, last, opts.tenant)
+    end_date, data_start, data_end = data_bounds(files, opts.start_date, opts.end_date, opts.timezone)
+    log.info("product analytics over %d partition files, local days up to %s (%s)", len(files), end_date, opts.timezone)
     (
         pipeline
         | "EventFiles" >> beam.Create([tuple(f) for f in files])
-        | "ProductAnalytics" >> ProductAnalytics(opts.cart_hours, data_end, end_date, opts.buckets)
+        | "ProductAnalytics"
+        >> ProductAnalytics(opts.cart_hours, data_end, end_date, opts.buckets, opts.timezone, data_start)
         | "WriteTables"
         >> beam.ParDo(_WriteTablesFn(opts.output, opts.start_date, end_date, opts.tenant, opts.warehouse))
     )
@@ -196,6 +235,10 @@ def run(argv: list[str] | None = None) -> ProductAnalyticsOptions:
         raise ValueError("--cart-hours must be > 0")
     if opts.buckets < 1:
         raise ValueError("--buckets must be >= 1")
+    try:
+        ZoneInfo(opts.timezone)
+    except (KeyError, ValueError) as err:
+        raise ValueError(f"--timezone {opts.timezone!r} is not an IANA timezone") from err
     run_pipeline(lambda p: build(p, opts), opts)
     return opts
 

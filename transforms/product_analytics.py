@@ -50,7 +50,9 @@ __all__ = [
     "carts",
     "dedupe_orders",
     "finalize",
+    "local_bounds",
     "ltv_cohorts",
+    "merge_daily",
     "partials",
     "product_lines",
 ]
@@ -387,11 +389,15 @@ def _entity_partial(df: pd.DataFrame, lines: pd.DataFrame, items: pd.DataFrame, 
     return out.reset_index()
 
 
-def _revenue_partial(df: pd.DataFrame, lines: pd.DataFrame) -> pd.DataFrame:
-    """Per (tenant, date, channel, geo_country, geo_region): orders, buyers, revenue, units, refunds."""
+def _local(ts: pd.Series, timezone: str) -> pd.Series:
+    return ts.dt.tz_convert(timezone)
+
+
+def _revenue_partial(df: pd.DataFrame, lines: pd.DataFrame, timezone: str = "UTC") -> pd.DataFrame:
+    """Per (tenant, local date, channel, geo_country, geo_region): orders, buyers, revenue, units, refunds."""
     keys = ["tenant_id", "date", *GEO_KEYS]
     money = df.loc[df["event"].isin((ORDER, REFUND))].copy()
-    money["date"] = money["timestamp"].dt.date
+    money["date"] = _local(money["timestamp"], timezone).dt.date
     for col in GEO_KEYS:
         money[col] = money[col].fillna("")  # group nulls together; restored to null in finalize
     orders = money.loc[money["event"] == ORDER]
@@ -412,15 +418,16 @@ def _revenue_partial(df: pd.DataFrame, lines: pd.DataFrame) -> pd.DataFrame:
     return out.fillna(0).reset_index()
 
 
-def _first_order_months(orders: pd.DataFrame) -> pd.DataFrame:
-    month = orders["timestamp"].dt.year * 12 + orders["timestamp"].dt.month - 1
+def _first_order_months(orders: pd.DataFrame, timezone: str = "UTC") -> pd.DataFrame:
+    local = _local(orders["timestamp"], timezone)
+    month = local.dt.year * 12 + local.dt.month - 1
     orders = orders.assign(month=month.to_numpy())
     first = orders.groupby(_PERSON)["month"].transform("min")
     return orders.assign(cohort=first.to_numpy(), offset=(orders["month"] - first).to_numpy())
 
 
-def _ltv_partial(df: pd.DataFrame) -> pd.DataFrame:
-    orders = _first_order_months(df.loc[df["event"] == ORDER])
+def _ltv_partial(df: pd.DataFrame, timezone: str = "UTC") -> pd.DataFrame:
+    orders = _first_order_months(df.loc[df["event"] == ORDER], timezone)
     keys = ["tenant_id", "cohort", "offset"]
     g = orders.groupby(keys)
     out = pd.DataFrame(
@@ -439,10 +446,10 @@ def _ltv_partial(df: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([out.assign(cohort_size=0), size], ignore_index=True)
 
 
-def _cart_partial(cart_table: pd.DataFrame) -> pd.DataFrame:
+def _cart_partial(cart_table: pd.DataFrame, timezone: str = "UTC") -> pd.DataFrame:
     if not len(cart_table):
         return pd.DataFrame()
-    t = cart_table.assign(date=cart_table["opened_at"].dt.date)
+    t = cart_table.assign(date=_local(cart_table["opened_at"], timezone).dt.date)
     keys = ["tenant_id", "date"]
     out = pd.DataFrame(
         {f"carts_{s}": t.loc[t["status"] == s].groupby(keys).size() for s in ("purchased", "abandoned", "pending")}
@@ -453,15 +460,28 @@ def _cart_partial(cart_table: pd.DataFrame) -> pd.DataFrame:
     return out.fillna(0).reset_index() if len(out) else pd.DataFrame(columns=[*keys, *out.columns])
 
 
-def partials(table: pa.Table | pd.DataFrame, cart_hours: float, data_end: dt.datetime) -> dict[str, pd.DataFrame]:
+def _instant(value: dt.datetime) -> pd.Timestamp:
+    ts = pd.Timestamp(value)
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+
+def partials(
+    table: pa.Table | pd.DataFrame,
+    cart_hours: float,
+    data_end: dt.datetime,
+    timezone: str = "UTC",
+    data_start: dt.datetime | None = None,
+) -> dict[str, pd.DataFrame]:
     """Additive aggregates of one person bucket (orders must already be deduplicated across buckets,
     or all rows of a tenant are in ``table``: :func:`dedupe_orders` runs here again, harmlessly).
 
-    Rows at or after ``data_end`` are ignored.
+    Only rows in ``[data_start, data_end)`` count. Days and months are calendar days/months in ``timezone``.
     """
     df = frame(table)
-    end = pd.Timestamp(data_end)
-    df = df.loc[df["timestamp"] < (end.tz_localize("UTC") if end.tzinfo is None else end)]
+    keep = df["timestamp"] < _instant(data_end)
+    if data_start is not None:
+        keep &= df["timestamp"] >= _instant(data_start)
+    df = df.loc[keep]
     df = dedupe_orders(df)
     # persons are only counted, never output: integer codes make every distinct/merge/group cheap
     df["person_id"] = pd.factorize(df["person_id"])[0].astype("int64")
@@ -470,9 +490,9 @@ def partials(table: pa.Table | pd.DataFrame, cart_hours: float, data_end: dt.dat
     return {
         "product": _entity_partial(df, lines, _cart_item_status(lines, member, cart_table, "product_id"), "product_id"),
         "category": _entity_partial(df, lines, _cart_item_status(lines, member, cart_table, "category"), "category"),
-        "revenue": _revenue_partial(df, lines),
-        "ltv": _ltv_partial(df),
-        "carts": _cart_partial(cart_table),
+        "revenue": _revenue_partial(df, lines, timezone),
+        "ltv": _ltv_partial(df, timezone),
+        "carts": _cart_partial(cart_table, timezone),
     }
 
 
@@ -652,10 +672,28 @@ def finalize(parts: Iterable[Mapping[str, pd.DataFrame]], end_date: dt.date) -> 
     }
 
 
-def analyse(table: pa.Table | pd.DataFrame, cart_hours: float, data_end: dt.datetime) -> dict[str, pd.DataFrame]:
+def analyse(
+    table: pa.Table | pd.DataFrame,
+    cart_hours: float,
+    data_end: dt.datetime,
+    timezone: str = "UTC",
+    data_start: dt.datetime | None = None,
+) -> dict[str, pd.DataFrame]:
     """Everything on one machine (tests, small tenants): ``finalize([partials(table)])``."""
-    end_date = (pd.Timestamp(data_end) - pd.Timedelta(microseconds=1)).date()
-    return finalize([partials(table, cart_hours, data_end)], end_date)
+    end_date = (_instant(data_end).tz_convert(timezone) - pd.Timedelta(microseconds=1)).date()
+    return finalize([partials(table, cart_hours, data_end, timezone, data_start)], end_date)
+
+
+def local_bounds(start: dt.date | None, end: dt.date, timezone: str) -> tuple[dt.datetime | None, dt.datetime]:
+    """``[start 00:00, end + 1 day 00:00)`` in ``timezone`` as UTC instants (what a run of local days covers)."""
+    from zoneinfo import ZoneInfo
+
+    zone = ZoneInfo(timezone)
+
+    def midnight(day: dt.date) -> dt.datetime:
+        return dt.datetime.combine(day, dt.time(), tzinfo=zone).astimezone(dt.UTC)
+
+    return (midnight(start) if start else None), midnight(end + dt.timedelta(days=1))
 
 
 def merge_daily(

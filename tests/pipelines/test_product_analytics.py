@@ -38,11 +38,10 @@ def last_day(lake) -> dt.date:
 
 
 def test_outputs_equal_the_single_machine_computation(lake, tmp_path):
-    got = run(lake, tmp_path)
+    got = run(lake, tmp_path)  # default timezone: Asia/Kolkata
     end = last_day(lake)
-    want = analyse(
-        read_events(str(lake)), 24, dt.datetime.combine(end + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
-    )
+    data_end = dt.datetime.combine(end + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
+    want = analyse(read_events(str(lake)), 24, data_end, "Asia/Kolkata")
     for name in TABLES:
         assert len(got[name]) > 0, name
         stored = write_table(str(tmp_path / "want" / f"{name}.parquet"), want[name], csv=False)
@@ -53,8 +52,8 @@ def test_outputs_equal_the_single_machine_computation(lake, tmp_path):
 
 
 def test_rerun_and_backfill_replace_only_their_days(lake, tmp_path):
-    first = run(lake, tmp_path)["revenue_daily"]
-    again = run(lake, tmp_path)["revenue_daily"]
+    first = run(lake, tmp_path, "--timezone", "UTC")["revenue_daily"]
+    again = run(lake, tmp_path, "--timezone", "UTC")["revenue_daily"]
     pd.testing.assert_frame_equal(first, again)  # a rerun does not duplicate
 
     # backfill one day after that day's partitions changed: only that day's rows change
@@ -64,10 +63,26 @@ def test_rerun_and_backfill_replace_only_their_days(lake, tmp_path):
     shutil.copytree(lake, lake2)
     for tenant_dir in (lake2 / "events").iterdir():
         shutil.rmtree(tenant_dir / f"event_date={day.isoformat()}", ignore_errors=True)
-    out = run(lake2, tmp_path, "--start-date", day.isoformat(), "--end-date", day.isoformat())["revenue_daily"]
+    out = run(lake2, tmp_path, "--start-date", day.isoformat(), "--end-date", day.isoformat(), "--timezone", "UTC")[
+        "revenue_daily"
+    ]
     assert day not in set(out["date"])
     others = first.loc[first["date"] != day].reset_index(drop=True)
     pd.testing.assert_frame_equal(out.reset_index(drop=True), others)
+
+
+def test_a_local_day_backfill_reads_both_utc_partitions(lake, tmp_path):
+    """An IST day runs from 18:30 UTC the day before: a one-day run must equal that day of a full run."""
+    full = run(lake, tmp_path / "full")["revenue_daily"]
+    days = sorted(set(full["date"]))
+    day = days[len(days) // 2]
+    one = run(lake, tmp_path / "one", "--start-date", day.isoformat(), "--end-date", day.isoformat())
+    assert set(one["revenue_daily"]["date"]) == {day}
+    pd.testing.assert_frame_equal(
+        one["revenue_daily"].reset_index(drop=True),
+        full.loc[full["date"] == day].reset_index(drop=True),
+        check_dtype=False,
+    )
 
 
 def test_an_order_sent_for_two_persons_counts_once(tmp_path):
@@ -103,7 +118,16 @@ def test_help_explains_every_flag():
     out = subprocess.run(
         [sys.executable, "-m", "pipelines.product_analytics", "--help"], capture_output=True, text=True, check=True
     ).stdout
-    for flag in ("--lake", "--output", "--start-date", "--end-date", "--tenant", "--cart-hours", "--buckets"):
+    for flag in (
+        "--lake",
+        "--output",
+        "--start-date",
+        "--end-date",
+        "--tenant",
+        "--cart-hours",
+        "--buckets",
+        "--timezone",
+    ):
         assert flag in out
 
 
@@ -114,6 +138,8 @@ def test_bad_flags_fail_before_the_graph(lake, tmp_path):
         )
     with pytest.raises(ValueError, match="cart-hours"):
         product_analytics.run(["--lake", str(lake), "--output", str(tmp_path), "--cart-hours", "0"])
+    with pytest.raises(ValueError, match="timezone"):
+        product_analytics.run(["--lake", str(lake), "--output", str(tmp_path), "--timezone", "Mars/Base"])
 
 
 def test_warehouse_load_is_idempotent(lake, tmp_path):

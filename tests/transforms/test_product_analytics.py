@@ -238,6 +238,22 @@ def test_merge_daily_replaces_only_the_run_range():
     assert merge_daily(None, new, None, dt.date(2026, 10, 2), None).equals(new)
 
 
+def test_days_and_months_are_local_to_the_timezone():
+    late = dt.datetime(2026, 10, 31, 20, 0, tzinfo=dt.UTC)  # 1 Nov 01:30 in India
+    rows = [order("a", late, [("A", 1, 100, "C")], "o1", 100), add("a", late - dt.timedelta(hours=1))]
+    end = dt.datetime(2026, 11, 2, tzinfo=dt.UTC)
+    utc = analyse(pd.DataFrame(rows), 24, end)
+    ist = analyse(pd.DataFrame(rows), 24, end, "Asia/Kolkata")
+    assert [str(d) for d in utc["revenue_daily"]["date"]] == ["2026-10-31"]
+    assert [str(d) for d in ist["revenue_daily"]["date"]] == ["2026-11-01"]
+    assert str(utc["ltv_cohorts"]["cohort_month"].iloc[0]) == "2026-10-01"
+    assert str(ist["ltv_cohorts"]["cohort_month"].iloc[0]) == "2026-11-01"
+    assert [str(d) for d in ist["cart_abandonment"]["date"]] == ["2026-11-01"]  # 19:00 UTC = 00:30 IST
+    # a data start cuts rows before it
+    cut = analyse(pd.DataFrame(rows), 24, end, "Asia/Kolkata", data_start=late + dt.timedelta(seconds=1))
+    assert len(cut["revenue_daily"]) == 0
+
+
 # --- LTV -------------------------------------------------------------------------------------
 
 
