@@ -28,7 +28,6 @@ __all__ = ["DedupeStore", "DropSeenDuplicates", "create_dedupe_table", "dedupe_k
 
 DEFAULT_TTL = dt.timedelta(hours=24)
 _BATCH_GET_MAX = 100
-_TRANSACT_MAX = 100
 _DEFAULT_BACKOFF = Backoff()
 
 
@@ -133,36 +132,13 @@ class DedupeStore:
         for key, ref in items:  # the first unseen occurrence in this batch is the one to claim
             if key not in owners and key not in first_ref:
                 first_ref[key] = ref
-        pending = list(first_ref.items())
-        chunks = [pending[i : i + _TRANSACT_MAX] for i in range(0, len(pending), _TRANSACT_MAX)]
-        if chunks:
+        if first_ref:
+            # one conditional put per new key, in parallel: TransactWriteItems would cost twice the
+            # write units, and moto copies the whole table per transaction (quadratic in tests)
             with ThreadPoolExecutor(self.workers) as pool:
-                for claimed in pool.map(self._claim_chunk, chunks):
-                    owners.update(claimed)
+                claimed = pool.map(lambda kv: (kv[0], self._put_first(*kv)), first_ref.items())
+                owners.update(dict(claimed))
         return [owners[key] != ref for key, ref in items]
-
-    def _claim_chunk(self, chunk: list[tuple[str, str]]) -> dict[str, str]:
-        """Claim up to 100 new keys in one transaction; if any was taken meanwhile, key by key."""
-        now = self.now()
-        try:
-            self.client.transact_write_items(
-                TransactItems=[
-                    {
-                        "Put": {
-                            "TableName": self.table,
-                            "Item": self._item(key, ref, now),
-                            "ConditionExpression": "attribute_not_exists(dedupe_key) OR expires_at < :now",
-                            "ExpressionAttributeValues": {":now": {"N": str(int(now))}},
-                        }
-                    }
-                    for key, ref in chunk
-                ]
-            )
-            return dict(chunk)
-        except ClientError as err:
-            if err.response["Error"]["Code"] != "TransactionCanceledException":
-                raise
-        return {key: self._put_first(key, ref) for key, ref in chunk}
 
     def _item(self, key: str, source_ref: str, now: float) -> dict[str, Any]:
         return {

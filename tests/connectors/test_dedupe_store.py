@@ -65,12 +65,12 @@ def test_beam_transform_splits_rows_and_duplicates(aws):
         assert_that(out.duplicates, equal_to([("t", "old")]), label="Duplicates")
 
 
-def test_a_key_claimed_concurrently_cancels_the_transaction_and_falls_back(aws):
-    """Another worker claims a key between our read and our write: the whole chunk is retried key by key."""
+def test_a_key_claimed_concurrently_keeps_its_first_owner(aws):
+    """Another worker claims a key between our read and our conditional put: theirs stays first."""
     create_dedupe_table(aws, "dedupe-race")
     ours, theirs = DedupeStore(aws, "dedupe-race"), DedupeStore(aws, "dedupe-race")
     taken, free = dedupe_key("t", "raced"), dedupe_key("t", "free")
     assert theirs.claim([(taken, "kinesis:s/1/5")]) == [False]
-    owners = ours._claim_chunk([(taken, "kinesis:s/0/9"), (free, "kinesis:s/0/10")])
-    assert owners == {taken: "kinesis:s/1/5", free: "kinesis:s/0/10"}
+    assert ours._put_first(taken, "kinesis:s/0/9") == "kinesis:s/1/5"
+    assert ours._put_first(free, "kinesis:s/0/10") == "kinesis:s/0/10"
     assert ours.claim([(taken, "kinesis:s/0/9"), (free, "kinesis:s/0/10")]) == [True, False]
