@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from connectors.analytics_io import (
@@ -68,7 +69,11 @@ class SegmentsOptions(DateRangeOptions, AwsOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
         parser.add_argument("--lake", required=True, help="Lake root (local directory or s3://bucket/prefix).")
-        parser.add_argument("--config", required=True, help="Segment rules YAML (format in docs).")
+        parser.add_argument(
+            "--config",
+            required=True,
+            help="Segment rules YAML, local or s3:// (format in docs/analytics-segments-products.md).",
+        )
         parser.add_argument(
             "--as-of",
             dest="as_of",
@@ -342,8 +347,8 @@ def run(argv: list[str] | None = None) -> SegmentsOptions:
         raise ValueError("pipelines.segments takes --as-of, not --end-date")
     if opts.buckets < 1:
         raise ValueError("--buckets must be >= 1")
-    with open(opts.config, encoding="utf-8") as handle:
-        config = seg.load_config(handle.read())  # fails here, before the graph, on a bad config
+    with FileSystems.open(opts.config) as handle:  # a local path or s3://
+        config = seg.load_config(handle.read().decode("utf-8"))  # fails here, before the graph, on a bad config
     run_pipeline(lambda p: build(p, opts, config), opts)
     return opts
 
