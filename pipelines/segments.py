@@ -63,6 +63,20 @@ SIZES_SCHEMA = pa.schema(
 )
 
 
+RFM_SCHEMA = pa.schema(
+    [
+        pa.field("person_id", pa.string()),
+        pa.field("recency_days", pa.float64()),
+        pa.field("orders", pa.int64()),
+        pa.field("monetary_inr", pa.float64()),
+        pa.field("r_score", pa.int64()),
+        pa.field("f_score", pa.int64()),
+        pa.field("m_score", pa.int64()),
+        pa.field("rfm_cell", pa.string()),
+    ]
+)
+
+
 class SegmentsOptions(DateRangeOptions, AwsOptions):
     """Flags of ``pipelines.segments`` (plus --start-date/--tenant, the AWS group and Beam's own)."""
 
@@ -141,10 +155,12 @@ class _EvaluateFn(beam.DoFn):
         members = seg.evaluate(features, self.config, self.as_of, cutpoints)
         self.members.inc(len(members))
         persons = seg.person_segments(members, features)
+        rfm = seg.rfm_table(features, self.config.rfm, cutpoints) if self.config.uses_rfm() else None
         for tenant in sorted(features["tenant_id"].unique()):
+            evaluated = int((features["tenant_id"] == tenant).sum())
+            scores = rfm.loc[rfm["tenant_id"] == tenant] if rfm is not None else None
             yield beam.pvalue.TaggedOutput(
-                "per_tenant",
-                (tenant, (members.loc[members["tenant_id"] == tenant], int((features["tenant_id"] == tenant).sum()))),
+                "per_tenant", (tenant, (members.loc[members["tenant_id"] == tenant], evaluated, scores))
             )
         yield persons
 
@@ -173,11 +189,11 @@ class _WriteTenantFn(beam.DoFn):
     def process(self, element):
         tenant, parts = element
         parts = list(parts)
-        frames = [m for m, _n in parts if len(m)]
+        frames = [m for m, _n, _r in parts if len(m)]
         members = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=MEMBERS_SCHEMA.names)
         members = members.sort_values(["segment", "person_id"], kind="stable").reset_index(drop=True)
         members = members[MEMBERS_SCHEMA.names]
-        evaluated = sum(n for _m, n in parts)
+        evaluated = sum(n for _m, n, _r in parts)
         counts = members.groupby("segment").size() if len(members) else pd.Series(dtype="int64")
         sizes = pd.DataFrame(
             {
@@ -191,6 +207,12 @@ class _WriteTenantFn(beam.DoFn):
         write_table(f"{self.root}/segments/{part}", members, csv=False, schema=MEMBERS_SCHEMA)
         write_table(f"{self.root}/segment_sizes/{part}", sizes, csv=False, schema=SIZES_SCHEMA)
         self.files.inc(2)
+        if self.config.uses_rfm():
+            scores = [r for _m, _n, r in parts if r is not None and len(r)]
+            rfm = pd.concat(scores, ignore_index=True) if scores else pd.DataFrame(columns=RFM_SCHEMA.names)
+            rfm = rfm.sort_values("person_id", kind="stable").reset_index(drop=True)[RFM_SCHEMA.names]
+            write_table(f"{self.root}/rfm_scores/{part}", rfm, csv=False, schema=RFM_SCHEMA)
+            self.files.inc()
         if self.warehouse:
             for name, df, schema in (
                 ("segment_membership", members, MEMBERS_SCHEMA),

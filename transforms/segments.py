@@ -52,6 +52,7 @@ __all__ = [
     "person_features",
     "rfm_cutpoints",
     "rfm_scores",
+    "rfm_table",
 ]
 
 ORDER_COMPLETED = "Order Completed"
@@ -474,6 +475,26 @@ def rfm_scores(
         out[col] = pd.array(np.where(has, scores, 0), dtype="Int64")
         out.loc[~has, col] = pd.NA
     return out
+
+
+RFM_COLUMNS = ("person_id", "recency_days", "orders", "monetary_inr", "r_score", "f_score", "m_score", "rfm_cell")
+
+
+def rfm_table(
+    features: pd.DataFrame, settings: RfmSettings, cutpoints: Mapping[str, Mapping[str, Sequence[float]]] | None = None
+) -> pd.DataFrame:
+    """Scores of the persons with orders: ``tenant_id`` + :data:`RFM_COLUMNS`; ``rfm_cell`` is e.g. ``"5-4-3"``."""
+    scored = rfm_scores(features, settings, cutpoints)
+    scored = scored.loc[scored["orders"] > 0].copy()
+    for col in ("r_score", "f_score", "m_score"):
+        scored[col] = scored[col].astype("int64")
+    scored["rfm_cell"] = (
+        scored["r_score"].astype(str) + "-" + scored["f_score"].astype(str) + "-" + scored["m_score"].astype(str)
+    )
+    scored["recency_days"] = scored["recency_days"].round(6)
+    scored["monetary_inr"] = scored["monetary_inr"].round(4)
+    out = scored[["tenant_id", *RFM_COLUMNS]].sort_values(["tenant_id", "person_id"], kind="stable")
+    return out.reset_index(drop=True)
 
 
 # --- the rule tree --------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from connectors.lake import read_events
 from connectors.segment_store import read_membership
 from pipelines import segments as seg_pipeline
 from tests.analytics_lake import START, generate_rows, row, write_lake
-from transforms.segments import load_config, membership
+from transforms.segments import load_config, membership, person_features, rfm_cutpoints, rfm_table
 
 CONFIG = """
 timezone: Asia/Kolkata
@@ -78,6 +78,16 @@ def test_membership_files_equal_the_single_machine_computation(lake, config_file
     end = pd.Timestamp("2026-10-20T18:30:00Z")  # end of the as-of day in Asia/Kolkata
     evaluated = persons.loc[persons["timestamp"] < end].groupby("tenant_id")["person_id"].nunique()
     assert dict(zip(sizes["tenant_id"], sizes["evaluated_persons"], strict=True)) == evaluated.to_dict()
+
+    # RFM scores of every buyer, with tenant-wide quintiles
+    rfm = read_dir(tmp_path / "rfm_scores").sort_values(["tenant_id", "person_id"]).reset_index(drop=True)
+    config = load_config(CONFIG)
+    features = person_features(read_events(str(lake)), config, AS_OF)
+    expected = rfm_table(features, config.rfm, rfm_cutpoints(features))
+    assert list(zip(rfm["tenant_id"], rfm["person_id"], rfm["rfm_cell"], strict=True)) == list(
+        zip(expected["tenant_id"], expected["person_id"], expected["rfm_cell"], strict=True)
+    )
+    assert len(set(rfm["rfm_cell"])) > 5
 
     # a rerun of the same as-of replaces its files (no second copy)
     run(lake, config_file, "--as-of", AS_OF.isoformat(), "--output", str(tmp_path))

@@ -21,6 +21,7 @@ from transforms.segments import (
     person_segments,
     quintile_cutpoints,
     rfm_cutpoints,
+    rfm_table,
 )
 
 AS_OF = dt.date(2026, 10, 7)
@@ -234,6 +235,8 @@ segments:
     # a: recency 1.5 <= 2 -> 5; frequency 3 >= [2, 3] -> 3; monetary 3000 >= [100, 1000, 3000] -> 4
     # b: recency 6.5 -> 4; frequency 1 -> 1; monetary 50 -> 1
     assert members(rows, cfg) == {"best": {"a"}, "lapsed": {"b"}}
+    scores = rfm_table(person_features(pd.DataFrame(rows), cfg_obj, AS_OF), cfg_obj.rfm)
+    assert dict(zip(scores["person_id"], scores["rfm_cell"], strict=True)) == {"a": "5-3-4", "b": "4-1-1"}
 
 
 def test_rfm_lookback_ignores_older_orders():
