@@ -4,7 +4,7 @@
 
 Reads whichever tables the input directories hold (``funnel_steps``, ``retention``, ``product_funnel``,
 ``category_funnel``, ``revenue_daily``, ``ltv_cohorts``, ``cart_abandonment`` as ``NAME.parquet``;
-``segment_sizes/`` as the Hive-partitioned directory written by ``pipelines.segments``) and writes one
+``segment_sizes/`` and ``rfm_scores/`` as the Hive-partitioned directories written by ``pipelines.segments``) and writes one
 self-contained page: inline SVG charts and CSS, no scripts, nothing fetched from the network.
 The same tables always give the same bytes. Not a Beam pipeline: the inputs are small aggregates.
 """
@@ -34,7 +34,7 @@ TABLES = (
     "ltv_cohorts",
     "cart_abandonment",
 )
-PARTITIONED = ("segment_sizes",)
+PARTITIONED = ("segment_sizes", "rfm_scores")
 
 
 def _read_partitioned(path: str) -> pd.DataFrame | None:

@@ -15,7 +15,15 @@ from collections.abc import Callable, Mapping, Sequence
 
 import pandas as pd
 
-__all__ = ["bar_chart_svg", "funnel_svg", "heatmap_svg", "line_chart_svg", "render_report", "table_html"]
+__all__ = [
+    "bar_chart_svg",
+    "funnel_svg",
+    "heatmap_svg",
+    "line_chart_svg",
+    "render_report",
+    "rfm_grid_svg",
+    "table_html",
+]
 
 PALETTE = ["#2563eb", "#16a34a", "#ea580c", "#9333ea", "#0891b2", "#be123c", "#4d7c0f", "#a16207"]
 CSS = """
@@ -213,6 +221,37 @@ def line_chart_svg(
     return "".join(parts)
 
 
+def rfm_grid_svg(scores: pd.DataFrame, cell: int = 64) -> str:
+    """Recency score (rows, 5 on top) by frequency score (columns): persons and their mean INR monetary value."""
+    counts = scores.groupby(["r_score", "f_score"]).agg(persons=("person_id", "size"), money=("monetary_inr", "mean"))
+    top = max(int(counts["persons"].max()), 1) if len(counts) else 1
+    left, head = 60, 22
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + 5 * cell + 4}" height="{head + 5 * cell + 4}" role="img">'
+    ]
+    for f in range(1, 6):
+        parts.append(f'<text x="{left + (f - 0.5) * cell}" y="15" font-size="11" text-anchor="middle">F{f}</text>')
+    for i, r in enumerate(range(5, 0, -1)):
+        y = head + i * cell
+        parts.append(f'<text x="0" y="{y + cell / 2 + 4}" font-size="11">R{r}</text>')
+        for f in range(1, 6):
+            x = left + (f - 1) * cell
+            persons = int(counts["persons"].get((r, f), 0)) if len(counts) else 0
+            money = counts["money"].get((r, f), float("nan")) if len(counts) else float("nan")
+            share = persons / top
+            color = "#fff" if share > 0.55 else "#111"
+            parts.append(
+                f'<rect x="{x}" y="{y}" width="{cell - 2}" height="{cell - 2}" fill="{_heat(share)}">'
+                f"<title>R{r} F{f}: {fmt_int(persons)} persons, mean {esc(fmt_inr(money))}</title></rect>"
+                f'<text x="{x + (cell - 2) / 2}" y="{y + cell / 2 - 2}" font-size="12" text-anchor="middle" '
+                f'fill="{color}">{fmt_int(persons)}</text>'
+                f'<text x="{x + (cell - 2) / 2}" y="{y + cell / 2 + 12}" font-size="9" text-anchor="middle" '
+                f'fill="{color}">{esc(fmt_inr(money)) if persons else ""}</text>'
+            )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
 # --- sections -------------------------------------------------------------------------------
 
 
@@ -374,6 +413,18 @@ def _segments(df: pd.DataFrame) -> str:
     return "".join(out)
 
 
+def _rfm(df: pd.DataFrame) -> str:
+    out = [
+        "<h2>RFM</h2>",
+        '<p class="muted">Buyers by recency (rows) and frequency (columns) score; '
+        "cells show persons and their mean monetary value.</p>",
+    ]
+    for (tenant, as_of), part in df.groupby(["tenant_id", "as_of"], sort=True):
+        out.append(f"<h3>{esc(tenant)} · as of {esc(as_of)}</h3>")
+        out.append(rfm_grid_svg(part))
+    return "".join(out)
+
+
 def render_report(
     tables: Mapping[str, pd.DataFrame], title: str = "Livora analytics", sources: Sequence[str] = ()
 ) -> str:
@@ -399,6 +450,8 @@ def render_report(
         body.append(_ltv(tables["ltv_cohorts"]))
     if has("segment_sizes"):
         body.append(_segments(tables["segment_sizes"]))
+    if has("rfm_scores"):
+        body.append(_rfm(tables["rfm_scores"]))
     if len(body) <= 2:
         body.append("<p>No analytics tables found in the inputs.</p>")
     return (

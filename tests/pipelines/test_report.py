@@ -108,6 +108,23 @@ def outputs(tmp_path):
         pd.DataFrame({"segment": ["vip"], "rule_version": ["abc"], "members": [4321], "evaluated_persons": [99999]}),
         csv=False,
     )
+    rfm_dir = out / "rfm_scores" / "as_of=2026-10-20" / "tenant_id=acme-in"
+    write_table(
+        str(rfm_dir / "part-00000.parquet"),
+        pd.DataFrame(
+            {
+                "person_id": ["a", "b", "c"],
+                "recency_days": [1.0, 2.0, 90.0],
+                "orders": [5, 4, 1],
+                "monetary_inr": [1000.0, 3000.0, 50.0],
+                "r_score": [5, 5, 1],
+                "f_score": [5, 5, 1],
+                "m_score": [4, 5, 1],
+                "rfm_cell": ["5-5-4", "5-5-5", "1-1-1"],
+            }
+        ),
+        csv=False,
+    )
     return out
 
 
@@ -127,6 +144,8 @@ def test_report_shows_the_figures(outputs, tmp_path):
     assert "(unknown)" in text  # the null channel
     # segments
     assert "4,321" in text and "vip" in text
+    # RFM grid: two buyers in R5 F5 with a mean of 2,000 INR, one in R1 F1
+    assert "R5 F5: 2 persons, mean ₹2,000.00" in text and "R1 F1: 1 persons, mean ₹50.00" in text
     # charts are inline SVG
     assert parsed.counts["svg"] >= 3 and parsed.counts["rect"] >= 3 + 3 + 3
 
