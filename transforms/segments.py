@@ -167,6 +167,8 @@ class RfmSettings(_Strict):
     ``x = -recency_days``, ``frequency`` or ``monetary`` (so higher is better for all three; ties share a score).
     ``thresholds``: fixed cut points, four ascending numbers per metric: recency score
     ``5 - #{c : recency_days > c}``; frequency / monetary score ``1 + #{c : value >= c}``.
+    With ``quintiles``, a metric given cut points uses them instead (useful for frequency, where most
+    buyers have one order and the quintiles collapse).
     """
 
     method: Literal["quintiles", "thresholds"] = "quintiles"
@@ -177,13 +179,12 @@ class RfmSettings(_Strict):
 
     @model_validator(mode="after")
     def _thresholds(self) -> RfmSettings:
-        if self.method == "thresholds":
-            for metric in RFM_METRICS:
-                cuts = getattr(self, metric)
-                if cuts is None:
-                    raise ValueError(f"method thresholds needs four `{metric}` cut points")
-                if list(cuts) != sorted(cuts):
-                    raise ValueError(f"`{metric}` cut points must be ascending")
+        for metric in RFM_METRICS:
+            cuts = getattr(self, metric)
+            if cuts is None and self.method == "thresholds":
+                raise ValueError(f"method thresholds needs four `{metric}` cut points")
+            if cuts is not None and list(cuts) != sorted(cuts):
+                raise ValueError(f"`{metric}` cut points must be ascending")
         return self
 
 
@@ -454,7 +455,7 @@ def rfm_scores(
     has = (out["orders"] > 0).to_numpy()
     for metric, col in zip(RFM_METRICS, ("r_score", "f_score", "m_score"), strict=True):
         scores = np.zeros(len(out), dtype="int64")
-        if settings.method == "thresholds":
+        if getattr(settings, metric) is not None:  # fixed cut points (method thresholds, or an override)
             cuts = np.asarray(getattr(settings, metric), dtype=float)
             if metric == "recency":
                 v = out["recency_days"].to_numpy(dtype=float)

@@ -239,6 +239,18 @@ segments:
     assert dict(zip(scores["person_id"], scores["rfm_cell"], strict=True)) == {"a": "5-3-4", "b": "4-1-1"}
 
 
+def test_quintiles_with_a_fixed_frequency_override():
+    rows = []
+    for k in range(1, 11):  # rK: last order on day k + 2 (one order; three for r09 and r10)
+        rows += orders_for(f"r{k:02d}", 3 if k >= 9 else 1, last_day=k + 2)
+    cfg = "rfm: {method: quintiles, frequency: [2, 3, 4, 5]}\nsegments: [{name: s, rule: {rfm: {frequency: {min: 3}}}}]"
+    assert members(rows, cfg, as_of=dt.date(2026, 10, 15)) == {"s": {"r09", "r10"}}  # 3 orders >= [2, 3] -> 3
+    config = load_config(cfg)
+    scores = rfm_table(person_features(pd.DataFrame(rows), config, dt.date(2026, 10, 15)), config.rfm)
+    cells = dict(zip(scores["person_id"], scores["rfm_cell"], strict=True))
+    assert cells["r01"].split("-")[:2] == ["1", "1"] and cells["r10"].split("-")[:2] == ["5", "3"]
+
+
 def test_rfm_lookback_ignores_older_orders():
     rows = [
         *orders_for("old", 5, last_day=5),
