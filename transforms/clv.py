@@ -1,8 +1,9 @@
 """Customer lifetime value: the BG/NBD purchase model and the Gamma-Gamma spend model.
 
-The models are pure numpy/scipy; the thin Beam wrappers at the bottom only move data (no IO). The pipeline (``pipelines/clv.py``) summarises each person's
-orders with :func:`summarise_orders`, fits both models once on the whole summary and predicts per
-person with the functions at the bottom.
+The models are pure numpy/scipy. ``summarise_orders`` is the per-person reference definition of
+the summary and ``summarise_order_table`` its vectorised twin (pandas, many persons at once). The
+thin Beam composites at the bottom (no IO) split orders by (tenant, person bucket), summarise each
+bucket, fit both models once per tenant and predict per bucket; ``pipelines/clv.py`` wires them.
 
 References (closed forms used below):
 - Fader, Hardie & Lee (2005), "Counting Your Customers the Easy Way: An Alternative to the
