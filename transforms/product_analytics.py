@@ -477,12 +477,13 @@ def partials(
 
     Only rows in ``[data_start, data_end)`` count. Days and months are calendar days/months in ``timezone``.
     """
-    df = frame(table)
+    # deduplicate before cutting the window: an order first sent just before the window and re-sent
+    # inside it belongs to the earlier day (and is counted there once), as in the Beam pipeline
+    df = dedupe_orders(frame(table))
     keep = df["timestamp"] < _instant(data_end)
     if data_start is not None:
         keep &= df["timestamp"] >= _instant(data_start)
-    df = df.loc[keep]
-    df = dedupe_orders(df)
+    df = df.loc[keep].reset_index(drop=True)
     # persons are only counted, never output: integer codes make every distinct/merge/group cheap
     df["person_id"] = pd.factorize(df["person_id"])[0].astype("int64")
     lines = product_lines(df)

@@ -249,6 +249,10 @@ def test_days_and_months_are_local_to_the_timezone():
     assert str(utc["ltv_cohorts"]["cohort_month"].iloc[0]) == "2026-10-01"
     assert str(ist["ltv_cohorts"]["cohort_month"].iloc[0]) == "2026-11-01"
     assert [str(d) for d in ist["cart_abandonment"]["date"]] == ["2026-11-01"]  # 19:00 UTC = 00:30 IST
+    # an order first sent before the window and re-sent inside it belongs before the window
+    copy = dict(rows[0], message_id="zz-copy", timestamp=late + dt.timedelta(hours=2))
+    moved = analyse(pd.DataFrame([*rows, copy]), 24, end, "Asia/Kolkata", data_start=late + dt.timedelta(hours=1))
+    assert len(moved["revenue_daily"]) == 0
     # a data start cuts rows before it
     cut = analyse(pd.DataFrame(rows), 24, end, "Asia/Kolkata", data_start=late + dt.timedelta(seconds=1))
     assert len(cut["revenue_daily"]) == 0
