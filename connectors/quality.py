@@ -99,7 +99,7 @@ def _jsonable(value: Any) -> Any:
     if value is None or isinstance(value, (bool, str, int)):
         return value
     if isinstance(value, float):
-        return None if math.isnan(value) else value
+        return None if math.isnan(value) else float(value)
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple, set, frozenset)):
@@ -109,11 +109,12 @@ def _jsonable(value: Any) -> Any:
     if hasattr(value, "item") and not hasattr(value, "isoformat"):  # numpy scalar
         return _jsonable(value.item())
     if hasattr(value, "isoformat"):
-        try:
-            return value.isoformat()
-        except ValueError:  # NaT
+        text = value.isoformat()
+        return None if text == "NaT" else text
+    try:
+        if value != value:  # NaN-like
             return None
-    if value != value:  # NA-like
+    except TypeError:  # pd.NA refuses comparisons
         return None
     return str(value)
 

@@ -328,3 +328,16 @@ def test_refund_amounts_are_positive_in_the_ingested_lake(lake):
         .fetchone()
     )
     assert refunds[1] == 0 or refunds[0] >= Decimal(0)
+
+
+def test_gx_values_become_plain_json():
+    import numpy as np
+    import pandas as pd
+
+    from connectors.quality import _jsonable
+
+    values = [pd.NA, pd.NaT, float("nan"), np.int64(3), np.float64(2.5), Decimal("-1.5000")]
+    values += [pd.Timestamp("2026-10-01T05:30:00+05:30"), dt.date(2026, 10, 1), {"k": np.bool_(True)}]
+    converted = _jsonable(values)
+    assert converted == [None, None, None, 3, 2.5, "-1.5000", "2026-10-01T05:30:00+05:30", "2026-10-01", {"k": True}]
+    assert json.loads(json.dumps(converted)) == converted
