@@ -245,3 +245,76 @@ def test_help_and_flag_checks():
         stream_events.run(["--stream=s", "--lake=/tmp/x", "--start-position=AT_TIMESTAMP"])
     with pytest.raises(ValueError, match="exclude each other"):
         stream_events.run(["--stream=s", "--lake=/tmp/x", "--follow", "--once"])
+
+
+def test_streaming_graph_builds_with_an_unbounded_reader(aws):
+    """--streaming is for Flink/Dataflow: here we check the graph (the in-process runners cannot stream an SDF)."""
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.portability.api import beam_runner_api_pb2
+
+    options = PipelineOptions(["--stream=s", "--lake=/tmp/lake", "--streaming", "--warehouse=duckdb:///tmp/x.duckdb"])
+    opts = options.view_as(stream_events.StreamEventsOptions)
+    pipeline = beam.Pipeline(options=options)
+    stream_events.build_streaming(pipeline, opts, aws)
+    proto = pipeline.to_runner_api()
+    names = {t.unique_name for t in proto.components.transforms.values()}
+    for step in (
+        "DiscoverShards",
+        "StartOnce",
+        "ReadKinesis/ReadShard",
+        "Window",
+        "ProcessEvents",
+        "WriteLake",
+        "WriteDeadLetters",
+        "LoadWarehouse",
+        "CommitCheckpoints/CommitCheckpoint",
+    ):
+        assert any(n == step or n.startswith(step + "/") for n in names), step
+    unbounded = {
+        t.unique_name
+        for t in proto.components.transforms.values()
+        for out in t.outputs.values()
+        if proto.components.pcollections[out].is_bounded == beam_runner_api_pb2.IsBounded.UNBOUNDED
+    }
+    assert "ReadKinesis/ReadShard" in unbounded and "CommitCheckpoints/CommitCheckpoint" in unbounded
+
+
+def test_streaming_windows_write_one_file_set_per_window(tmp_path):
+    """The windowed half of --streaming on TestStream: records of two windows → files named per window."""
+    import datetime as dt
+
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+    from apache_beam.testing.test_stream import TestStream
+    from apache_beam.transforms import window
+
+    from schemas.records import SourceRecord
+    from transforms.composites import ProcessConfig, ProcessEvents
+
+    records = list(generate_events(40, seed=41, bad_fraction=0.0, duplicate_fraction=0.0))
+    base = dt.datetime(2026, 11, 25, 10, 0, tzinfo=dt.UTC)
+    stream = TestStream()
+    for i, payload in enumerate(records):
+        arrival = base + dt.timedelta(seconds=i * 3)  # 120 s of traffic: two 60 s windows
+        ts = arrival.timestamp()
+        stream = stream.add_elements(
+            [window.TimestampedValue(SourceRecord(payload, f"kinesis:s/shardId-0/{i + 1}", arrival), ts)]
+        )
+    stream = stream.advance_watermark_to_infinity()
+    options = PipelineOptions(runner="BundleBasedDirectRunner")
+    options.view_as(StandardOptions).streaming = True
+    lake = str(tmp_path / "lake")
+    with beam.Pipeline(options=options) as p:
+        processed = (
+            p
+            | stream
+            | "Window" >> beam.WindowInto(window.FixedWindows(60))
+            | "ProcessEvents" >> ProcessEvents(ProcessConfig(buckets=1, tracking_plans_dir=None))
+        )
+        _ = processed.row_batches | "WriteLake" >> stream_events._WindowedLake(lake)
+    files = sorted(str(p.name) for p in (tmp_path / "lake").rglob("*.parquet"))
+    windows = {name.split("-")[1] for name in files}
+    assert windows == {"w20261125T100000", "w20261125T100100"}
+    keys = _lake_keys(lake)
+    assert len(keys) == len(set(keys)) == 40
