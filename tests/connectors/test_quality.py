@@ -341,3 +341,12 @@ def test_gx_values_become_plain_json():
     converted = _jsonable(values)
     assert converted == [None, None, None, 3, 2.5, "-1.5000", "2026-10-01T05:30:00+05:30", "2026-10-01", {"k": True}]
     assert json.loads(json.dumps(converted)) == converted
+
+
+def test_docs_name_every_rule_and_the_suite_size():
+    from schemas.expectations import rule_specs
+
+    text = (pathlib.Path(__file__).parents[2] / "docs" / "quality.md").read_text()
+    for spec in rule_specs():
+        assert f"`{spec.name}`" in text, spec.name
+    assert f"{len(events_specs())} expectations" in text
