@@ -310,3 +310,26 @@ def test_s3_lake_and_output_on_the_moto_server(aws, monkeypatch):
 
 
 ORDER_FIELDS = ("type", "event", "person_id", "user_id", "timestamp", "order_id", "currency", "revenue", "revenue_inr")
+
+
+def test_a_lake_without_orders_gives_no_models_and_an_empty_table(tmp_path):
+    lake, out = str(tmp_path / "lake"), str(tmp_path / "out")
+    ts = dt.datetime(2025, 1, 5, 10, tzinfo=dt.UTC)
+    write_lake(
+        lake,
+        [
+            _row("acme-in", "p1", "u1", ts, "m1", type_="page"),
+            _row("acme-in", "p1", "u1", ts, "m2", event="Product Viewed"),
+        ],
+    )
+    document = clv_pipeline.run(["--lake", lake, "--calibration-end", "2025-01-31", "--output", out])
+    assert document["models"] == []
+    table = pq.read_table(f"{out}/clv_predictions.parquet")
+    assert table.num_rows == 0
+    assert table.schema.names[:3] == ["tenant_id", "person_id", "user_id"]
+
+
+def test_an_empty_lake_fails_before_the_graph_is_built(tmp_path):
+    (tmp_path / "events").mkdir()
+    with pytest.raises(ValueError, match="no event partitions"):
+        clv_pipeline.run(["--lake", str(tmp_path), "--calibration-end", "2025-01-31", "--output", str(tmp_path / "o")])
