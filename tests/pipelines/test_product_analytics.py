@@ -16,6 +16,7 @@ from connectors.analytics_io import person_buckets, write_table
 from connectors.lake import read_events
 from pipelines import product_analytics
 from tests.analytics_lake import START, generate_rows, row, write_lake
+from tests.pipelines.test_portable import worker_pool  # noqa: F401  (fixture)
 from transforms.product_analytics import analyse
 
 TABLES = product_analytics.TABLES
@@ -207,3 +208,28 @@ def test_reads_a_lake_on_s3(aws, tmp_path):
     for name in TABLES:
         pd.testing.assert_frame_equal(got[name], want[name])
     assert got["revenue_daily"]["orders"].sum() > 0
+
+
+@pytest.mark.slow
+@pytest.mark.portable
+def test_product_analytics_and_segments_on_portable_runner(lake, tmp_path, worker_pool):  # noqa: F811
+    """No shared memory: the same results with SDK workers in other processes (as on Flink)."""
+    from pipelines import segments
+    from tests.pipelines.test_segments import CONFIG
+
+    portable = ["--runner=PortableRunner", "--job_endpoint=embed", "--environment_type=EXTERNAL"]
+    portable.append(f"--environment_config={worker_pool}")
+    got = run(lake, tmp_path / "portable", *portable)
+    want = run(lake, tmp_path / "local")
+    for name in TABLES:
+        pd.testing.assert_frame_equal(got[name], want[name])
+    config = tmp_path / "segments.yaml"
+    config.write_text(CONFIG)
+    for out, extra in ((tmp_path / "seg_portable", portable), (tmp_path / "seg_local", [])):
+        segments.run(
+            ["--lake", str(lake), "--config", str(config), "--as-of", "2026-09-20", "--output", str(out), *extra]
+        )
+    read = lambda p: pq.read_table(p).to_pandas().sort_values(["segment", "person_id"]).reset_index(drop=True)  # noqa: E731
+    for tenant in ("acme-in", "bloom-in"):
+        part = f"segments/as_of=2026-09-20/tenant_id={tenant}/part-00000.parquet"
+        pd.testing.assert_frame_equal(read(tmp_path / "seg_portable" / part), read(tmp_path / "seg_local" / part))
