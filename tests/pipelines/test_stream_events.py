@@ -91,6 +91,7 @@ def test_every_event_lands_exactly_once_across_shards_and_passes(aws, tmp_path):
     }
     assert sorted(_warehouse_keys(warehouse)) == sorted(keys)
     assert summary.total("profile_rows_applied") == len(keys)
+    _assert_profiles_match_lake(aws, res, lake)
     first = summary.passes[0]
     assert sum(s["records"] for s in first.shards) == 900 and len(first.shards) == 3
     assert "read 900" in out.getvalue()
@@ -185,6 +186,21 @@ def test_kill_before_checkpoint_commit_then_restart_loses_and_doubles_nothing(aw
     assert len(keys) + len(dead) + summary.total("duplicates") == len(records)
     wh = _warehouse_keys(warehouse)
     assert len(wh) == len(set(wh)) and sorted(wh) == sorted(keys)
+    _assert_profiles_match_lake(aws, res, lake)
+
+
+def _assert_profiles_match_lake(aws, res: StreamingResources, lake: str) -> None:
+    """DynamoDB profiles equal the profiles folded independently from the lake rows (pure transforms)."""
+    from connectors.dynamodb import read_profile
+    from transforms.profiles import fold, summarize
+
+    expected = {key: summarize(state) for key, state in fold(read_events(lake).to_pylist()).items()}
+    client = aws.client("dynamodb")
+    for (tenant, person), want in expected.items():
+        got = read_profile(client, res.profiles_table, tenant, person)
+        assert got is not None, (tenant, person)
+        for name in ("order_count", "revenue_inr", "refund_count", "cancellation_count"):
+            assert got.get(name, 0) == want[name], (tenant, person, name)
 
 
 def test_split_mid_stream_reads_parent_then_children_without_duplicates(tmp_path):
