@@ -559,7 +559,8 @@ def build_streaming(pipeline, opts: StreamEventsOptions, aws) -> None:
         pipeline
         | "DiscoverTimer" >> PeriodicImpulse(fire_interval=opts.discover_seconds, apply_windowing=False)
         | "DiscoverShards" >> beam.ParDo(_DiscoverShardsFn(aws, opts.stream, opts.checkpoint_table_name()))
-        | "StartOnce" >> beam.ParDo(_StartOnceFn()).with_input_types(tuple[str, ShardTask])
+        | "KeyCoder" >> beam.Map(lambda kv: kv).with_output_types(tuple[str, ShardTask])  # deterministic key coder
+        | "StartOnce" >> beam.ParDo(_StartOnceFn())
         | "SpreadShards" >> beam.Reshuffle()
     )
     read = tasks | "ReadKinesis" >> ReadKinesisShards(aws, opts.read_config(bounded=False))
