@@ -345,7 +345,7 @@ def _cart_item_status(lines: pd.DataFrame, member: pd.DataFrame, cart_table: pd.
     return items
 
 
-def _entity_partial(df: pd.DataFrame, lines: pd.DataFrame, items: pd.DataFrame, key: str) -> pd.DataFrame:
+def _entity_partial(lines: pd.DataFrame, items: pd.DataFrame, key: str) -> pd.DataFrame:
     keys = ["tenant_id", key]
     lines = lines.loc[lines[key].notna()]
     by_event = {e: lines.loc[lines["event"] == e] for e in (VIEWED, ADDED, CHECKOUT, ORDER)}
@@ -489,8 +489,8 @@ def partials(
     lines = product_lines(df)
     cart_table, member = carts(df, cart_hours, data_end)
     return {
-        "product": _entity_partial(df, lines, _cart_item_status(lines, member, cart_table, "product_id"), "product_id"),
-        "category": _entity_partial(df, lines, _cart_item_status(lines, member, cart_table, "category"), "category"),
+        "product": _entity_partial(lines, _cart_item_status(lines, member, cart_table, "product_id"), "product_id"),
+        "category": _entity_partial(lines, _cart_item_status(lines, member, cart_table, "category"), "category"),
         "revenue": _revenue_partial(df, lines, timezone),
         "ltv": _ltv_partial(df, timezone),
         "carts": _cart_partial(cart_table, timezone),

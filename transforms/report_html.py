@@ -8,7 +8,6 @@ funnels, cart abandonment, LTV curves by first-order cohort (``ltv_cohorts``) an
 
 from __future__ import annotations
 
-import datetime as dt
 import html
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -458,7 +457,3 @@ def render_report(
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         f"<title>{esc(title)}</title><style>{CSS}</style></head><body>{''.join(body)}</body></html>"
     )
-
-
-def as_date(value) -> dt.date:
-    return value if isinstance(value, dt.date) else pd.Timestamp(value).date()
