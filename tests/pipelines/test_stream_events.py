@@ -334,3 +334,43 @@ def test_streaming_windows_write_one_file_set_per_window(tmp_path):
     assert windows == {"w20261125T100000", "w20261125T100100"}
     keys = _lake_keys(lake)
     assert len(keys) == len(set(keys)) == 40
+
+
+def test_kpl_aggregated_records_become_one_row_per_user_record(aws, tmp_path):
+    from connectors.kinesis import aggregate
+
+    res = _resources(aws, shards=2, sinks=False)
+    lake = str(tmp_path / "lake")
+    events = list(generate_events(50, seed=51, bad_fraction=0.0, duplicate_fraction=0.0))
+    kinesis = aws.client("kinesis")
+    entries = [
+        {"PartitionKey": f"kpl-{i}", "Data": aggregate([("p", e) for e in events[i : i + 10]])} for i in (0, 10, 20)
+    ]
+    entries += [{"PartitionKey": f"plain-{i}", "Data": e} for i, e in enumerate(events[30:])]
+    assert kinesis.put_records(StreamName=res.stream, Records=entries)["FailedRecordCount"] == 0
+    summary = stream_events.run(_argv(aws, res, lake), out=io.StringIO())
+    assert summary.total("records_read") == 50
+    assert sorted(_lake_keys(lake)) == sorted(_key_of(e) for e in events)
+
+
+def test_pass_tag_names_a_pass_by_its_start_positions(tmp_path):
+    from connectors.kinesis import Checkpoint, ReadConfig, ShardTask
+
+    config = ReadConfig()
+    a = [ShardTask("s", "shard-0", Checkpoint("10")), ShardTask("s", "shard-1", None)]
+    assert stream_events.pass_tag("s", a, config) == stream_events.pass_tag("s", list(reversed(a)), config)
+    moved = [ShardTask("s", "shard-0", Checkpoint("11")), a[1]]
+    inside = [ShardTask("s", "shard-0", Checkpoint("10", 3)), a[1]]
+    tags = {stream_events.pass_tag("s", t, config) for t in (a, moved, inside)}
+    tags.add(stream_events.pass_tag("other", a, config))
+    assert len(tags) == 4
+
+    lake, dead = tmp_path / "lake", tmp_path / "lake" / "dead_letters"
+    mine = lake / "events/tenant_id=t/event_date=2026-11-25/part-kabc-0001.parquet"
+    other = lake / "events/tenant_id=t/event_date=2026-11-25/part-kdef-0001.parquet"
+    mine_dead, other_dead = dead / "part-kabc-0000.jsonl", dead / "part-kdef-0000.jsonl"
+    for path in (mine, other, mine_dead, other_dead):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+    assert stream_events.remove_attempt_leftovers(str(lake), str(dead), "kabc") == 2
+    assert not mine.exists() and not mine_dead.exists() and other.exists() and other_dead.exists()
