@@ -22,13 +22,13 @@ from apache_beam.metrics import Metrics
 
 from connectors.lake import partition_dirs
 from connectors.quality import QualityChecker, QualityResult, parse_partition_dir, read_results, write_result
-from pipelines.options import DateRangeOptions, parse_options, run_pipeline, setup_logging
+from pipelines.options import AwsOptions, DateRangeOptions, parse_options, run_pipeline, setup_logging
 
 log = logging.getLogger("livora.check_lake")
 NAMESPACE = "quality"
 
 
-class CheckLakeOptions(DateRangeOptions):
+class CheckLakeOptions(DateRangeOptions, AwsOptions):
     """Which lake and partitions to check, and what counts as a failure."""
 
     @classmethod
@@ -139,9 +139,13 @@ class CheckSummary:
 
 def run(argv: list[str] | None = None) -> CheckSummary:
     """Check the selected partitions; returns the summary of what the written results say."""
-    options = parse_options(list(argv or []), CheckLakeOptions, __doc__)
+    argv = list(argv or [])
+    options = parse_options(argv, CheckLakeOptions, __doc__)
     opts = options.view_as(CheckLakeOptions)
     opts.check_range()
+    if opts.lake.startswith("s3://"):  # Beam's S3 filesystem (result files) needs the endpoint and region
+        options = parse_options([*argv, *opts.settings().beam_s3_options()], CheckLakeOptions, __doc__)
+        opts = options.view_as(CheckLakeOptions)
     if opts.max_future_hours < 0:
         raise ValueError("--max-future-hours must not be negative")
     selected = sorted(
