@@ -414,14 +414,16 @@ def fit_gamma_gamma(x, m) -> tuple[GammaGammaParams, FitResult]:
 def expected_average_order_value(params: GammaGammaParams, x, m) -> np.ndarray:
     """E[M | p, q, v, x, m] = (q-1)/(px+q-1) * pv/(q-1) + px/(px+q-1) * m.
 
-    A weighted mean of the population mean pv/(q-1) and the person's own mean; with x = 0 (or no
-    known spend) it is the population mean. Needs q > 1 (otherwise the mean does not exist: NaN).
+    A weighted mean of the population mean pv/(q-1) and the person's own mean; with x = 0 or no
+    positive known spend (the model is defined for m > 0 only; the spend fit skips those people
+    too) it is the population mean. Needs q > 1 (otherwise the mean does not exist: NaN).
     """
     p, q, v = params.p, params.q, params.v
     x, m = _arrays(x, m)
     if q <= 1:
         return np.full(np.broadcast(x, m).shape, np.nan)
-    known = (x > 0) & np.isfinite(m)
+    with np.errstate(invalid="ignore"):
+        known = (x > 0) & (m > 0)  # NaN compares False
     px = np.where(known, p * x, 0.0)
     return (p * v + px * np.where(known, m, 0.0)) / (px + q - 1)
 

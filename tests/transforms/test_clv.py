@@ -282,9 +282,10 @@ def test_expected_aov_matches_posterior_mean(x, m):
     assert float(expected_average_order_value(PUBLISHED_GG, x, m)) == pytest.approx(mean / norm, rel=1e-6)
 
 
-def test_expected_aov_without_repeat_is_the_population_mean():
+def test_expected_aov_without_repeat_or_positive_spend_is_the_population_mean():
     population = PUBLISHED_GG.p * PUBLISHED_GG.v / (PUBLISHED_GG.q - 1)
-    assert float(expected_average_order_value(PUBLISHED_GG, 0, math.nan)) == pytest.approx(population)
+    aov = expected_average_order_value(PUBLISHED_GG, [0, 3, 2], [math.nan, math.nan, -5.0])
+    np.testing.assert_allclose(aov, population)
 
 
 # ----------------------------------------------------------------------------- CLV
