@@ -128,6 +128,14 @@ def test_rerun_when_caught_up_changes_nothing(aws, tmp_path):
     assert again.total("records_read") == 0 and "caught up" in out.getvalue()
     assert sorted(p for p in (tmp_path / "lake").rglob("*.parquet")) == files
     assert [p.stat().st_mtime_ns for p in files] == stamps
+    # --follow keeps polling (bounded here by --max-passes); an idle pass starts no pipeline
+    out = io.StringIO()
+    started = time.monotonic()
+    followed = stream_events.run(
+        _argv(aws, res, lake, None, "--follow", "--follow-interval=0.1", "--max-passes=3"), out=out
+    )
+    assert len(followed.passes) == 3 and out.getvalue().count("caught up") == 3
+    assert time.monotonic() - started < 10
 
 
 def test_kill_before_checkpoint_commit_then_restart_loses_and_doubles_nothing(aws, tmp_path):
