@@ -114,13 +114,20 @@ def contract_specs(schema: pa.Schema = EVENTS_SCHEMA) -> list[ExpectationSpec]:
     columns = [*schema.names, *CHECK_COLUMNS]
     specs = [
         ExpectationSpec(
-            name="columns_match_contract",
-            expectation="ExpectTableColumnsToMatchOrderedList",
-            kwargs={"column_list": columns},
-            why="Readers (DuckDB, the warehouse loader, analytics) rely on the contract's columns in its order "
+            name="column_set_matches_contract",
+            expectation="ExpectTableColumnsToMatchSet",
+            kwargs={"column_set": columns, "exact_match": True},
+            why="Readers (DuckDB, the warehouse loader, analytics) rely on exactly the contract's columns "
             f"(the last {len(CHECK_COLUMNS)} are computed by the check).",
             origin="contract",
-        )
+        ),
+        ExpectationSpec(
+            name="column_order_matches_contract",
+            expectation="ExpectTableColumnsToMatchOrderedList",
+            kwargs={"column_list": columns},
+            why="Positional readers (Redshift COPY from Parquet) need the contract's column order.",
+            origin="contract",
+        ),
     ]
     for field in schema:
         specs.append(

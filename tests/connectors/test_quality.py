@@ -52,8 +52,10 @@ def test_suite_derives_not_null_and_types_from_the_contract():
     assert list(typed) == EVENTS_SCHEMA.names
     assert typed["message_id"] == "str" and typed["is_bot"] == "bool" and typed["geo_latitude"] == "float64"
     assert typed["timestamp"] == "Timestamp" and typed["event_date"] == "datetime64"
-    columns = next(s for s in specs if s.name == "columns_match_contract").kwargs["column_list"]
+    columns = next(s for s in specs if s.name == "column_order_matches_contract").kwargs["column_list"]
     assert columns[: len(EVENTS_SCHEMA)] == EVENTS_SCHEMA.names
+    column_set = next(s for s in specs if s.name == "column_set_matches_contract").kwargs["column_set"]
+    assert set(column_set) == set(columns)
 
 
 def test_a_new_contract_column_changes_the_suite():
@@ -350,3 +352,19 @@ def test_docs_name_every_rule_and_the_suite_size():
     for spec in rule_specs():
         assert f"`{spec.name}`" in text, spec.name
     assert f"{len(events_specs())} expectations" in text
+
+
+def test_reordered_columns_fail_only_the_order_check(lake, checker):
+    table = pa.Table.from_pylist(_rows(lake), schema=EVENTS_SCHEMA)
+    names = table.column_names
+    names[2], names[3] = names[3], names[2]  # message_id <-> type
+    result = checker.check_table(table.select(names), "acme-in", None, None)
+    assert result.failed == ["column_order_matches_contract"]
+
+
+def test_a_missing_column_fails_the_column_checks_and_its_type_check(lake, checker):
+    table = pa.Table.from_pylist(_rows(lake), schema=EVENTS_SCHEMA).drop_columns(["locale"])
+    result = checker.check_table(table, "acme-in", None, None)
+    assert result.failed == ["column_set_matches_contract", "column_order_matches_contract", "type:locale"]
+    type_check = next(o for o in result.expectations if o.name == "type:locale")
+    assert type_check.error  # GX 1.24 reports an IndexError text ("list index out of range") for a missing column
