@@ -211,7 +211,7 @@ class _Generator:
                 source="razorpay",
                 properties={"amount": total, "currency": "INR", "method": method, "order_id": order_id},
             )
-        discount = rng.choice((0, 0, 0, 100, 250))
+        discount = rng.choice((0, 0, 0, 100, 250)) if total >= 1000 else 0  # coupons need a minimum basket
         order = {
             "checkout_id": checkout_id,
             "order_id": order_id,
