@@ -22,6 +22,7 @@ INSTALL_REQUIRES = [
     "duckdb>=1.1",
     "psycopg[binary]>=3.2",
     "numpy>=1.26",
+    "pandas>=2.2",
     "scipy>=1.11",
     "mmdb-writer>=0.2",  # the demo writes a sample GeoIP database (infra/geoip_sample.py)
     "netaddr>=1.0",
