@@ -514,6 +514,7 @@ class ShardRange:
     start: Checkpoint | None
     stop: Checkpoint | None = None
     done: bool = False
+    created_at: dt.datetime | None = None  # pins LATEST for a shard without checkpoint across self-checkpoints
 
 
 _END = object()  # claimed to say "this shard's read is complete at the last claimed position"
@@ -535,7 +536,7 @@ class ShardRangeTracker(RestrictionTracker):
         if r.done:
             return False
         if position is _END:
-            self._restriction = ShardRange(r.start, self._last or r.start, done=True)
+            self._restriction = ShardRange(r.start, self._last or r.start, done=True, created_at=r.created_at)
             return False
         if r.stop is not None and not r.stop.covers(position):
             return False
@@ -547,8 +548,8 @@ class ShardRangeTracker(RestrictionTracker):
         r = self._restriction
         if r.done or fraction_of_remainder != 0:
             return None  # no dynamic splitting inside a shard: sequence numbers are not dense
-        primary = ShardRange(r.start, self._last or r.start, done=True)
-        residual = ShardRange(self._last or r.start, r.stop)
+        primary = ShardRange(r.start, self._last or r.start, done=True, created_at=r.created_at)
+        residual = ShardRange(self._last or r.start, r.stop, created_at=r.created_at)
         self._restriction = primary
         return primary, residual
 
@@ -565,7 +566,7 @@ class ShardRangeTracker(RestrictionTracker):
 
 class _ShardRestrictionProvider(RestrictionProvider):
     def initial_restriction(self, element: ShardTask) -> ShardRange:
-        return ShardRange(element.checkpoint)
+        return ShardRange(element.checkpoint, created_at=dt.datetime.now(dt.UTC))
 
     def create_tracker(self, restriction: ShardRange) -> ShardRangeTracker:
         return ShardRangeTracker(restriction)
@@ -612,7 +613,11 @@ class _ReadShardFn(beam.DoFn):
             min_call_interval=cfg.min_call_interval,
             backoff=cfg.backoff,
         )
-        reader.open(restriction.start, cfg.start_position, cfg.at_timestamp)
+        start, at = cfg.start_position, cfg.at_timestamp
+        if restriction.start is None and start == StartPosition.LATEST and restriction.created_at is not None:
+            # "latest" means latest when the read began, not at every resume after a self-checkpoint
+            start, at = StartPosition.AT_TIMESTAMP, restriction.created_at
+        reader.open(restriction.start, start, at)
         counter = Metrics.counter("kinesis", f"records/{task.shard_id}")
         started = time.monotonic()
         state = {"read": 0, "last": None, "high": None}

@@ -404,3 +404,57 @@ def test_split_mid_stream_keeps_order_per_key_and_reads_nothing_twice(faithful_k
     last_parent = max(i for i, (sid, _) in enumerate(log) if sid == parent.shard_id)
     assert last_parent < first_child
     assert store.load("split")[parent.shard_id].shard_end
+
+
+def test_restriction_tracker_self_checkpoints_and_finishes():
+    from connectors.kinesis import _END, ShardRange, ShardRangeTracker
+
+    pinned = dt.datetime(2026, 11, 25, tzinfo=dt.UTC)
+    tracker = ShardRangeTracker(ShardRange(None, created_at=pinned))
+    assert not tracker.is_bounded()
+    with pytest.raises(ValueError):
+        tracker.check_done()  # neither finished nor checkpointed
+    assert tracker.try_claim(Checkpoint("1")) and tracker.try_claim(Checkpoint("2", 0))
+    assert tracker.try_split(0.5) is None  # no dynamic splitting inside a shard
+    primary, residual = tracker.try_split(0)
+    assert primary == ShardRange(None, Checkpoint("2", 0), done=True, created_at=pinned)
+    assert residual == ShardRange(Checkpoint("2", 0), None, created_at=pinned)  # resumes inside the aggregate
+    assert not tracker.try_claim(Checkpoint("3"))  # after the split the rest belongs to the residual
+    tracker.check_done()
+
+    resumed = ShardRangeTracker(residual)
+    assert resumed.try_claim(Checkpoint("2", 1))
+    assert not resumed.try_claim(_END)  # the end of a bounded read
+    assert resumed.current_restriction() == ShardRange(
+        Checkpoint("2", 0), Checkpoint("2", 1), done=True, created_at=pinned
+    )
+    resumed.check_done()
+    assert resumed.is_bounded()
+    bounded = ShardRangeTracker(ShardRange(Checkpoint("5"), stop=Checkpoint("7")))
+    assert bounded.try_claim(Checkpoint("7")) and not bounded.try_claim(Checkpoint("8"))
+
+
+@pytest.mark.integration
+def test_unbounded_reader_self_checkpoints_until_a_closed_shard_ends(faithful_kinesis):
+    """The streaming path of the SDF (defer_remainder after every poll) on the in-process runner.
+
+    An open shard would be read forever; a closed one ends, so the run terminates and we can check
+    that the resumed residuals read every record exactly once.
+    """
+    from tests.connectors.kinesis_helpers import split_first_shard
+
+    aws = faithful_kinesis
+    client = make_stream(aws, "unbounded", 1)
+    records = [(f"k{i % 7}", f"r{i:03d}".encode()) for i in range(95)]
+    put(client, "unbounded", records)
+    parent = split_first_shard(client, "unbounded")
+    ending = next(s.ending_sequence for s in list_shards(client, "unbounded") if s.shard_id == parent)
+    config = ReadConfig(bounded=False, batch_limit=10, min_call_interval=0, poll_seconds=0, idle_resume_seconds=0)
+    payloads, progress = _run_reader(
+        aws, [ShardTask("unbounded", parent, None, ending)], config, default_kinesis_client
+    )
+    assert sorted(payloads) == sorted(d for _, d in records)
+    assert len(progress) >= 10  # one per self-checkpointed chunk
+    assert sum(p.records for p in progress) == 95
+    last = max(progress, key=lambda p: (p.end.key() if p.end else (-1, -1), p.end.shard_end if p.end else False))
+    assert last.end.shard_end and int(last.end.sequence) >= int(ending)
