@@ -576,12 +576,21 @@ def build_streaming(pipeline, opts: StreamEventsOptions, aws) -> None:
 
 
 def run(argv: list[str] | None = None, out=sys.stdout) -> StreamSummary | None:
-    options = parse_options(list(argv or []), StreamEventsOptions, __doc__)
+    argv = list(argv or [])
+    options = parse_options(argv, StreamEventsOptions, __doc__)
     opts = options.view_as(StreamEventsOptions)
     opts.validate()
     if opts.tracking_plans and opts.tracking_plans != "none" and not os.path.isdir(opts.tracking_plans):
         raise ValueError(f"--tracking-plans {opts.tracking_plans!r} is not a directory")
     aws = opts.settings()
+    if any(path.startswith("s3://") for path in (opts.lake, opts.dead_letters or "")):
+        # Beam's S3 filesystem gets the same AWS as the rest (the local endpoint, test credentials)
+        given = {arg.split("=", 1)[0] for arg in argv}
+        extra = [flag for flag in aws.beam_s3_options() if flag.split("=", 1)[0] not in given]
+        if extra:
+            options = parse_options(argv + extra, StreamEventsOptions, __doc__)
+            opts = options.view_as(StreamEventsOptions)
+    FileSystems.set_options(options)  # the driver lists and deletes files itself (leftovers, summaries)
     if options.view_as(StandardOptions).streaming:
         run_pipeline(lambda p: build_streaming(p, opts, aws), options)
         return None

@@ -382,3 +382,21 @@ def test_pass_tag_names_a_pass_by_its_start_positions(tmp_path):
         path.write_bytes(b"x")
     assert stream_events.remove_attempt_leftovers(str(lake), str(dead), "kabc") == 2
     assert not mine.exists() and not mine_dead.exists() and other.exists() and other_dead.exists()
+
+
+def test_lake_on_s3(aws, monkeypatch):
+    from infra.resources import create_bucket
+
+    res = _resources(aws, shards=2, sinks=False)
+    create_bucket(aws, "lake-bucket")
+    records = list(generate_events(200, seed=61))
+    put_records(aws.client("kinesis"), res.stream, records)
+    summary = stream_events.run(_argv(aws, res, "s3://lake-bucket/lake"), out=io.StringIO())
+    monkeypatch.setenv("LIVORA_AWS_ENDPOINT", aws.endpoint_url)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    keys = _lake_keys("s3://lake-bucket/lake")
+    assert len(keys) == len(set(keys)) == summary.total("lake_rows")
+    assert len(keys) + summary.total("dead_letters") + summary.total("duplicates") == 200
+    objects = aws.client("s3").list_objects_v2(Bucket="lake-bucket", Prefix="lake/")["Contents"]
+    assert any(o["Key"].startswith("lake/_runs/stream-events-") for o in objects)
