@@ -1,4 +1,4 @@
-"""IO for the batch analytics pipelines: list and read lake event files, write result tables.
+"""IO for the batch analytics pipelines: list and read lake event files, write result tables, load them.
 
 Reads go through Beam's ``FileSystems`` so that the same code reads a local lake and ``s3://`` (with
 the Beam S3 flags from :meth:`connectors.aws.AwsSettings.beam_s3_options`). A file is read whole with
@@ -15,7 +15,7 @@ import os
 import re
 import tempfile
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 import apache_beam as beam
@@ -23,16 +23,20 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
+from connectors.warehouse import load_table
 from schemas.lake import EVENTS_TABLE, PARTITION_COLUMNS
 
 __all__ = [
     "EventFile",
     "ReadEventBuckets",
     "event_files",
+    "lake_file_patterns",
+    "load_tables",
     "person_bucket",
     "person_buckets",
     "read_event_file",
@@ -40,6 +44,7 @@ __all__ = [
     "to_arrow",
     "write_bytes_atomically",
     "write_table",
+    "write_tables",
 ]
 
 _PARTITION = re.compile(r"/tenant_id=([^/]+)/event_date=(\d{4}-\d{2}-\d{2})/[^/]+\.parquet$")
@@ -66,6 +71,17 @@ def event_files(
             continue
         found.append(EventFile(meta.path, m.group(1), day))
     return sorted(found)
+
+
+def lake_file_patterns(
+    lake: str, start: dt.date | None = None, end: dt.date | None = None, tenant: str | None = None
+) -> list[str]:
+    """One ``DIR/*.parquet`` pattern per partition directory of :func:`event_files` (for ``ReadAllFromParquet``).
+
+    Local directories are made absolute so that SDK workers in other processes find them too.
+    """
+    dirs = {os.path.dirname(f.path) for f in event_files(lake, start, end, tenant)}
+    return sorted(f"{d if '://' in d else os.path.abspath(d)}/*.parquet" for d in dirs)
 
 
 def read_event_file(
@@ -183,15 +199,44 @@ def to_arrow(df: pd.DataFrame, schema: pa.Schema | None = None) -> pa.Table:
     return table.cast(pa.schema(fields)).replace_schema_metadata(None)
 
 
-def write_table(path: str, df: pd.DataFrame, csv: bool = True, schema: pa.Schema | None = None) -> str:
-    """Write ``df`` to ``path`` (``.parquet``) atomically, and the same rows to the ``.csv`` beside it."""
-    table = to_arrow(df, schema)
+def write_table(path: str, data: pd.DataFrame | pa.Table, csv: bool = True, schema: pa.Schema | None = None) -> str:
+    """Write ``data`` to ``path`` (``.parquet``) atomically, and the same rows to the ``.csv`` beside it.
+
+    A DataFrame goes through :func:`to_arrow` (with ``schema``) and its CSV is pandas'; an Arrow table is
+    written as it is, its CSV by Arrow's writer.
+    """
+    table = data if isinstance(data, pa.Table) else to_arrow(data, schema)
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression="zstd")
     write_bytes_atomically(path, sink.getvalue().to_pybytes())
     if csv:
-        write_bytes_atomically(path.removesuffix(".parquet") + ".csv", df.to_csv(index=False).encode("utf-8"))
+        if isinstance(data, pa.Table):
+            text = io.BytesIO()
+            pacsv.write_csv(table, text)
+            body = text.getvalue()
+        else:
+            body = data.to_csv(index=False).encode("utf-8")
+        write_bytes_atomically(path.removesuffix(".parquet") + ".csv", body)
     return path
+
+
+def write_tables(output: str, tables: Mapping[str, pd.DataFrame | pa.Table], csv: bool = True) -> None:
+    """``OUTPUT/NAME.parquet`` (and ``NAME.csv``) per table, each by :func:`write_table`: a rerun replaces them."""
+    output = output.rstrip("/")
+    for name, data in tables.items():
+        write_table(f"{output}/{name}.parquet", data, csv=csv)
+
+
+def load_tables(url: str, tables: Mapping[str, tuple[pd.DataFrame | pa.Table, Sequence[str]]]) -> int:
+    """Load result tables into the warehouse, each ``{name: (rows, partition columns)}`` replacing the
+    partitions its rows hold (:func:`connectors.warehouse.load_table`). An empty table holds no partition
+    and is skipped. Returns the rows loaded."""
+    loaded = 0
+    for name, (data, partitions) in tables.items():
+        table = data if isinstance(data, pa.Table) else to_arrow(data)
+        if table.num_rows:
+            loaded += load_table(url, name, table, replace_partitions=list(partitions))
+    return loaded
 
 
 def read_table(path: str) -> pd.DataFrame | None:

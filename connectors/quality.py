@@ -24,7 +24,8 @@ import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 from pydantic import BaseModel, Field
 
-from connectors.lake import _write_bytes_atomically, read_events, table_path
+from connectors.analytics_io import write_bytes_atomically
+from connectors.lake import read_events, table_path
 from schemas.expectations import (
     DEFAULT_MAX_FUTURE,
     ExpectationSpec,
@@ -272,7 +273,7 @@ def write_result(lake: str, result: QualityResult) -> str:
     path = result_path(lake, result)
     if "://" not in path:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-    _write_bytes_atomically(path, result_json(result))
+    write_bytes_atomically(path, result_json(result))
     return path
 
 

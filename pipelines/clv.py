@@ -21,7 +21,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.parquetio import ReadAllFromParquetBatched, WriteToParquetBatched
 
-from connectors.lake import partition_dirs
+from connectors.analytics_io import lake_file_patterns
 from pipelines.options import AwsOptions, DateRangeOptions, iso_date, parse_options, run_pipeline, setup_logging
 from transforms.clv import (
     DEFAULT_BUCKETS,
@@ -141,7 +141,7 @@ def check_options(opts: ClvOptions) -> None:
         raise ValueError("--start-date is after --calibration-end")
 
 
-def lake_file_patterns(opts: ClvOptions) -> list[str]:
+def read_patterns(opts: ClvOptions) -> list[str]:
     """The event partitions to read (pruned by tenant and date), as file patterns.
 
     Partitions are UTC dates; a local day can straddle two of them, so one day of margin is read
@@ -149,10 +149,7 @@ def lake_file_patterns(opts: ClvOptions) -> list[str]:
     """
     one_day = dt.timedelta(days=1)
     start = opts.start_date - one_day if opts.start_date else None
-    dirs = partition_dirs(opts.lake, start, _read_end(opts) + one_day, opts.tenant)
-    if opts.lake.startswith("s3://"):
-        dirs = [d if d.startswith("s3://") else f"s3://{d}" for d in dirs]
-    return [f"{d}/*.parquet" for d in dirs]
+    return lake_file_patterns(opts.lake, start, _read_end(opts) + one_day, opts.tenant)
 
 
 def run_settings(opts: ClvOptions) -> dict:
@@ -228,7 +225,8 @@ def run(argv: list[str] | None = None) -> dict:
     if opts.lake.startswith("s3://") or opts.output.startswith("s3://"):
         options = parse_options([*list(argv or []), *opts.settings().beam_s3_options()], ClvOptions, __doc__)
         opts = options.view_as(ClvOptions)
-    patterns = lake_file_patterns(opts)
+    FileSystems.set_options(options)  # the driver lists the lake and reads the model back itself
+    patterns = read_patterns(opts)
     if not patterns:
         raise ValueError(
             f"no event partitions in {opts.lake} up to {_read_end(opts)}"

@@ -19,19 +19,16 @@ from __future__ import annotations
 import datetime as dt
 import io
 import logging
-import os
 import sys
-import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import apache_beam as beam
 import pyarrow as pa
-import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.parquetio import ReadAllFromParquetBatched
 
-from connectors.lake import partition_dirs
+from connectors.analytics_io import lake_file_patterns, load_tables, write_tables
 from pipelines.options import AwsOptions, DateRangeOptions, parse_options, run_pipeline, setup_logging
 from transforms.funnels import (
     MODES,
@@ -148,43 +145,6 @@ def definitions_from_options(opts: FunnelOptions) -> list[FunnelDefinition]:
     return [FunnelDefinition.model_validate(spec)]
 
 
-def lake_file_patterns(lake: str, start, end, tenant) -> list[str]:
-    dirs = partition_dirs(lake, start, end, tenant)
-    if lake.startswith("s3://"):
-        dirs = [d if d.startswith("s3://") else f"s3://{d}" for d in dirs]
-    return [f"{d}/*.parquet" for d in dirs]
-
-
-def write_tables(output: str, tables: Mapping[str, pa.Table]) -> None:
-    """Write NAME.parquet and NAME.csv per table: to temporary names first, then renamed over the old ones."""
-    output = output.rstrip("/")
-    if "://" not in output:
-        os.makedirs(output, exist_ok=True)
-    tmp_names, final_names = [], []
-    token = uuid.uuid4().hex[:12]
-    for name, table in tables.items():
-        for ext in ("parquet", "csv"):
-            buffer = io.BytesIO()
-            if ext == "parquet":
-                pq.write_table(table, buffer)
-            else:
-                pacsv.write_csv(table, buffer)
-            tmp = f"{output}/.{name}.{ext}.{token}.tmp"
-            with FileSystems.create(tmp) as handle:
-                handle.write(buffer.getvalue())
-            tmp_names.append(tmp)
-            final_names.append(f"{output}/{name}.{ext}")
-    FileSystems.rename(tmp_names, final_names)
-
-
-def load_warehouse(url: str, tables: Mapping[str, tuple[pa.Table, Sequence[str]]]) -> None:
-    from connectors.warehouse import load_table
-
-    for name, (table, partitions) in tables.items():
-        if table.num_rows:
-            load_table(url, name, table, replace_partitions=list(partitions))
-
-
 class _WriteFunnelOutputs(beam.DoFn):
     def __init__(self, output: str, definitions: Sequence[FunnelDefinition], warehouse: str | None):
         self.output, self.definitions, self.warehouse = output, list(definitions), warehouse
@@ -193,7 +153,7 @@ class _WriteFunnelOutputs(beam.DoFn):
         steps, days = combine_funnel_outputs(results, self.definitions)
         write_tables(self.output, {STEPS_TABLE: steps, ENTRY_DAYS_TABLE: days})
         if self.warehouse:
-            load_warehouse(
+            load_tables(
                 self.warehouse,
                 {
                     STEPS_TABLE: (steps, ("tenant_id", "funnel")),
@@ -233,6 +193,7 @@ def run(argv: list[str] | None = None) -> dict[str, pa.Table]:
     if opts.lake.startswith("s3://") or opts.output.startswith("s3://"):
         options = parse_options([*argv, *opts.settings().beam_s3_options()], FunnelOptions, __doc__)
         opts = options.view_as(FunnelOptions)
+    FileSystems.set_options(options)  # the driver lists the lake and reads the outputs back itself
     read_end, entry_before = opts.end_date, None
     if opts.lookahead:
         entry_before = dt.datetime.combine(opts.end_date + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)

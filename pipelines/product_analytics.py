@@ -26,8 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
 
-from connectors.analytics_io import ReadEventBuckets, event_files, person_bucket, read_table, to_arrow, write_table
-from connectors.warehouse import load_table
+from connectors.analytics_io import ReadEventBuckets, event_files, load_tables, person_bucket, read_table, write_table
 from pipelines.options import DateRangeOptions, parse_options, run_pipeline, setup_logging
 from schemas.lake import EVENTS_SCHEMA
 from transforms import product_analytics as pa_t
@@ -188,8 +187,8 @@ class _WriteTablesFn(beam.DoFn):
                 write_table(path, merged)
             else:
                 write_table(path, df)
-            if self.warehouse and len(df):
-                load_table(self.warehouse, name, to_arrow(df), replace_partitions=WAREHOUSE_PARTITIONS[name])
+            if self.warehouse:
+                load_tables(self.warehouse, {name: (df, WAREHOUSE_PARTITIONS[name])})
             yield name, len(df)
 
 

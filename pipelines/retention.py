@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.parquetio import ReadAllFromParquetBatched
 
-from pipelines.funnels import lake_file_patterns, load_warehouse, write_tables
+from connectors.analytics_io import lake_file_patterns, load_tables, write_tables
 from pipelines.options import AwsOptions, DateRangeOptions, parse_options, run_pipeline, setup_logging
 from transforms.retention import RETENTION_SCHEMA, ComputeRetention, RetentionDefinition
 
@@ -122,7 +122,7 @@ def build(
     def write(table: pa.Table) -> int:
         write_tables(output, {RETENTION_TABLE: table})
         if warehouse:
-            load_warehouse(warehouse, {RETENTION_TABLE: (table, ("tenant_id", "cohort_start"))})
+            load_tables(warehouse, {RETENTION_TABLE: (table, ("tenant_id", "cohort_start"))})
         return table.num_rows
 
     _ = (
@@ -145,6 +145,7 @@ def run(argv: list[str] | None = None) -> pa.Table:
     if opts.lake.startswith("s3://") or opts.output.startswith("s3://"):
         options = parse_options([*argv, *opts.settings().beam_s3_options()], RetentionOptions, __doc__)
         opts = options.view_as(RetentionOptions)
+    FileSystems.set_options(options)  # the driver lists the lake and reads the output back itself
     span = resolve_range(opts)
     patterns = []
     if span:

@@ -31,6 +31,7 @@ from connectors.analytics_io import (
     EventFile,
     ReadEventBuckets,
     event_files,
+    load_tables,
     person_buckets,
     read_event_file,
     to_arrow,
@@ -38,7 +39,6 @@ from connectors.analytics_io import (
 )
 from connectors.aws import AwsSettings
 from connectors.segment_store import DEFAULT_KEY_ATTRIBUTE, DEFAULT_SORT_KEY, write_memberships
-from connectors.warehouse import load_table
 from pipelines.options import AwsOptions, DateRangeOptions, iso_date, parse_options, run_pipeline, setup_logging
 from schemas.lake import EVENTS_SCHEMA
 from transforms import segments as seg
@@ -221,10 +221,9 @@ class _WriteTenantFn(beam.DoFn):
                 table = to_arrow(df, schema)
                 table = table.append_column("tenant_id", pa.array([tenant] * table.num_rows, pa.string()))
                 table = table.append_column("as_of", pa.array([self.as_of] * table.num_rows, pa.date32()))
-                # load_table needs rows: an as-of rerun that leaves a tenant with no member at all keeps the
-                # earlier members in the warehouse (segment_sizes, never empty, is always replaced and shows 0)
-                if table.num_rows:
-                    load_table(self.warehouse, name, table, replace_partitions=("tenant_id", "as_of"))
+                # load_tables skips empty tables: an as-of rerun that leaves a tenant with no member at all keeps
+                # the earlier members in the warehouse (segment_sizes, never empty, is always replaced and shows 0)
+                load_tables(self.warehouse, {name: (table, ("tenant_id", "as_of"))})
         yield tenant, len(members)
 
 
