@@ -21,6 +21,7 @@ import pandas as pd
 import pyarrow.dataset as ds
 
 from connectors.analytics_io import read_table, write_bytes_atomically
+from pipelines.options import setup_logging
 from transforms.report_html import render_report
 
 log = logging.getLogger(__name__)
@@ -92,7 +93,7 @@ def run(argv: Sequence[str] | None = None) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     run(sys.argv[1:] if argv is None else argv)
 
 
