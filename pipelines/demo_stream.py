@@ -91,6 +91,7 @@ def run_streaming_demo(
     from connectors.warehouse import count_rows
     from pipelines import stream_events
 
+    stream_events.quiet_option_warnings()
     workdir = os.path.abspath(workdir)
     lake = os.path.join(workdir, "lake")
     warehouse = f"duckdb:///{os.path.join(workdir, 'warehouse.duckdb')}"

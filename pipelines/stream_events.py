@@ -599,8 +599,15 @@ def run(argv: list[str] | None = None, out=sys.stdout) -> StreamSummary | None:
     return summary
 
 
+def quiet_option_warnings() -> None:
+    """Beam's get_all_options only knows direct PipelineOptions subclasses, so it calls every flag of a
+    composed option class "unparseable" (harmless: the driver reads them with view_as). Hide that noise."""
+    logging.getLogger("apache_beam.options.pipeline_options").setLevel(logging.ERROR)
+
+
 def main(argv: list[str] | None = None) -> None:
     setup_logging()
+    quiet_option_warnings()
     summary = run(argv if argv is not None else sys.argv[1:])
     if summary is not None:
         print(json.dumps({**summary.as_dict(), "last_pass": asdict(summary.passes[-1])}, indent=2, default=str))
