@@ -34,6 +34,7 @@ import pyarrow.dataset as ds
 from apache_beam.io.filesystems import FileSystems
 
 from connectors.lake import WriteDeadLetters, WriteLakePartitions, events_dataset, table_path
+from connectors.run_summary import WriteRunSummary, read_run_summary, run_summary_path, total
 from pipelines.ingest_batch import ProcessingOptions
 from pipelines.options import AwsOptions, parse_options, run_pipeline, setup_logging
 from schemas.failures import FailedEvent, Reason, Stage
@@ -188,19 +189,6 @@ class _DropExistingFn(beam.DoFn):
             yield key, keep
 
 
-class _WriteSummaryFn(beam.DoFn):
-    def __init__(self, path: str):
-        self.path = path
-
-    def process(self, _, lake_rows, failed_again, duplicates, already):
-        body = json.dumps(
-            {"lake_rows": lake_rows, "failed_again": failed_again, "duplicates": duplicates, "already_in_lake": already}
-        )
-        with FileSystems.create(self.path) as handle:
-            handle.write(body.encode())
-        yield body
-
-
 def build(pipeline, opts: ReplayOptions, records: list[SourceRecord], tag: str, summary_path: str) -> None:
     processed = (
         pipeline | "DeadLetterRecords" >> beam.Create(records) | "ProcessEvents" >> ProcessEvents(opts.process_config())
@@ -211,22 +199,14 @@ def build(pipeline, opts: ReplayOptions, records: list[SourceRecord], tag: str, 
     written = split.new | "WriteLake" >> WriteLakePartitions(opts.lake, tag)
     dead = processed.failures | "WriteDeadLetters" >> WriteDeadLetters(opts.dead_letters_out, tag)
 
-    def total(pcoll, label, fn):
-        return beam.pvalue.AsSingleton(
-            pcoll | f"Count{label}" >> beam.Map(fn) | f"Sum{label}" >> beam.CombineGlobally(sum)
-        )
-
-    (
-        pipeline
-        | "SummaryTrigger" >> beam.Create([None])
-        | "WriteSummary"
-        >> beam.ParDo(
-            _WriteSummaryFn(summary_path),
-            total(written, "LakeRows", lambda pn: pn[1]),
-            total(dead, "FailedAgain", lambda pn: pn[1]),
-            total(processed.duplicates, "Duplicates", lambda _: 1),
-            total(split[_DropExistingFn.ALREADY], "AlreadyInLake", lambda _: 1),
-        )
+    _ = pipeline | "RunSummary" >> WriteRunSummary(
+        summary_path,
+        {
+            "lake_rows": total(written, "LakeRows", lambda pn: pn[1]),
+            "failed_again": total(dead, "FailedAgain", lambda pn: pn[1]),
+            "duplicates": total(processed.duplicates, "Duplicates"),
+            "already_in_lake": total(split[_DropExistingFn.ALREADY], "AlreadyInLake"),
+        },
     )
 
 
@@ -261,11 +241,7 @@ def run(argv: list[str] | None = None) -> ReplaySummary:
     )
     tag = "replay" + digest.hexdigest()[:10]
     opts.dead_letters_out = opts.dead_letters_out or f"{table_path(opts.lake, 'replays')}/{tag}/dead_letters"
-    summary_path = f"{table_path(opts.lake, '_runs')}/{tag}.json"
-    if "://" not in summary_path:
-        import os
-
-        os.makedirs(os.path.dirname(summary_path), exist_ok=True)
+    summary_path = run_summary_path(opts.lake, tag)
     totals = {"lake_rows": 0, "failed_again": 0, "duplicates": 0, "already_in_lake": 0}
     if records:
         log.info(
@@ -276,8 +252,7 @@ def run(argv: list[str] | None = None) -> ReplaySummary:
             tag,
         )
         run_pipeline(lambda p: build(p, opts, records, tag, summary_path), options)
-        with FileSystems.open(summary_path) as handle:
-            totals = json.loads(handle.read())
+        totals = read_run_summary(summary_path)
     summary = ReplaySummary(
         dead_letters_read=len(failures),
         selected=len(chosen),
