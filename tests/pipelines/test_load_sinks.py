@@ -12,6 +12,7 @@ from connectors.lake import read_events
 from connectors.synthetic import generate_events
 from connectors.warehouse import count_rows
 from pipelines import ingest_batch, load_sinks
+from tests.portable import worker_pool  # noqa: F401  (fixture)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -64,32 +65,8 @@ def test_help_and_flag_checks():
         load_sinks.run(["--lake", "x"])
 
 
-@pytest.fixture
-def worker_pool():
-    """A Beam SDK worker pool in another process (as Flink task managers would host Python workers)."""
-    import os
-    import time
-
-    from infra.local_stack import free_port
-
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "apache_beam.runners.worker.worker_pool_main", f"--service_port={port}"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ.get('PATH', '')}"},
-    )
-    time.sleep(3)
-    assert proc.poll() is None, "worker pool did not start"
-    try:
-        yield f"localhost:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
-
-
 @pytest.mark.portable
-def test_sinks_on_portable_runner_with_external_sdk_workers(tmp_path, aws, worker_pool):
+def test_sinks_on_portable_runner_with_external_sdk_workers(tmp_path, aws, worker_pool):  # noqa: F811
     """The sink DoFns pickle, open their clients in setup() and share nothing in-process."""
     source = tmp_path / "events.ndjson"
     source.write_bytes(b"\n".join(generate_events(120, seed=9, days=2)) + b"\n")

@@ -7,42 +7,18 @@ arrangement as Flink or Spark task managers talking to Python SDK workers.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
-
 import duckdb
 import pytest
 
 from connectors.lake import read_dead_letters
-from infra.local_stack import free_port
 from pipelines.ingest_batch import run
 from tests.pipelines.corpus import build_corpus
-
-
-@pytest.fixture
-def worker_pool():
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "apache_beam.runners.worker.worker_pool_main", f"--service_port={port}"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        # the pool starts each SDK worker as `python ...`: it must be this virtualenv's python
-        env={**os.environ, "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ.get('PATH', '')}"},
-    )
-    time.sleep(3)
-    assert proc.poll() is None, "worker pool did not start"
-    try:
-        yield f"localhost:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+from tests.portable import worker_pool  # noqa: F401  (fixture)
 
 
 @pytest.mark.slow
 @pytest.mark.portable
-def test_ingest_on_portable_runner_with_external_sdk_workers(tmp_path, worker_pool):
+def test_ingest_on_portable_runner_with_external_sdk_workers(tmp_path, worker_pool):  # noqa: F811
     corpus = build_corpus(valid=40)
     lines = [r for r in corpus.records if b"\n" not in r]
     whole = [r for r in corpus.records if b"\n" in r]

@@ -16,7 +16,7 @@ from connectors.analytics_io import person_buckets, write_table
 from connectors.lake import read_events
 from pipelines import product_analytics
 from tests.analytics_lake import START, generate_rows, row, write_lake
-from tests.pipelines.test_portable import worker_pool  # noqa: F401  (fixture)
+from tests.portable import worker_pool  # noqa: F401  (fixture)
 from transforms.product_analytics import analyse
 
 TABLES = product_analytics.TABLES
