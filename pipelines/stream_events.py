@@ -111,8 +111,9 @@ class StreamEventsOptions(ProcessingOptions, AwsOptions):
             "--max-records",
             dest="max_records",
             type=int,
-            default=None,
-            help="Read at most N records per shard in one pass (default: up to the shard's tip).",
+            default=100_000,
+            help="Read at most N records per shard in one pass (default 100000: bounds a pass's memory; "
+            "passes repeat until every shard's tip is reached).",
         )
         parser.add_argument(
             "--max-seconds",
@@ -424,6 +425,21 @@ def _progress_line(summary: PassSummary) -> str:
     )
 
 
+def _one_pass(options, opts: StreamEventsOptions, aws, client, store, config: ReadConfig, runs_dir: str) -> PassSummary:
+    tasks = plan_pass(opts, client, store)
+    tag = pass_tag(opts.stream, tasks, config)
+    started = time.monotonic()
+    this = PassSummary(tag)
+    if tasks and has_work(client, tasks, config):
+        remove_attempt_leftovers(opts.lake, opts.dead_letters_path(), tag)
+        summary_path = f"{runs_dir}/stream-{opts.stream}-{tag}.json"
+        run_pipeline(lambda p: build_pass(p, opts, aws, tasks, tag, summary_path, config), options)
+        with FileSystems.open(summary_path) as handle:
+            this = PassSummary(tag, **json.loads(handle.read()))
+    this.seconds = round(time.monotonic() - started, 2)
+    return this
+
+
 def run_incremental(options: PipelineOptions, opts: StreamEventsOptions, out=sys.stdout) -> StreamSummary:
     aws = opts.settings()
     client = default_kinesis_client(aws)
@@ -437,30 +453,20 @@ def run_incremental(options: PipelineOptions, opts: StreamEventsOptions, out=sys
     runs_dir = table_path(opts.lake, "_runs")
     if "://" not in runs_dir:
         os.makedirs(runs_dir, exist_ok=True)
-    while True:
-        tasks = plan_pass(opts, client, store)
-        tag = pass_tag(opts.stream, tasks, config)
-        started = time.monotonic()
-        this = PassSummary(tag)
-        if tasks and has_work(client, tasks, config):
-            remove_attempt_leftovers(opts.lake, opts.dead_letters_path(), tag)
-            summary_path = f"{runs_dir}/stream-{opts.stream}-{tag}.json"
-            run_pipeline(
-                lambda p, tasks=tasks, tag=tag, path=summary_path: build_pass(p, opts, aws, tasks, tag, path, config),
-                options,
-            )
-            with FileSystems.open(summary_path) as handle:
-                this = PassSummary(tag, **json.loads(handle.read()))
-        this.seconds = round(time.monotonic() - started, 2)
-        summary.passes.append(this)
-        print(_progress_line(this), file=out, flush=True)
-        caught_up = this.records_read == 0 and not any(s["shard_end"] for s in this.shards)
-        if opts.once or (opts.max_passes and len(summary.passes) >= opts.max_passes):
-            break
-        if opts.follow:
-            time.sleep(opts.follow_interval if caught_up else 0)
-        elif caught_up:
-            break
+    try:
+        while True:
+            this = _one_pass(options, opts, aws, client, store, config, runs_dir)
+            summary.passes.append(this)
+            print(_progress_line(this), file=out, flush=True)
+            caught_up = this.records_read == 0 and not any(s["shard_end"] for s in this.shards)
+            if opts.once or (opts.max_passes and len(summary.passes) >= opts.max_passes):
+                break
+            if opts.follow:
+                time.sleep(opts.follow_interval if caught_up else 0)
+            elif caught_up:
+                break
+    except KeyboardInterrupt:  # --follow is stopped with Ctrl-C; an interrupted pass is redone on restart
+        print("stopped; a pass that did not commit is read again on the next start", file=out, flush=True)
     return summary
 
 
@@ -610,7 +616,8 @@ def main(argv: list[str] | None = None) -> None:
     quiet_option_warnings()
     summary = run(argv if argv is not None else sys.argv[1:])
     if summary is not None:
-        print(json.dumps({**summary.as_dict(), "last_pass": asdict(summary.passes[-1])}, indent=2, default=str))
+        last = asdict(summary.passes[-1]) if summary.passes else None
+        print(json.dumps({**summary.as_dict(), "last_pass": last}, indent=2, default=str))
 
 
 if __name__ == "__main__":
