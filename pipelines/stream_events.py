@@ -52,6 +52,7 @@ from connectors.lake import (
     table_path,
     write_partition_file,
 )
+from connectors.run_summary import read_run_summary, run_summary_path, total
 from pipelines.ingest_batch import ProcessingOptions
 from pipelines.options import AwsOptions, parse_options, run_pipeline, setup_logging
 from schemas.lake import EVENTS_TABLE
@@ -210,10 +211,6 @@ class StreamEventsOptions(ProcessingOptions, AwsOptions):
 # --------------------------------------------------------------------------- sinks (both modes)
 
 
-def _count(pcoll, label: str, fn=lambda _: 1):
-    return beam.pvalue.AsSingleton(pcoll | f"Count{label}" >> beam.Map(fn) | f"Sum{label}" >> beam.CombineGlobally(sum))
-
-
 @dataclass
 class Sinks:
     written: object  # (path, rows) per lake file
@@ -291,7 +288,9 @@ def remove_attempt_leftovers(lake: str, dead_letters: str, tag: str) -> int:
 
 
 class _WriteSummaryFn(beam.DoFn):
-    """Writes the pass's totals from what was actually written, after the checkpoint commit."""
+    """Writes the pass's totals from what was actually written, after the checkpoint commit.
+
+    Like :class:`connectors.run_summary.WriteRunSummary`, plus the per-shard progress (a list, not a total)."""
 
     def __init__(self, path: str, labels: list[str]):
         self.path, self.labels = path, labels
@@ -333,12 +332,12 @@ def build_pass(
         aws, opts.checkpoint_table_name(), after=sinks.done
     )
     totals = {
-        "records_read": _count(read.records, "Records"),
-        "lake_rows": _count(sinks.written, "LakeRows", lambda pn: pn[1]),
-        "lake_files": _count(sinks.written, "LakeFiles"),
-        "dead_letters": _count(sinks.dead, "DeadLetters", lambda pn: pn[1]),
-        "duplicates": _count(sinks.duplicates, "Duplicates"),
-        **{label: _count(pc, label.title().replace("_", "")) for label, pc in sinks.counts.items()},
+        "records_read": total(read.records, "Records"),
+        "lake_rows": total(sinks.written, "LakeRows", lambda pn: pn[1]),
+        "lake_files": total(sinks.written, "LakeFiles"),
+        "dead_letters": total(sinks.dead, "DeadLetters", lambda pn: pn[1]),
+        "duplicates": total(sinks.duplicates, "Duplicates"),
+        **{label: total(pc, label.title().replace("_", "")) for label, pc in sinks.counts.items()},
     }
     (
         pipeline
@@ -425,17 +424,16 @@ def _progress_line(summary: PassSummary) -> str:
     )
 
 
-def _one_pass(options, opts: StreamEventsOptions, aws, client, store, config: ReadConfig, runs_dir: str) -> PassSummary:
+def _one_pass(options, opts: StreamEventsOptions, aws, client, store, config: ReadConfig) -> PassSummary:
     tasks = plan_pass(opts, client, store)
     tag = pass_tag(opts.stream, tasks, config)
     started = time.monotonic()
     this = PassSummary(tag)
     if tasks and has_work(client, tasks, config):
         remove_attempt_leftovers(opts.lake, opts.dead_letters_path(), tag)
-        summary_path = f"{runs_dir}/stream-{opts.stream}-{tag}.json"
+        summary_path = run_summary_path(opts.lake, f"stream-{opts.stream}-{tag}")
         run_pipeline(lambda p: build_pass(p, opts, aws, tasks, tag, summary_path, config), options)
-        with FileSystems.open(summary_path) as handle:
-            this = PassSummary(tag, **json.loads(handle.read()))
+        this = PassSummary(tag, **read_run_summary(summary_path))
     this.seconds = round(time.monotonic() - started, 2)
     return this
 
@@ -450,12 +448,9 @@ def run_incremental(options: PipelineOptions, opts: StreamEventsOptions, out=sys
     if config.start_position == StartPosition.LATEST:
         # pin "latest" to when this run started, or every pass would skip what arrived since the last one
         config = config._replace(start_position=StartPosition.AT_TIMESTAMP, at_timestamp=dt.datetime.now(dt.UTC))
-    runs_dir = table_path(opts.lake, "_runs")
-    if "://" not in runs_dir:
-        os.makedirs(runs_dir, exist_ok=True)
     try:
         while True:
-            this = _one_pass(options, opts, aws, client, store, config, runs_dir)
+            this = _one_pass(options, opts, aws, client, store, config)
             summary.passes.append(this)
             print(_progress_line(this), file=out, flush=True)
             caught_up = this.records_read == 0 and not any(s["shard_end"] for s in this.shards)
