@@ -22,7 +22,7 @@ from apache_beam.metrics import Metrics
 
 from connectors.lake import partition_dirs
 from connectors.quality import QualityChecker, QualityResult, parse_partition_dir, read_results, write_result
-from pipelines.options import AwsOptions, DateRangeOptions, parse_options, run_pipeline, setup_logging
+from pipelines.options import AwsOptions, DateRangeOptions, parse_options, run_pipeline, setup_logging, with_s3_options
 
 log = logging.getLogger("livora.check_lake")
 NAMESPACE = "quality"
@@ -143,9 +143,8 @@ def run(argv: list[str] | None = None) -> CheckSummary:
     options = parse_options(argv, CheckLakeOptions, __doc__)
     opts = options.view_as(CheckLakeOptions)
     opts.check_range()
-    if opts.lake.startswith("s3://"):  # Beam's S3 filesystem (result files) needs the endpoint and region
-        options = parse_options([*argv, *opts.settings().beam_s3_options()], CheckLakeOptions, __doc__)
-        opts = options.view_as(CheckLakeOptions)
+    options = with_s3_options(argv, options, opts.lake)  # Beam's S3 filesystem (result files) needs endpoint, region
+    opts = options.view_as(CheckLakeOptions)
     if opts.max_future_hours < 0:
         raise ValueError("--max-future-hours must not be negative")
     selected = sorted(

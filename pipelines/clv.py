@@ -22,7 +22,15 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.parquetio import ReadAllFromParquetBatched, WriteToParquetBatched
 
 from connectors.analytics_io import lake_file_patterns
-from pipelines.options import AwsOptions, DateRangeOptions, iso_date, parse_options, run_pipeline, setup_logging
+from pipelines.options import (
+    AwsOptions,
+    DateRangeOptions,
+    iso_date,
+    parse_options,
+    run_pipeline,
+    setup_logging,
+    with_s3_options,
+)
 from transforms.clv import (
     DEFAULT_BUCKETS,
     MONEY_COLUMNS,
@@ -222,10 +230,8 @@ def run(argv: list[str] | None = None) -> dict:
     options = parse_options(list(argv or []), ClvOptions, __doc__)
     opts = options.view_as(ClvOptions)
     check_options(opts)
-    if opts.lake.startswith("s3://") or opts.output.startswith("s3://"):
-        options = parse_options([*list(argv or []), *opts.settings().beam_s3_options()], ClvOptions, __doc__)
-        opts = options.view_as(ClvOptions)
-    FileSystems.set_options(options)  # the driver lists the lake and reads the model back itself
+    options = with_s3_options(list(argv or []), options, opts.lake, opts.output)
+    opts = options.view_as(ClvOptions)
     patterns = read_patterns(opts)
     if not patterns:
         raise ValueError(

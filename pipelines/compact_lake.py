@@ -15,10 +15,9 @@ import logging
 import sys
 
 import apache_beam as beam
-from apache_beam.metrics.metric import MetricsFilter
 
 from connectors.compaction import compact_partition, exchange_supported, list_partitions
-from pipelines.options import DateRangeOptions, parse_options, run_pipeline, setup_logging
+from pipelines.options import DateRangeOptions, counter_totals, parse_options, run_pipeline, setup_logging
 from schemas.lake import EVENTS_TABLE
 
 log = logging.getLogger("livora.compact_lake")
@@ -113,9 +112,7 @@ def run(argv: list[str] | None = None) -> dict[str, int]:
     log.info("compacting %d partitions of %s/%s", len(partitions), opts.lake, opts.table)
     totals = dict.fromkeys(COUNTERS, 0)
     if partitions:
-        result = run_pipeline(lambda p: build(p, opts, partitions), options)
-        for counter in result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]:
-            totals[counter.key.metric.name] += counter.committed
+        totals = counter_totals(run_pipeline(lambda p: build(p, opts, partitions), options), NAMESPACE, COUNTERS)
     log.info("done: %s", totals)
     return totals
 

@@ -22,14 +22,21 @@ import sys
 import apache_beam as beam
 import pyarrow as pa
 from apache_beam.metrics import Metrics
-from apache_beam.options.pipeline_options import PipelineOptions
 
 from connectors.analytics_io import ReadEventBuckets, event_files
 from connectors.aws import AwsSettings
 from connectors.offline_store import feature_partition, prune_partition, write_feature_file
 from connectors.online_store import WriteOnlineFeatures, create_online_table
 from connectors.warehouse import load_table
-from pipelines.options import AwsOptions, DateRangeOptions, iso_date, parse_options, run_pipeline, setup_logging
+from pipelines.options import (
+    AwsOptions,
+    DateRangeOptions,
+    iso_date,
+    parse_options,
+    run_pipeline,
+    setup_logging,
+    with_s3_options,
+)
 from schemas.features import FEATURES_TABLE
 from transforms.features import INPUT_COLUMNS, ComputeFeatures
 
@@ -185,10 +192,9 @@ def run(argv: list[str] | None = None) -> dict:
     tenant = options.view_as(DateRangeOptions).tenant
     as_of = sorted(set(opts.as_of))
     opts.as_of = as_of
-    if opts.lake.startswith("s3://") or (opts.output_lake or "").startswith("s3://"):
-        options = PipelineOptions(list(argv or []) + options.view_as(AwsOptions).settings().beam_s3_options())
-        opts = options.view_as(FeaturesOptions)
-        opts.as_of = as_of
+    options = with_s3_options(list(argv or []), options, opts.lake, opts.output_lake)
+    opts = options.view_as(FeaturesOptions)
+    opts.as_of = as_of
     files = event_files(opts.lake, end=max(as_of), tenant=tenant)
     tenants = sorted({f.tenant_id for f in files})
     partitions = [(d.isoformat(), t) for d in as_of for t in tenants]

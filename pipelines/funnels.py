@@ -29,7 +29,14 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.parquetio import ReadAllFromParquetBatched
 
 from connectors.analytics_io import lake_file_patterns, load_tables, write_tables
-from pipelines.options import AwsOptions, DateRangeOptions, parse_options, run_pipeline, setup_logging
+from pipelines.options import (
+    AwsOptions,
+    DateRangeOptions,
+    parse_options,
+    run_pipeline,
+    setup_logging,
+    with_s3_options,
+)
 from transforms.funnels import (
     MODES,
     ComputeFunnels,
@@ -190,10 +197,8 @@ def run(argv: list[str] | None = None) -> dict[str, pa.Table]:
     opts = options.view_as(FunnelOptions)
     opts.check_range()
     definitions = definitions_from_options(opts)
-    if opts.lake.startswith("s3://") or opts.output.startswith("s3://"):
-        options = parse_options([*argv, *opts.settings().beam_s3_options()], FunnelOptions, __doc__)
-        opts = options.view_as(FunnelOptions)
-    FileSystems.set_options(options)  # the driver lists the lake and reads the outputs back itself
+    options = with_s3_options(argv, options, opts.lake, opts.output)
+    opts = options.view_as(FunnelOptions)
     read_end, entry_before = opts.end_date, None
     if opts.lookahead:
         entry_before = dt.datetime.combine(opts.end_date + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)

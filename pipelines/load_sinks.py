@@ -17,13 +17,12 @@ import logging
 import sys
 
 import apache_beam as beam
-from apache_beam.metrics.metric import MetricsFilter
 
 from connectors.compaction import list_partitions
 from connectors.dynamodb import WriteIdentityGraph, WriteProfiles, create_tables
 from connectors.lake import WriteDeadLetters, read_events, table_path
 from connectors.warehouse import LoadToWarehouse, connect
-from pipelines.options import AwsOptions, DateRangeOptions, parse_options, run_pipeline, setup_logging
+from pipelines.options import AwsOptions, DateRangeOptions, counter_totals, parse_options, run_pipeline, setup_logging
 from schemas.lake import EVENTS_TABLE
 
 log = logging.getLogger("livora.load_sinks")
@@ -151,9 +150,7 @@ def run(argv: list[str] | None = None) -> dict[str, int]:
     totals = dict.fromkeys(names, 0)
     log.info("loading %d partitions of %s into the sinks", len(partitions), opts.lake)
     if partitions:
-        result = run_pipeline(lambda p: build(p, opts, partitions, tag), options)
-        for counter in result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]:
-            totals[counter.key.metric.name] = totals.get(counter.key.metric.name, 0) + counter.committed
+        totals = counter_totals(run_pipeline(lambda p: build(p, opts, partitions, tag), options), NAMESPACE, names)
     log.info("done: %s", totals)
     return totals
 

@@ -12,8 +12,11 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import logging
+from collections.abc import Sequence
 
 import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from connectors.aws import AwsSettings
@@ -99,6 +102,25 @@ def with_default_runner(options: PipelineOptions) -> PipelineOptions:
     if standard.runner is None:
         standard.runner = DEFAULT_LOCAL_RUNNER
     return options
+
+
+def with_s3_options(argv: list[str], options: PipelineOptions, *paths: str | None) -> PipelineOptions:
+    """The options for a run touching ``paths``: when one is on S3, ``argv`` again plus Beam's ``--s3_*`` flags
+    for the ``--aws-*`` settings (Beam's S3 filesystem does not read ours). They are also made the driver's
+    ``FileSystems`` options, since the driver lists the lake and reads results itself before and after the run.
+    """
+    if any((path or "").startswith("s3://") for path in paths):
+        options = PipelineOptions([*argv, *options.view_as(AwsOptions).settings().beam_s3_options()])
+    FileSystems.set_options(options)
+    return options
+
+
+def counter_totals(result, namespace: str, names: Sequence[str] = ()) -> dict[str, int]:
+    """The committed Beam counters of ``namespace`` in a finished run, summed by name (``names`` start at 0)."""
+    totals = dict.fromkeys(names, 0)
+    for counter in result.metrics().query(MetricsFilter().with_namespace(namespace))["counters"]:
+        totals[counter.key.metric.name] = totals.get(counter.key.metric.name, 0) + counter.committed
+    return totals
 
 
 def run_pipeline(build, options: PipelineOptions):

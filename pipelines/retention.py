@@ -25,7 +25,14 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.parquetio import ReadAllFromParquetBatched
 
 from connectors.analytics_io import lake_file_patterns, load_tables, write_tables
-from pipelines.options import AwsOptions, DateRangeOptions, parse_options, run_pipeline, setup_logging
+from pipelines.options import (
+    AwsOptions,
+    DateRangeOptions,
+    parse_options,
+    run_pipeline,
+    setup_logging,
+    with_s3_options,
+)
 from transforms.retention import RETENTION_SCHEMA, ComputeRetention, RetentionDefinition
 
 log = logging.getLogger("livora.retention")
@@ -142,10 +149,8 @@ def run(argv: list[str] | None = None) -> pa.Table:
     opts = options.view_as(RetentionOptions)
     opts.check_range()
     definition = definition_from_options(opts)
-    if opts.lake.startswith("s3://") or opts.output.startswith("s3://"):
-        options = parse_options([*argv, *opts.settings().beam_s3_options()], RetentionOptions, __doc__)
-        opts = options.view_as(RetentionOptions)
-    FileSystems.set_options(options)  # the driver lists the lake and reads the output back itself
+    options = with_s3_options(argv, options, opts.lake, opts.output)
+    opts = options.view_as(RetentionOptions)
     span = resolve_range(opts)
     patterns = []
     if span:

@@ -23,11 +23,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
-from apache_beam.options.pipeline_options import PipelineOptions
 
 from connectors.analytics_io import ReadEventBuckets, event_files, person_buckets
 from connectors.offline_store import read_spine, write_training_set
-from pipelines.options import AwsOptions, DateRangeOptions, parse_options, run_pipeline, setup_logging
+from pipelines.options import AwsOptions, DateRangeOptions, parse_options, run_pipeline, setup_logging, with_s3_options
 from transforms.features import INPUT_COLUMNS, build_training_set, normalise_spine
 
 log = logging.getLogger("livora.training_set")
@@ -157,9 +156,8 @@ def run(argv: list[str] | None = None) -> dict:
     opts = options.view_as(TrainingSetOptions)
     dates = options.view_as(DateRangeOptions)
     check_options(opts, dates)
-    if "s3://" in (opts.lake + opts.spine + opts.output):
-        options = PipelineOptions(list(argv or []) + options.view_as(AwsOptions).settings().beam_s3_options())
-        opts = options.view_as(TrainingSetOptions)
+    options = with_s3_options(list(argv or []), options, opts.lake, opts.spine, opts.output)
+    opts = options.view_as(TrainingSetOptions)
     ttl = None if opts.no_ttl else dt.timedelta(days=opts.ttl_days)
     labels = normalise_spine(read_spine(opts.spine, ["tenant_id", "person_id", "label_timestamp"]))
     if labels.num_rows == 0:
