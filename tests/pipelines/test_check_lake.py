@@ -12,6 +12,7 @@ import pytest
 from connectors.quality import read_result
 from pipelines import check_lake
 from tests.quality_lake import clean_lake, copy_partition, part_files, partition_dir, partitions, rewrite_file
+from tests.s3_lake import s3_lake_fs  # noqa: F401  (fixture)
 
 
 @pytest.fixture(scope="module")
@@ -129,16 +130,9 @@ def test_start_after_end_is_rejected_before_running(lake):
 
 
 @pytest.mark.integration
-def test_s3_lake_on_the_moto_server(lake, aws, monkeypatch):
+def test_s3_lake_on_the_moto_server(lake, aws, s3_lake_fs):  # noqa: F811
     """An s3:// lake: partitions listed and read with pyarrow's S3, results written with Beam's S3 filesystem."""
-    import pyarrow.fs as pafs
-
-    monkeypatch.setenv("LIVORA_AWS_ENDPOINT", aws.endpoint_url)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_REGION", aws.region)
-    aws.client("s3").create_bucket(Bucket="lake", CreateBucketConfiguration={"LocationConstraint": aws.region})
-    fs = pafs.S3FileSystem(endpoint_override=aws.endpoint_url, region=aws.region)
+    fs = s3_lake_fs
     chosen = partitions(lake)[:2]
     for tenant, date in chosen:
         for path in part_files(partition_dir(lake, tenant, date)):

@@ -14,6 +14,7 @@ import pytest
 from connectors.lake import write_partition_file
 from pipelines import clv as clv_pipeline
 from schemas.lake import LakeEvent
+from tests.s3_lake import s3_lake_fs  # noqa: F401  (fixture)
 from transforms.clv import (
     BgNbdParams,
     GammaGammaParams,
@@ -257,7 +258,7 @@ def test_flag_checks_fail_before_the_graph_is_built(tmp_path, extra, message):
 
 
 @pytest.mark.integration
-def test_s3_lake_and_output_on_the_moto_server(aws, monkeypatch):
+def test_s3_lake_and_output_on_the_moto_server(aws, s3_lake_fs):  # noqa: F811
     """An s3:// lake in, s3:// outputs out (Beam's S3 filesystem, moto over HTTP), same model as in memory."""
     import collections
     import io
@@ -268,12 +269,7 @@ def test_s3_lake_and_output_on_the_moto_server(aws, monkeypatch):
     from connectors.lake import rows_to_table
     from transforms.clv import fit_models, order_table, summarise_order_table
 
-    monkeypatch.setenv("LIVORA_AWS_ENDPOINT", aws.endpoint_url)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_REGION", aws.region)
-    aws.client("s3").create_bucket(Bucket="lake", CreateBucketConfiguration={"LocationConstraint": aws.region})
-    fs = pafs.S3FileSystem(endpoint_override=aws.endpoint_url, region=aws.region)
+    fs = s3_lake_fs
     rows = []
     for row in simulate("acme-in", 120, r=0.8, alpha=10.0, a=0.8, b=3.0, seed=4):
         # every event moved to the Monday of its week: ~17 partition files (each S3 read costs ~1 s here)

@@ -17,6 +17,7 @@ import connectors.compaction as compaction
 from connectors.compaction import compact_partition, list_partitions
 from connectors.lake import write_partition_file
 from pipelines import compact_lake
+from tests.s3_lake import s3_lake_fs  # noqa: F401  (fixture)
 
 T0 = dt.datetime(2026, 3, 1, 8, 0, tzinfo=dt.UTC)
 
@@ -238,19 +239,14 @@ def test_help_lists_every_flag():
 
 
 @pytest.mark.integration
-def test_s3_lake_is_compacted_with_the_copy_strategy_and_recovers(aws, monkeypatch):
+def test_s3_lake_is_compacted_with_the_copy_strategy_and_recovers(aws, s3_lake_fs):  # noqa: F811
     """An s3:// lake on the moto server: copy strategy (no atomic swap on S3), crash and re-run."""
     import pyarrow.fs as pafs
     import pyarrow.parquet as pq
 
     from connectors.lake import read_events, rows_to_table
 
-    monkeypatch.setenv("LIVORA_AWS_ENDPOINT", aws.endpoint_url)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_REGION", aws.region)
-    aws.client("s3").create_bucket(Bucket="lake", CreateBucketConfiguration={"LocationConstraint": aws.region})
-    fs = pafs.S3FileSystem(endpoint_override=aws.endpoint_url, region=aws.region)
+    fs = s3_lake_fs
     rows = [row(i, 0, "acme-in") for i in range(40)]
     prefix = "lake/prod/events/tenant_id=acme-in/event_date=2026-03-01"
     for f in range(8):

@@ -11,6 +11,7 @@ import pytest
 from connectors.lake import read_events
 from pipelines.funnels import run
 from tests.pipelines.analytics_lake import random_rows, write_lake
+from tests.s3_lake import s3_lake_fs  # noqa: F401  (fixture)
 from transforms.funnels import FunnelDefinition, aggregate_funnel, person_funnel
 
 try:
@@ -171,19 +172,14 @@ def test_lookahead_lets_late_entries_convert_without_new_entries(lake, tmp_path)
 
 
 @pytest.mark.integration
-def test_s3_lake_and_output_on_the_moto_server(aws, monkeypatch):
+def test_s3_lake_and_output_on_the_moto_server(aws, s3_lake_fs):  # noqa: F811
     """Both pipelines read an s3:// lake and write s3:// outputs (Beam's S3 filesystem, moto over HTTP)."""
     import pyarrow.fs as pafs
 
     from connectors.lake import rows_to_table
     from pipelines.retention import run as run_retention
 
-    monkeypatch.setenv("LIVORA_AWS_ENDPOINT", aws.endpoint_url)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_REGION", aws.region)
-    aws.client("s3").create_bucket(Bucket="lake", CreateBucketConfiguration={"LocationConstraint": aws.region})
-    fs = pafs.S3FileSystem(endpoint_override=aws.endpoint_url, region=aws.region)
+    fs = s3_lake_fs
     rows = random_rows(seed=5, persons=15, days=3, tenants=("acme-in",))
     by_day: dict[str, list[dict]] = {}
     for r in rows:
