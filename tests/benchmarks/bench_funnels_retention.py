@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from connectors.lake import events_dataset
+from tests.transforms.funnel_sql import duckdb_funnel_steps
 from transforms.funnels import FunnelDefinition, aggregate_funnel, person_funnel
 from transforms.retention import RetentionDefinition, retention_table
 
@@ -99,43 +100,7 @@ def ours_retention(lake: str) -> pa.Table:
 
 
 def duckdb_funnel(lake: str) -> list[tuple]:
-    """Per-step persons and conversion times with ASOF joins (greedy chain per step-1 event).
-
-    Counted chain per person: the highest level, then the chain that reached it first, then the latest start.
-    """
-    w = WINDOW_S * 10**6
-    sql = f"""
-    WITH ev AS (
-        SELECT tenant_id, person_id, event, epoch_us(timestamp) AS ts
-        FROM read_parquet('{lake}/events/*/*/*.parquet', hive_partitioning = true)
-        WHERE event IN ('{STEPS[0]}', '{STEPS[1]}', '{STEPS[2]}')),
-    s1 AS (SELECT tenant_id, person_id, ts AS t1 FROM ev WHERE event = '{STEPS[0]}'),
-    s2 AS (SELECT tenant_id, person_id, ts FROM ev WHERE event = '{STEPS[1]}'),
-    s3 AS (SELECT tenant_id, person_id, ts FROM ev WHERE event = '{STEPS[2]}'),
-    c2 AS (SELECT s1.*, s2.ts AS t2 FROM s1 ASOF LEFT JOIN s2
-           ON s1.tenant_id = s2.tenant_id AND s1.person_id = s2.person_id AND s2.ts >= s1.t1),
-    c3 AS (SELECT c2.*, s3.ts AS t3 FROM c2 ASOF LEFT JOIN s3
-           ON c2.tenant_id = s3.tenant_id AND c2.person_id = s3.person_id AND s3.ts >= c2.t2),
-    chains AS (
-        SELECT *, CASE WHEN t2 IS NULL OR t2 > t1 + {w} THEN 1 WHEN t3 IS NULL OR t3 > t1 + {w} THEN 2 ELSE 3 END AS level
-        FROM c3),
-    best AS (
-        SELECT tenant_id, person_id,
-               arg_min({{'level': level, 't1': t1, 't2': t2, 't3': t3}},
-                       {{'l': -level, 'reach': CASE level WHEN 1 THEN t1 WHEN 2 THEN t2 ELSE t3 END, 's': -t1}}) AS c
-        FROM chains GROUP BY ALL),
-    steps AS (SELECT tenant_id, c.level AS level, (c.t2 - c.t1) / 1e6 AS d2, (c.t3 - c.t2) / 1e6 AS d3 FROM best)
-    SELECT tenant_id,
-           count(*), count(*) FILTER (WHERE level >= 2), count(*) FILTER (WHERE level >= 3),
-           avg(d2) FILTER (WHERE level >= 2), quantile_cont(d2, 0.5) FILTER (WHERE level >= 2),
-           quantile_cont(d2, 0.9) FILTER (WHERE level >= 2),
-           avg(d3) FILTER (WHERE level >= 3), quantile_cont(d3, 0.5) FILTER (WHERE level >= 3),
-           quantile_cont(d3, 0.9) FILTER (WHERE level >= 3)
-    FROM steps GROUP BY tenant_id ORDER BY tenant_id"""
-    rows = []
-    for t, p1, p2, p3, a2, m2, q2, a3, m3, q3 in duckdb.sql(sql).fetchall():
-        rows += [(t, 1, p1, None, None, None), (t, 2, p2, a2, m2, q2), (t, 3, p3, a3, m3, q3)]
-    return rows
+    return duckdb_funnel_steps(lake, STEPS, WINDOW_S)
 
 
 def duckdb_retention(lake: str) -> list[tuple]:

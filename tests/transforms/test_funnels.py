@@ -19,6 +19,7 @@ import pyarrow as pa
 import pytest
 from pydantic import ValidationError
 
+from tests.transforms.funnel_sql import duckdb_funnel_steps
 from transforms.funnels import (
     FunnelDefinition,
     aggregate_entry_days,
@@ -495,41 +496,6 @@ def test_random_entry_mask_equals_masking_step_one(mode):
         assert got == expected
 
 
-def _duckdb_funnel_steps(table: pa.Table, steps: list[str], window_s: int) -> list[tuple]:
-    """Persons and conversion times per step in DuckDB SQL: greedy chains by ASOF joins.
-
-    Counted chain per person: the highest level, then the chain that reached it first, then the latest start.
-    """
-    w = window_s * 10**6
-    tbl = table  # noqa: F841 - read by DuckDB's replacement scan
-    sql = f"""
-    WITH ev AS (SELECT tenant_id, person_id, event, epoch_us(timestamp) AS ts FROM tbl),
-    s1 AS (SELECT tenant_id, person_id, ts AS t1 FROM ev WHERE event = '{steps[0]}'),
-    s2 AS (SELECT tenant_id, person_id, ts FROM ev WHERE event = '{steps[1]}'),
-    s3 AS (SELECT tenant_id, person_id, ts FROM ev WHERE event = '{steps[2]}'),
-    c2 AS (SELECT s1.*, s2.ts AS t2 FROM s1 ASOF LEFT JOIN s2
-           ON s1.tenant_id = s2.tenant_id AND s1.person_id = s2.person_id AND s2.ts >= s1.t1),
-    c3 AS (SELECT c2.*, s3.ts AS t3 FROM c2 ASOF LEFT JOIN s3
-           ON c2.tenant_id = s3.tenant_id AND c2.person_id = s3.person_id AND s3.ts >= c2.t2),
-    chains AS (SELECT *, CASE WHEN t2 IS NULL OR t2 > t1 + {w} THEN 1
-                              WHEN t3 IS NULL OR t3 > t1 + {w} THEN 2 ELSE 3 END AS level FROM c3),
-    best AS (SELECT tenant_id, person_id,
-                    arg_min({{'level': level, 't1': t1, 't2': t2, 't3': t3}},
-                            {{'l': -level, 'reach': CASE level WHEN 1 THEN t1 WHEN 2 THEN t2 ELSE t3 END, 's': -t1}}) AS c
-             FROM chains GROUP BY ALL),
-    s AS (SELECT tenant_id, c.level AS level, (c.t2 - c.t1) / 1e6 AS d2, (c.t3 - c.t2) / 1e6 AS d3 FROM best)
-    SELECT tenant_id, count(*), count(*) FILTER (WHERE level >= 2), count(*) FILTER (WHERE level >= 3),
-           avg(d2) FILTER (WHERE level >= 2), quantile_cont(d2, 0.5) FILTER (WHERE level >= 2),
-           quantile_cont(d2, 0.9) FILTER (WHERE level >= 2),
-           avg(d3) FILTER (WHERE level >= 3), quantile_cont(d3, 0.5) FILTER (WHERE level >= 3),
-           quantile_cont(d3, 0.9) FILTER (WHERE level >= 3)
-    FROM s GROUP BY tenant_id ORDER BY tenant_id"""
-    rows = []
-    for t, p1, p2, p3, a2, m2, q2, a3, m3, q3 in duckdb.sql(sql).fetchall():
-        rows += [(t, 1, p1, None, None, None), (t, 2, p2, a2, m2, q2), (t, 3, p3, a3, m3, q3)]
-    return rows
-
-
 def test_random_counts_and_conversion_times_against_duckdb():
     """Persons per step and the counted chain's conversion times, with many equal timestamps."""
     rng = random.Random(99)
@@ -556,7 +522,7 @@ def test_random_counts_and_conversion_times_against_duckdb():
         )
         for r in aggregate_funnel(person_funnel(table, definition), definition).to_pylist()
     ]
-    expected = _duckdb_funnel_steps(table, steps, 7200)
+    expected = duckdb_funnel_steps(table, steps, 7200)
     assert [g[:3] for g in got] == [e[:3] for e in expected]
     for g, e in zip(got, expected, strict=True):
         for a, b in zip(g[3:], e[3:], strict=True):
