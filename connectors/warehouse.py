@@ -38,7 +38,8 @@ import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from schemas.failures import FailedEvent, Reason, Stage
+from connectors.dynamodb import sink_failure
+from schemas.failures import FailedEvent
 from schemas.lake import EVENTS_SCHEMA, EVENTS_TABLE
 
 __all__ = [
@@ -652,15 +653,8 @@ EVENTS_TABLE_OPTIONS = {"redshift": 'DISTKEY("person_id") COMPOUND SORTKEY("tena
 
 
 def warehouse_failure(row: Mapping, target: str, err: BaseException) -> FailedEvent:
-    return FailedEvent(
-        payload=json.dumps(dict(row), default=str, sort_keys=True).encode("utf-8"),
-        stage=Stage.SINK,
-        reason=Reason.SINK_ERROR,
-        message=f"{target}: {type(err).__name__}: {err}"[:2000],
-        tenant_id=row.get("tenant_id"),
-        message_id=row.get("message_id"),
-        source_ref=target,
-    )
+    """A dead letter for a row the warehouse refused: the same shape as every sink's (:func:`sink_failure`)."""
+    return sink_failure(row, target, type(err).__name__, str(err))
 
 
 class _LoadBatchFn(beam.DoFn):
