@@ -232,6 +232,12 @@ class _Warehouse:
     def load(self, job: _Load) -> int:
         raise NotImplementedError
 
+    def apply_staged_sql(self, job: _Load, columns: Sequence[str]) -> list[str]:
+        """The statements moving the staged rows into the table: replace their partitions, or MERGE by key."""
+        if job.replace_partitions:
+            return list(replace_partitions_sql(job.table, STAGING, columns, job.replace_partitions))
+        return [merge_sql(job.table, STAGING, columns, job.key_columns, self.dialect, job.json_columns)]
+
     def count(self, table: str) -> int:
         raise NotImplementedError
 
@@ -282,11 +288,8 @@ class DuckDBWarehouse(_Warehouse):
             con.register(STAGING, data)
             self._fault("staged")
             columns = data.schema.names
-            if job.replace_partitions:
-                for statement in replace_partitions_sql(job.table, STAGING, columns, job.replace_partitions):
-                    con.execute(statement)
-            else:
-                con.execute(merge_sql(job.table, STAGING, columns, job.key_columns, self.dialect, job.json_columns))
+            for statement in self.apply_staged_sql(job, columns):
+                con.execute(statement)
             self._fault("merged")
             con.execute("COMMIT")
             return data.num_rows
@@ -371,11 +374,8 @@ class PostgresWarehouse(_Warehouse):
                 for row in _python_rows(data, job.json_columns):
                     copy.write_row(row)
             self._fault("staged")
-            if job.replace_partitions:
-                for statement in replace_partitions_sql(job.table, STAGING, columns, job.replace_partitions):
-                    cur.execute(statement)
-            else:
-                cur.execute(merge_sql(job.table, STAGING, columns, job.key_columns, self.dialect, job.json_columns))
+            for statement in self.apply_staged_sql(job, columns):
+                cur.execute(statement)
             self._fault("merged")
         return data.num_rows
 
