@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from connectors.lake import events_dataset
-from tests.transforms.funnel_sql import duckdb_funnel_steps
+from tests.transforms.funnel_sql import duckdb_funnel_steps, funnel_step_rows
 from transforms.funnels import FunnelDefinition, aggregate_funnel, person_funnel
 from transforms.retention import RetentionDefinition, retention_table
 
@@ -154,17 +154,7 @@ def test_funnel_and_retention_vs_duckdb(tmp_path_factory):
     # funnel
     duck_f, duck_f_s = _timed(duckdb_funnel, lake, repeats=REPEATS)
     ours_f, ours_f_s = _timed(ours_funnel, lake, repeats=REPEATS)
-    ours_rows = [
-        (
-            r["tenant_id"],
-            r["step"],
-            r["persons"],
-            r["avg_time_to_convert_s"],
-            r["median_time_to_convert_s"],
-            r["p90_time_to_convert_s"],
-        )
-        for r in ours_f.to_pylist()
-    ]
+    ours_rows = funnel_step_rows(ours_f)
     print(f"funnel:    ours {ours_f_s:6.2f}s  duckdb {duck_f_s:6.2f}s  ratio {ours_f_s / duck_f_s:.2f}x")
     for row in ours_rows:
         print("   ", row)

@@ -52,3 +52,18 @@ def duckdb_funnel_steps(source: pa.Table | str, steps: list[str], window_s: int)
     for t, p1, p2, p3, a2, m2, q2, a3, m3, q3 in con.sql(sql).fetchall():
         rows += [(t, 1, p1, None, None, None), (t, 2, p2, a2, m2, q2), (t, 3, p3, a3, m3, q3)]
     return rows
+
+
+def funnel_step_rows(steps: pa.Table) -> list[tuple]:
+    """A ``funnel_steps`` table in the row shape of :func:`duckdb_funnel_steps`, to compare the two."""
+    return [
+        (
+            r["tenant_id"],
+            r["step"],
+            r["persons"],
+            r["avg_time_to_convert_s"],
+            r["median_time_to_convert_s"],
+            r["p90_time_to_convert_s"],
+        )
+        for r in steps.to_pylist()
+    ]

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pytest
 from pydantic import ValidationError
 
-from tests.transforms.funnel_sql import duckdb_funnel_steps
+from tests.transforms.funnel_sql import duckdb_funnel_steps, funnel_step_rows
 from transforms.funnels import (
     FunnelDefinition,
     aggregate_entry_days,
@@ -511,17 +511,7 @@ def test_random_counts_and_conversion_times_against_duckdb():
         [_table([r[:5] for r in rows if r[5] == tenant], tenant=tenant) for tenant in ("acme-in", "bloom-in")]
     )
     definition = FunnelDefinition(name="f", steps=steps, window_seconds=7200)
-    got = [
-        (
-            r["tenant_id"],
-            r["step"],
-            r["persons"],
-            r["avg_time_to_convert_s"],
-            r["median_time_to_convert_s"],
-            r["p90_time_to_convert_s"],
-        )
-        for r in aggregate_funnel(person_funnel(table, definition), definition).to_pylist()
-    ]
+    got = funnel_step_rows(aggregate_funnel(person_funnel(table, definition), definition))
     expected = duckdb_funnel_steps(table, steps, 7200)
     assert [g[:3] for g in got] == [e[:3] for e in expected]
     for g, e in zip(got, expected, strict=True):
