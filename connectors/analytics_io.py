@@ -40,6 +40,7 @@ __all__ = [
     "person_bucket",
     "person_buckets",
     "read_event_file",
+    "read_parquet",
     "read_table",
     "to_arrow",
     "write_bytes_atomically",
@@ -92,8 +93,7 @@ def read_event_file(
     ``events`` keeps only track rows with those event names; ``before`` only rows with ``timestamp < before``.
     """
     file_cols = [c for c in columns if c not in PARTITION_COLUMNS]
-    with FileSystems.open(file.path) as handle:
-        table = pq.read_table(io.BytesIO(handle.read()), columns=file_cols)
+    table = read_parquet(file.path, file_cols)
     if events is not None:
         table = table.filter(pc.is_in(table["event"], pa.array(list(events), pa.string())))
     if before is not None:
@@ -239,9 +239,14 @@ def load_tables(url: str, tables: Mapping[str, tuple[pd.DataFrame | pa.Table, Se
     return loaded
 
 
+def read_parquet(path: str, columns: Sequence[str] | None = None) -> pa.Table:
+    """One Parquet file, local or ``s3://`` (read whole through Beam's ``FileSystems``)."""
+    with FileSystems.open(path) as handle:
+        return pq.read_table(io.BytesIO(handle.read()), columns=None if columns is None else list(columns))
+
+
 def read_table(path: str) -> pd.DataFrame | None:
     """A table written by :func:`write_table`, or None when it does not exist."""
     if not FileSystems.exists(path):
         return None
-    with FileSystems.open(path) as handle:
-        return pq.read_table(io.BytesIO(handle.read())).to_pandas()
+    return read_parquet(path).to_pandas()

@@ -17,18 +17,15 @@ docs/analytics-funnels-retention.md.
 from __future__ import annotations
 
 import datetime as dt
-import io
 import logging
 import sys
 from collections.abc import Sequence
 
 import apache_beam as beam
 import pyarrow as pa
-import pyarrow.parquet as pq
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.parquetio import ReadAllFromParquetBatched
 
-from connectors.analytics_io import lake_file_patterns, load_tables, write_tables
+from connectors.analytics_io import lake_file_patterns, load_tables, read_parquet, write_tables
 from pipelines.options import (
     AwsOptions,
     DateRangeOptions,
@@ -215,8 +212,7 @@ def run(argv: list[str] | None = None) -> dict[str, pa.Table]:
     out = opts.output.rstrip("/")
     result = {}
     for name in (STEPS_TABLE, ENTRY_DAYS_TABLE):
-        with FileSystems.open(f"{out}/{name}.parquet") as handle:
-            result[name] = pq.read_table(io.BytesIO(handle.read()))
+        result[name] = read_parquet(f"{out}/{name}.parquet")
     return result
 
 

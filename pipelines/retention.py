@@ -13,18 +13,14 @@ writes OUT/retention.parquet (+ .csv) by temp file + rename. See docs/analytics-
 from __future__ import annotations
 
 import datetime as dt
-import io
 import logging
-import re
 import sys
 
 import apache_beam as beam
 import pyarrow as pa
-import pyarrow.parquet as pq
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.parquetio import ReadAllFromParquetBatched
 
-from connectors.analytics_io import lake_file_patterns, load_tables, write_tables
+from connectors.analytics_io import event_files, lake_file_patterns, load_tables, read_parquet, write_tables
 from pipelines.options import (
     AwsOptions,
     DateRangeOptions,
@@ -37,7 +33,6 @@ from transforms.retention import RETENTION_SCHEMA, ComputeRetention, RetentionDe
 
 log = logging.getLogger("livora.retention")
 RETENTION_TABLE = "retention"
-_DATE_IN_PATH = re.compile(r"event_date=(\d{4}-\d{2}-\d{2})")
 
 
 class RetentionOptions(DateRangeOptions, AwsOptions):
@@ -102,15 +97,11 @@ def definition_from_options(opts: RetentionOptions) -> RetentionDefinition:
     )
 
 
-def _partition_dates(patterns: list[str]) -> list[dt.date]:
-    return sorted({dt.date.fromisoformat(m.group(1)) for p in patterns if (m := _DATE_IN_PATH.search(p))})
-
-
 def resolve_range(opts: RetentionOptions) -> tuple[dt.date, dt.date] | None:
     """Local start/end dates: the flags, or the lake's first/last UTC partition dates."""
     if opts.start_date and opts.end_date:
         return opts.start_date, opts.end_date
-    dates = _partition_dates(lake_file_patterns(opts.lake, None, None, opts.tenant))
+    dates = sorted({f.event_date for f in event_files(opts.lake, tenant=opts.tenant)})
     if not dates:
         return None
     return opts.start_date or dates[0], opts.end_date or dates[-1]
@@ -165,8 +156,7 @@ def run(argv: list[str] | None = None) -> pa.Table:
         )
     else:
         write_tables(opts.output, {RETENTION_TABLE: RETENTION_SCHEMA.empty_table()})
-    with FileSystems.open(f"{opts.output.rstrip('/')}/{RETENTION_TABLE}.parquet") as handle:
-        return pq.read_table(io.BytesIO(handle.read()))
+    return read_parquet(f"{opts.output.rstrip('/')}/{RETENTION_TABLE}.parquet")
 
 
 def main(argv: list[str] | None = None) -> None:
