@@ -60,6 +60,8 @@ class EventParser:
         self.config = config
         self._plans = None
         self._enricher = None
+        self._max_future = dt.timedelta(seconds=config.max_future_seconds)
+        self._secrets = config.webhook_secrets or None
 
     def _setup(self) -> None:
         if self._enricher is None:
@@ -70,9 +72,9 @@ class EventParser:
 
     def parse(self, record: SourceRecord, now: dt.datetime) -> Iterator[dict[str, Any] | FailedEvent]:
         """One source record → lake rows (without person/session) and failures."""
-        self._setup()
-        max_future = dt.timedelta(seconds=self.config.max_future_seconds)
-        secrets = self.config.webhook_secrets or None
+        if self._enricher is None:
+            self._setup()
+        max_future, secrets = self._max_future, self._secrets
         for raw in decode_record(record.payload, source_ref=record.source_ref, webhook_secrets=secrets):
             if isinstance(raw, FailedEvent):
                 yield raw
