@@ -44,7 +44,8 @@ class _ReadFileBatchesFn(beam.DoFn):
                 return
             batch: list[SourceRecord] = []
             size = 0  # counted per batch, not per line: a metric update is a Python call into the runner
-            for number, line in enumerate(handle, start=1):
+            # Beam's CompressedFile (.gz, .bz2 ...) has readline() but is not iterable
+            for number, line in enumerate(iter(handle.readline, b""), start=1):
                 size += len(line)
                 line = line.rstrip(b"\r\n")
                 if not line.strip():

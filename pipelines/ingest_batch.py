@@ -22,7 +22,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from connectors.files import ReadRecordBatches
 from connectors.lake import DEAD_LETTERS_DIR, WriteDeadLetters, WriteLakePartitions, input_fingerprint, table_path
-from pipelines.options import AwsOptions, parse_options, run_pipeline, setup_logging
+from pipelines.options import AwsOptions, parse_options, run_pipeline, setup_logging, with_s3_options
 from transforms.composites import ProcessConfig, ProcessEvents
 from transforms.enrich import EnrichConfig, PiiPolicy
 
@@ -182,7 +182,11 @@ def pvalue_single(pcoll):
 
 
 def run(argv: list[str] | None = None) -> IngestSummary:
-    options = parse_options(list(argv or []), IngestBatchOptions, __doc__)
+    argv = list(argv or [])
+    options = parse_options(argv, IngestBatchOptions, __doc__)
+    opts = options.view_as(IngestBatchOptions)
+    opts.dead_letters = opts.dead_letters or table_path(opts.lake, DEAD_LETTERS_DIR)
+    options = with_s3_options(argv, options, *opts.inputs, opts.lake, opts.dead_letters)
     opts = options.view_as(IngestBatchOptions)
     opts.dead_letters = opts.dead_letters or table_path(opts.lake, DEAD_LETTERS_DIR)
     if opts.tracking_plans and opts.tracking_plans != "none" and not os.path.isdir(opts.tracking_plans):
