@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import logging
+import os
 from collections.abc import Sequence
 
 import apache_beam as beam
@@ -20,8 +22,85 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from connectors.aws import AwsSettings
+from transforms.composites import ProcessConfig
+from transforms.enrich import EnrichConfig, PiiPolicy
 
 DEFAULT_LOCAL_RUNNER = "FnApiRunner"
+
+
+DEFAULT_PLANS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "schemas", "tracking_plans")
+
+
+class ProcessingOptions(PipelineOptions):
+    """How events are validated and enriched (shared by batch and streaming ingest)."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument(
+            "--tracking-plans",
+            dest="tracking_plans",
+            default=DEFAULT_PLANS if os.path.isdir(DEFAULT_PLANS) else None,
+            help="Directory of per-tenant tracking-plan YAML files (default: schemas/tracking_plans). "
+            "'none' disables plan checks.",
+        )
+        parser.add_argument(
+            "--geoip-db", dest="geoip_db", default=None, help="MaxMind-format City database (.mmdb) for geo-IP."
+        )
+        parser.add_argument(
+            "--pii-salt",
+            dest="pii_salt",
+            default=os.environ.get("LIVORA_PII_SALT", ""),
+            help="Salt for SHA-256 PII hashing (default $LIVORA_PII_SALT); per-tenant salts go in --pii-config.",
+        )
+        parser.add_argument(
+            "--pii-config",
+            dest="pii_config",
+            default=None,
+            help="JSON file: tenant -> PII policy (salt, hash_fields, drop_fields).",
+        )
+        parser.add_argument(
+            "--max-future-hours",
+            dest="max_future_hours",
+            type=float,
+            default=24.0,
+            help="Tolerated lead of event time over receivedAt before an event is dead-lettered as future_timestamp (default 24).",
+        )
+        parser.add_argument(
+            "--session-gap-minutes",
+            dest="session_gap_minutes",
+            type=float,
+            default=30.0,
+            help="Inactivity that ends a session (default 30).",
+        )
+        parser.add_argument(
+            "--buckets",
+            dest="buckets",
+            type=int,
+            default=16,
+            help="Shuffle buckets by person; also the maximum lake files per partition per input (default 16).",
+        )
+        parser.add_argument(
+            "--batch-size",
+            dest="batch_size",
+            type=int,
+            default=2000,
+            help="Records per batch inside the pipeline (default 2000).",
+        )
+
+    def process_config(self) -> ProcessConfig:
+        pii: dict[str, PiiPolicy] = {}
+        if self.pii_config:
+            with FileSystems.open(self.pii_config) as handle:
+                pii = {tenant: PiiPolicy.model_validate(policy) for tenant, policy in json.loads(handle.read()).items()}
+        plans = None if (self.tracking_plans or "none") == "none" else self.tracking_plans
+        return ProcessConfig(
+            tracking_plans_dir=plans,
+            enrich=EnrichConfig(geoip_db=self.geoip_db, pii=pii, default_pii=PiiPolicy(salt=self.pii_salt)),
+            max_future_seconds=self.max_future_hours * 3600,
+            session_gap_seconds=self.session_gap_minutes * 60,
+            buckets=self.buckets,
+            batch_size=self.batch_size,
+        )
 
 
 def iso_date(text: str) -> dt.date:

@@ -35,8 +35,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from connectors.lake import WriteDeadLetters, WriteLakePartitions, events_dataset, table_path
 from connectors.run_summary import WriteRunSummary, read_run_summary, run_summary_path, total
-from pipelines.ingest_batch import ProcessingOptions
-from pipelines.options import AwsOptions, parse_options, run_pipeline, setup_logging
+from pipelines.options import AwsOptions, ProcessingOptions, parse_options, run_pipeline, setup_logging
 from schemas.failures import FailedEvent, Reason, Stage
 from schemas.records import SourceRecord
 from transforms.composites import ProcessEvents

@@ -53,8 +53,7 @@ from connectors.lake import (
     write_partition_file,
 )
 from connectors.run_summary import read_run_summary, run_summary_path, total
-from pipelines.ingest_batch import ProcessingOptions
-from pipelines.options import AwsOptions, parse_options, run_pipeline, setup_logging
+from pipelines.options import AwsOptions, ProcessingOptions, parse_options, run_pipeline, setup_logging
 from schemas.lake import EVENTS_TABLE
 from transforms.composites import ProcessEvents
 
