@@ -358,16 +358,7 @@ class Enricher:
 
     @staticmethod
     def _failure(ev: ValidEvent, reason: Reason, field_path: str, message: str) -> FailedEvent:
-        return FailedEvent(
-            payload=ev.payload,
-            stage=Stage.ENRICH,
-            reason=reason,
-            field_path=field_path,
-            message=message,
-            tenant_id=ev.event.tenant_id,
-            message_id=ev.event.message_id,
-            source_ref=ev.source_ref,
-        )
+        return ev.failure(Stage.ENRICH, reason, field_path, message)
 
 
 _CACHEABLE_AMOUNTS = frozenset({int, float, str, Decimal})  # hashable, and never bool (True == 1)

@@ -53,16 +53,7 @@ def normalize_phone(value: str, region: str = "IN") -> str | None:
 
 
 def _fail(ev: ValidEvent, reason: Reason, field_path: str, message: str) -> FailedEvent:
-    return FailedEvent(
-        payload=ev.payload,
-        stage=Stage.NORMALIZE,
-        reason=reason,
-        field_path=field_path,
-        message=message,
-        tenant_id=ev.event.tenant_id,
-        message_id=ev.event.message_id,
-        source_ref=ev.source_ref,
-    )
+    return ev.failure(Stage.NORMALIZE, reason, field_path, message)
 
 
 def _contact_fields(container: object, path: str, region: str, notes: list[str]) -> None:

@@ -54,6 +54,19 @@ class ValidEvent:
     notes: tuple[str, ...] = ()
     """Data-quality notes from normalisation that did not fail the event (e.g. an unparsable phone)."""
 
+    def failure(self, stage: Stage, reason: Reason, field_path: str | None, message: str) -> FailedEvent:
+        """This event as a dead letter of a later stage (normalize, enrich), keeping its original payload."""
+        return FailedEvent(
+            payload=self.payload,
+            stage=stage,
+            reason=reason,
+            field_path=field_path,
+            message=message,
+            tenant_id=self.event.tenant_id,
+            message_id=self.event.message_id,
+            source_ref=self.source_ref,
+        )
+
 
 def _id_of(data: dict, *keys: str) -> str | None:
     for key in keys:
