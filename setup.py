@@ -36,6 +36,8 @@ TEST_REQUIRES = [
     "ruff>=0.6",
     "lifetimes==0.11.3",  # only its bundled CDNOW data files (tests of pipelines.clv)
     "chdb>=3",  # ClickHouse's own windowFunnel as the reference in funnel property tests
+    "aws-kinesis-agg>=1.2",  # an independent KPL aggregator producing test records for our de-aggregator
+    "six",  # aws-kinesis-agg imports it without declaring it
 ]
 
 setup(
