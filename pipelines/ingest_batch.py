@@ -52,6 +52,7 @@ class IngestBatchOptions(ProcessingOptions, AwsOptions):
 @dataclass
 class IngestSummary:
     input_tag: str
+    events_parsed: int
     lake_rows: int
     lake_files: int
     dead_letters: int
@@ -78,6 +79,7 @@ def build(pipeline: beam.Pipeline, opts: IngestBatchOptions, tag: str, summary_p
             "lake_files": total(written, "LakeFiles"),
             "dead_letters": total(dead, "DeadLetters", lambda path_lines: path_lines[1]),
             "duplicates": total(processed.duplicates, "Duplicates"),
+            "events_parsed": total(processed.events_parsed, "EventsParsed", lambda n: n),
         },
     )
 
@@ -108,6 +110,13 @@ def run(argv: list[str] | None = None) -> IngestSummary:
         **totals,
     )
     log.info("done: %s", summary)
+    if summary.events_in != summary.events_parsed:
+        # Something between parsing and the sinks dropped or doubled events: fail loudly, never silently.
+        raise RuntimeError(
+            f"ingest totals do not balance: {summary.events_parsed} events parsed but lake {summary.lake_rows} + "
+            f"dead letters {summary.dead_letters} + duplicates {summary.duplicates} = {summary.events_in} "
+            f"(run summary {summary_path})"
+        )
     return summary
 
 

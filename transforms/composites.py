@@ -48,6 +48,7 @@ __all__ = ["ProcessConfig", "ProcessEvents", "ProcessedEvents"]
 
 NAMESPACE = "livora"
 ROWS, FAILURES, EDGES, IDENTITY = "rows", "failures", "edges", "identity"
+PARSED = "parsed"
 
 
 def pack_rows(rows: list[dict[str, Any]]) -> bytes:
@@ -94,6 +95,7 @@ class _ParseBatchFn(beam.DoFn):
         rows, failures = parse_records(batch, self.parser)
         self.records_in.inc(len(batch))
         self.rows_parsed.inc(len(rows))
+        yield pvalue.TaggedOutput(PARSED, len(rows) + len(failures))
         for failure in failures:
             Metrics.counter(NAMESPACE, f"dead_letter.{failure.stage}.{failure.reason}").inc()
             yield pvalue.TaggedOutput(FAILURES, failure)
@@ -172,7 +174,10 @@ class _DedupeAndSessionizeFn(beam.DoFn):
 class ProcessedEvents:
     """The outputs of :class:`ProcessEvents`."""
 
-    def __init__(self, row_batches, failures, duplicates):
+    def __init__(self, row_batches, failures, duplicates, events_parsed=None):
+        self.events_parsed = events_parsed
+        """Events (and undecodable records) out of parsing, one int per batch: what the other three
+        outputs must add up to (a run can check its totals against it)."""
         self.row_batches = row_batches
         """((tenant_id, event_date ISO, bucket), [row, ...]): ready for one lake file each."""
         self.failures = failures
@@ -208,7 +213,7 @@ class ProcessEvents(beam.PTransform):
                 min_batch_size=1, max_batch_size=self.config.batch_size
             )
         parsed = records | "ParseEvents" >> beam.ParDo(_ParseBatchFn(self.config)).with_outputs(
-            FAILURES, EDGES, main=ROWS
+            FAILURES, EDGES, PARSED, main=ROWS
         )
         buckets = self.config.buckets
         identity = (
@@ -225,15 +230,4 @@ class ProcessEvents(beam.PTransform):
         out = grouped | "DedupeAndSessionize" >> beam.ParDo(
             _DedupeAndSessionizeFn(dt.timedelta(seconds=self.config.session_gap_seconds))
         ).with_outputs("duplicates", main="rows")
-        return ProcessedEvents(out.rows, parsed[FAILURES], out.duplicates)
-
-
-def count_outputs(processed: ProcessedEvents) -> dict[str, Iterable]:
-    """Per-run totals as PCollections of one int each (for summaries that must not rely on metrics)."""
-    return {
-        "lake_rows": processed.row_batches
-        | "CountLakeRows" >> beam.Map(lambda kv: len(kv[1]))
-        | "SumLakeRows" >> beam.CombineGlobally(sum),
-        "dead_letters": processed.failures | "CountDead" >> beam.combiners.Count.Globally(),
-        "duplicates": processed.duplicates | "CountDuplicates" >> beam.combiners.Count.Globally(),
-    }
+        return ProcessedEvents(out.rows, parsed[FAILURES], out.duplicates, parsed[PARSED])

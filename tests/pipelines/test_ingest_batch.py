@@ -61,6 +61,7 @@ def test_every_event_ends_in_exactly_one_place(ingested, corpus):
     assert len(dead) == sum(corpus.dead.values())
     assert summary.duplicates == corpus.dup
     assert table.num_rows + len(dead) + summary.duplicates == corpus.events_in
+    assert summary.events_parsed == corpus.events_in  # the run's own check counts events as the corpus does
     # the pipeline's own summary agrees with what is on disk
     assert (summary.lake_rows, summary.dead_letters) == (table.num_rows, len(dead))
 
