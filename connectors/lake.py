@@ -26,8 +26,10 @@ from apache_beam.metrics import Metrics
 
 from schemas.failures import FailedEvent
 from schemas.lake import EVENTS_FILE_SCHEMA, EVENTS_SCHEMA, EVENTS_TABLE
+from transforms.event_tables import file_table, from_ipc
 
 __all__ = [
+    "PruneRunFiles",
     "WriteDeadLetters",
     "WriteLakePartitions",
     "events_dataset",
@@ -35,6 +37,7 @@ __all__ = [
     "partition_dirs",
     "read_events",
     "rows_to_table",
+    "run_files_pattern",
     "table_path",
     "write_partition_file",
 ]
@@ -171,7 +174,11 @@ class _WritePartitionBatchFn(beam.DoFn):
 
     def process(self, element):
         (tenant, date, bucket), rows = element
-        rows = sorted(rows, key=event_sort_key)  # deterministic bytes for the same input
+        rows = list(rows)
+        if rows and isinstance(rows[0], bytes):
+            rows = from_ipc(rows)
+        # sorted: deterministic bytes for the same input
+        rows = file_table(rows) if isinstance(rows, pa.Table) else sorted(rows, key=event_sort_key)
         path = write_partition_file(
             self.lake,
             self.table,
@@ -185,6 +192,9 @@ class _WritePartitionBatchFn(beam.DoFn):
 
 class WriteLakePartitions(beam.PTransform):
     """Write ``((tenant_id, event_date, bucket), rows)`` batches as one Parquet file each.
+
+    ``rows`` is a list of row dicts, an Arrow table with the lake's columns (extra columns are dropped)
+    or Arrow IPC chunks of such tables (:attr:`transforms.composites.ProcessedEvents.lake_files`).
 
     Args:
         lake: lake root (local directory or ``s3://bucket/prefix``).
@@ -204,6 +214,53 @@ class WriteLakePartitions(beam.PTransform):
 
     def expand(self, batches):
         return batches | "WritePartitionFiles" >> beam.ParDo(_WritePartitionBatchFn(self.lake, self.table, self.tag))
+
+
+def _norm(path: str) -> str:
+    return path if "://" in path else os.path.abspath(path)
+
+
+def delete_unlisted(pattern: str, keep: Iterable[str]) -> list[str]:
+    """Delete the files matching ``pattern`` that are not in ``keep``; returns the deleted paths."""
+    keep_set = {_norm(p) for p in keep}
+    matched = FileSystems.match([pattern])[0].metadata_list
+    stale = sorted(m.path for m in matched if _norm(m.path) not in keep_set)
+    if stale:
+        FileSystems.delete(stale)
+    return stale
+
+
+class PruneRunFiles(beam.PTransform):
+    """After a run's writes: delete the files of the same run tag that this run did not write.
+
+    A rerun of the same input replaces its files by name; this removes the ones a rerun no longer
+    makes (fewer files per partition, events that now go to the dead letters, an emptied dead-letter
+    bucket), so a rerun never leaves stale rows behind. Input: ``(path, count)`` per file written.
+    """
+
+    def __init__(self, pattern: str, label: str = "files"):
+        super().__init__()
+        self.pattern, self.label = pattern, label
+
+    def expand(self, written):
+        pattern, counter = self.pattern, Metrics.counter("livora", f"stale_{self.label}_deleted")
+
+        def prune(paths):
+            deleted = delete_unlisted(pattern, paths)
+            counter.inc(len(deleted))
+            return len(deleted)
+
+        return (
+            written
+            | "Paths" >> beam.Map(lambda path_count: path_count[0])
+            | "AllPaths" >> beam.combiners.ToList()
+            | "DeleteStale" >> beam.Map(prune)
+        )
+
+
+def run_files_pattern(directory: str, tag: str, suffix: str, depth: int = 0) -> str:
+    """Glob of the files a run tagged ``tag`` writes under ``directory`` (``depth`` partition levels)."""
+    return f"{directory.rstrip('/')}/{'*/' * depth}part-{tag}-*{suffix}"
 
 
 class _WriteDeadLetterFileFn(beam.DoFn):

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from connectors.analytics_io import write_bytes_atomically
-from connectors.lake import partition_path, write_partition_file
+from connectors.lake import delete_unlisted, partition_path, write_partition_file
 from schemas.features import FEATURES_TABLE, OFFLINE_FILE_SCHEMA, OFFLINE_SCHEMA
 
 __all__ = [
@@ -54,18 +54,9 @@ def write_feature_file(lake: str, as_of_date: str, tenant_id: str, bucket: int, 
     )
 
 
-def _norm(path: str) -> str:
-    return path if "://" in path else os.path.abspath(path)
-
-
 def prune_partition(directory: str, keep: Iterable[str]) -> list[str]:
     """Delete the Parquet files in ``directory`` that are not in ``keep``; returns the deleted paths."""
-    keep_set = {_norm(p) for p in keep}
-    matched = FileSystems.match([f"{directory.rstrip('/')}/*.parquet"])[0].metadata_list
-    stale = [m.path for m in matched if _norm(m.path) not in keep_set]
-    if stale:
-        FileSystems.delete(stale)
-    return stale
+    return delete_unlisted(f"{directory.rstrip('/')}/*.parquet", keep)
 
 
 def read_features(lake: str, as_of_date: dt.date | None = None, tenant: str | None = None) -> pa.Table:

@@ -20,9 +20,18 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from connectors.files import ReadRecordBatches
-from connectors.lake import DEAD_LETTERS_DIR, WriteDeadLetters, WriteLakePartitions, input_fingerprint, table_path
+from connectors.lake import (
+    DEAD_LETTERS_DIR,
+    PruneRunFiles,
+    WriteDeadLetters,
+    WriteLakePartitions,
+    input_fingerprint,
+    run_files_pattern,
+    table_path,
+)
 from connectors.run_summary import WriteRunSummary, read_run_summary, run_summary_path, total
 from pipelines.options import AwsOptions, ProcessingOptions, parse_options, run_pipeline, setup_logging, with_s3_options
+from schemas.lake import EVENTS_TABLE
 from transforms.composites import ProcessEvents
 
 log = logging.getLogger("livora.ingest_batch")
@@ -69,8 +78,11 @@ class IngestSummary:
 def build(pipeline: beam.Pipeline, opts: IngestBatchOptions, tag: str, summary_path: str) -> None:
     batches = pipeline | "ReadInput" >> ReadRecordBatches(opts.inputs, opts.batch_size)
     processed = batches | "ProcessEvents" >> ProcessEvents(opts.process_config(), batched=True)
-    written = processed.row_batches | "WriteLake" >> WriteLakePartitions(opts.lake, tag)
+    written = processed.lake_files | "WriteLake" >> WriteLakePartitions(opts.lake, tag)
     dead = processed.failures | "WriteDeadLetters" >> WriteDeadLetters(opts.dead_letters, tag)
+    events_dir = table_path(opts.lake, EVENTS_TABLE)
+    _ = written | "PruneStaleLakeFiles" >> PruneRunFiles(run_files_pattern(events_dir, tag, ".parquet", 2), "lake")
+    _ = dead | "PruneStaleDeadLetters" >> PruneRunFiles(run_files_pattern(opts.dead_letters, tag, ".jsonl"), "dead")
 
     _ = pipeline | "RunSummary" >> WriteRunSummary(
         summary_path,

@@ -77,7 +77,15 @@ class ProcessingOptions(PipelineOptions):
             dest="buckets",
             type=int,
             default=16,
-            help="Shuffle buckets by person; also the maximum lake files per partition per input (default 16).",
+            help="Shuffle buckets by person: parallelism of identity, dedupe and sessions (default 16).",
+        )
+        parser.add_argument(
+            "--files-per-partition",
+            dest="files_per_partition",
+            type=int,
+            default=1,
+            help="Lake files per (tenant, date) partition per input, rows split by person; raise it for "
+            "partitions too big for one worker's memory (default 1).",
         )
         parser.add_argument(
             "--batch-size",
@@ -99,6 +107,7 @@ class ProcessingOptions(PipelineOptions):
             max_future_seconds=self.max_future_hours * 3600,
             session_gap_seconds=self.session_gap_minutes * 60,
             buckets=self.buckets,
+            files_per_partition=self.files_per_partition,
             batch_size=self.batch_size,
         )
 

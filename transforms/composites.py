@@ -1,21 +1,22 @@
 """Beam composites around :mod:`transforms.pipeline_core`: the same code serves batch and streaming.
 
-``ProcessEvents`` turns source records into lake rows, dead letters and counted duplicates:
+``ProcessEvents`` turns source records into lake tables, dead letters and counted duplicates:
 
-    records ─ParseEvents─▶ packed rows by node bucket ─┐
+    records ─ParseEvents─▶ row tables by node bucket ─┐
                      └─▶ identity edges ─ResolveIdentities─▶ canonical node by node bucket
                      └─▶ failures                           │
-                         CoGroupByKey ─AssignPersons─▶ rows by person bucket
-                         GroupByKey ─DedupeAndSessionize─▶ (tenant, date, bucket) row batches
+                         CoGroupByKey ─AssignPersons─▶ row tables by person bucket
+                         GroupByKey ─DedupeAndSessionize─▶ row tables by (tenant, date, file shard)
+                         GroupByKey ─▶ one table per lake file
 
-Rows travel in batches between steps so that Beam's per-element cost is paid per batch, not per
-event, and a batch crosses a shuffle as one pickle (:func:`pack_rows`): Beam's default coder
-(FastPrimitivesCoder) would pickle every datetime, date and Decimal value on its own, which cost
-~40 µs a row per shuffle here against ~10 µs for the packed batch.
+Parsing is per event; from there rows travel as Arrow tables (:mod:`transforms.event_tables`) and
+cross every shuffle as Arrow IPC bytes: a copy of column buffers instead of Beam's default coder
+pickling every datetime, date and Decimal of every row (~40 µs a row per shuffle measured here).
 
 The identity map joins the rows by a shuffle (not a side input), so the same graph works per
 window in streaming; the second shuffle, keyed by a stable hash of the person, puts each person's
-events (and every copy of a duplicate) on one worker.
+events (and every copy of a duplicate) on one worker; the last one gathers each lake partition's
+rows into ``files_per_partition`` files, so a run writes few large files, not one per bucket.
 """
 
 from __future__ import annotations
@@ -23,26 +24,28 @@ from __future__ import annotations
 import datetime as dt
 import pickle
 from collections import defaultdict
-from collections.abc import Iterable
-from typing import Any
 
 import apache_beam as beam
 from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 
 from schemas.records import SourceRecord
-from transforms.dedupe import dedupe_rows
-from transforms.identity import own_node, resolve_components
-from transforms.pipeline_core import (
-    EventParser,
-    ProcessConfig,
-    assign_person,
-    edges_of,
-    parse_records,
-    partition_key,
-    sessionize,
+from transforms.dedupe import dedupe_table
+from transforms.event_tables import (
+    assign_person_ids,
+    events_table,
+    from_ipc,
+    node_buckets,
+    person_buckets,
+    split_by_bucket,
+    split_by_partition,
     stable_bucket,
+    table_rows,
+    to_ipc,
 )
+from transforms.identity import resolve_components
+from transforms.pipeline_core import EventParser, ProcessConfig, edges_of, file_shard, parse_records
+from transforms.sessions import sessionize_table
 
 __all__ = ["ProcessConfig", "ProcessEvents", "ProcessedEvents"]
 
@@ -51,33 +54,24 @@ ROWS, FAILURES, EDGES, IDENTITY = "rows", "failures", "edges", "identity"
 PARSED = "parsed"
 
 
-def pack_rows(rows: list[dict[str, Any]]) -> bytes:
-    """A batch of rows as bytes for a shuffle (the same code packs and unpacks, on any runner)."""
-    return pickle.dumps(rows, protocol=pickle.HIGHEST_PROTOCOL)
+def pack_records(records: list[SourceRecord]) -> bytes:
+    """A batch of source records as bytes (what :class:`connectors.files.ReadRecordBatches` emits).
+
+    Three plain lists, not a list of records: pickling a tuple subclass per record costs several
+    times more than its bytes and strings.
+    """
+    columns = ([r.payload for r in records], [r.source_ref for r in records], [r.received_at for r in records])
+    return pickle.dumps(columns, protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def unpack_rows(packed: bytes) -> list[dict[str, Any]]:
-    return pickle.loads(packed)
-
-
-PACK_ROWS = 1000
-"""Rows per packed chunk: pickle's memo makes a larger batch cost more per row (~4 µs at 1000, ~9 at 40 000)."""
-
-
-def packed_chunks(rows: list[dict[str, Any]], size: int = PACK_ROWS) -> Iterable[bytes]:
-    for start in range(0, len(rows), size):
-        yield pack_rows(rows[start : start + size])
-
-
-pack_records = pack_rows
-"""A batch of source records as bytes (what :class:`connectors.files.ReadRecordBatches` emits)."""
-unpack_records = unpack_rows
+def unpack_records(packed: bytes) -> list[SourceRecord]:
+    return list(map(SourceRecord, *pickle.loads(packed)))
 
 
 class _ParseBatchFn(beam.DoFn):
-    """A batch of source records → packed rows by node bucket, identity edges per tenant, failures.
+    """A batch of source records → row tables by node bucket, identity edges per tenant, failures.
 
-    Rows leave packed from here, not as a list of dicts for a next step to key: Beam estimates the
+    Rows leave as IPC bytes, not as a list of dicts for a next step to key: Beam estimates the
     size of a sample of every step's outputs by encoding them, which for row dicts cost a few µs a row.
     """
 
@@ -101,7 +95,10 @@ class _ParseBatchFn(beam.DoFn):
             yield pvalue.TaggedOutput(FAILURES, failure)
         for tenant, edges in edges_of(rows).items():
             yield pvalue.TaggedOutput(EDGES, (tenant, sorted(edges)))
-        yield from _rows_by_node_bucket(rows, self.config.buckets)
+        if rows:
+            table = events_table(rows)
+            for bucket, part in split_by_bucket(table, node_buckets(table, self.config.buckets)):
+                yield bucket, to_ipc(part)
 
 
 class _ResolveTenantFn(beam.DoFn):
@@ -118,17 +115,8 @@ class _ResolveTenantFn(beam.DoFn):
                 yield stable_bucket(node, self.buckets), (tenant, node, root)
 
 
-def _rows_by_node_bucket(rows: list[dict[str, Any]], buckets: int):
-    by_bucket: dict[int, list[dict[str, Any]]] = defaultdict(list)
-    for row in rows:
-        by_bucket[stable_bucket(own_node(row), buckets)].append(row)
-    for bucket, part in by_bucket.items():
-        for packed in packed_chunks(part):
-            yield bucket, packed
-
-
 class _AssignPersonsFn(beam.DoFn):
-    """Person ids from the identity map, then rows keyed by a stable person bucket."""
+    """Person ids from the identity map, then row tables keyed by a stable person bucket."""
 
     def __init__(self, buckets: int):
         self.buckets = buckets
@@ -138,61 +126,69 @@ class _AssignPersonsFn(beam.DoFn):
         canonical: dict[str, dict[str, str]] = defaultdict(dict)
         for tenant, node, root in grouped[IDENTITY]:
             canonical[tenant][node] = root
-        by_bucket: dict[int, list[dict[str, Any]]] = defaultdict(list)
-        for packed in grouped[ROWS]:
-            for row in unpack_rows(packed):
-                assign_person(row, canonical.get(row["tenant_id"], {}))
-                by_bucket[stable_bucket(row["person_id"], self.buckets)].append(row)
-        for bucket, rows in by_bucket.items():
-            for packed in packed_chunks(rows):
-                yield bucket, packed
+        table = assign_person_ids(from_ipc(grouped[ROWS]), canonical)
+        for bucket, part in split_by_bucket(table, person_buckets(table, self.buckets)):
+            yield bucket, to_ipc(part)
 
 
 class _DedupeAndSessionizeFn(beam.DoFn):
-    """All events of the persons in one bucket: drop duplicates, cut sessions, batch by partition."""
+    """All events of the persons in one bucket: drop duplicates, cut sessions, split by lake file."""
 
-    def __init__(self, session_gap: dt.timedelta):
-        self.session_gap = session_gap
+    def __init__(self, config: ProcessConfig):
+        self.session_gap = dt.timedelta(seconds=config.session_gap_seconds)
+        self.config = config
         self.duplicates = Metrics.counter(NAMESPACE, "duplicates")
         self.lake_rows = Metrics.counter(NAMESPACE, "lake_rows")
 
     def process(self, element):
-        bucket, batches = element
-        unique, duplicates = dedupe_rows(row for packed in batches for row in unpack_rows(packed))
+        bucket, chunks = element
+        unique, duplicates = dedupe_table(from_ipc(chunks))
         self.duplicates.inc(len(duplicates))
-        self.lake_rows.inc(len(unique))
+        self.lake_rows.inc(unique.num_rows)
         for key in duplicates:
             yield pvalue.TaggedOutput("duplicates", key)
-        sessionize(unique, self.session_gap)
-        by_partition: dict[tuple[str, str], list] = defaultdict(list)
-        for row in unique:
-            by_partition[partition_key(row)].append(row)
-        for (tenant, date), rows in sorted(by_partition.items()):
-            yield (tenant, date, bucket), rows
+        shard = file_shard(bucket, self.config)
+        for (tenant, date), part in split_by_partition(sessionize_table(unique, self.session_gap)):
+            yield (tenant, date, shard), to_ipc(part)
 
 
 class ProcessedEvents:
     """The outputs of :class:`ProcessEvents`."""
 
-    def __init__(self, row_batches, failures, duplicates, events_parsed=None):
+    def __init__(self, lake_files, failures, duplicates, events_parsed=None):
         self.events_parsed = events_parsed
         """Events (and undecodable records) out of parsing, one int per batch: what the other three
         outputs must add up to (a run can check its totals against it)."""
-        self.row_batches = row_batches
-        """((tenant_id, event_date ISO, bucket), [row, ...]): ready for one lake file each."""
+        self.lake_files = lake_files
+        """((tenant_id, event_date ISO, file shard), [Arrow IPC bytes, ...]): the rows of one lake file,
+        in :data:`transforms.event_tables.WORK_SCHEMA` (:func:`transforms.event_tables.from_ipc` gives the
+        table, :func:`transforms.event_tables.file_table` its file columns). Kept as bytes up to the
+        writer: Beam samples step outputs for their size by encoding them, and a table would be pickled."""
         self.failures = failures
         """FailedEvent per rejected record or event."""
         self.duplicates = duplicates
         """(tenant_id, message_id) per dropped duplicate copy."""
+        self._row_batches = self._rows = None
+
+    @property
+    def row_batches(self):
+        """((tenant_id, event_date ISO, file shard), [row dict, ...]) for sinks that work on rows."""
+        if self._row_batches is None:
+            self._row_batches = self.lake_files | "LakeFileRows" >> beam.MapTuple(
+                lambda key, chunks: (key, table_rows(from_ipc(chunks)))
+            )
+        return self._row_batches
 
     @property
     def rows(self):
         """One lake-row dict per element (for sinks that take rows one by one)."""
-        return self.row_batches | "FlattenRowBatches" >> beam.FlatMap(lambda kv: kv[1])
+        if self._rows is None:
+            self._rows = self.row_batches | "FlattenRowBatches" >> beam.FlatMap(lambda kv: kv[1])
+        return self._rows
 
 
 class ProcessEvents(beam.PTransform):
-    """Source records → lake rows, dead letters and counted duplicates.
+    """Source records → lake tables, dead letters and counted duplicates.
 
     Args:
         config: a :class:`ProcessConfig`.
@@ -227,7 +223,7 @@ class ProcessEvents(beam.PTransform):
             | "AssignPersons" >> beam.ParDo(_AssignPersonsFn(buckets))
         )
         grouped = keyed | "GroupByPersonBucket" >> beam.GroupByKey()
-        out = grouped | "DedupeAndSessionize" >> beam.ParDo(
-            _DedupeAndSessionizeFn(dt.timedelta(seconds=self.config.session_gap_seconds))
-        ).with_outputs("duplicates", main="rows")
-        return ProcessedEvents(out.rows, parsed[FAILURES], out.duplicates, parsed[PARSED])
+        dedupe = beam.ParDo(_DedupeAndSessionizeFn(self.config)).with_output_types(tuple[tuple[str, str, int], bytes])
+        out = grouped | "DedupeAndSessionize" >> dedupe.with_outputs("duplicates", main="rows")
+        lake_files = out.rows | "GroupByLakeFile" >> beam.GroupByKey()
+        return ProcessedEvents(lake_files, parsed[FAILURES], out.duplicates, parsed[PARSED])

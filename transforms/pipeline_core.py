@@ -1,7 +1,8 @@
 """The event-processing core as plain functions: the same code the Beam composites run.
 
 ``parse_records`` takes raw records to lake rows and failures (decode → validate → normalize →
-enrich); ``stitch_and_sessionize`` assigns person and session ids to de-duplicated rows. The
+enrich) one event at a time; after it rows travel as Arrow tables (:mod:`transforms.event_tables`),
+which get person ids, lose duplicates and get sessions column-wise (``process_in_memory``). The
 benchmark's "plain loop" baseline and the Beam pipeline both call these, so the ratio between
 them measures Beam's overhead and nothing else.
 """
@@ -9,21 +10,31 @@ them measures Beam's overhead and nothing else.
 from __future__ import annotations
 
 import datetime as dt
-import zlib
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping, MutableMapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.failures import FailedEvent
 from schemas.records import SourceRecord
 from transforms.decode import RawEvent, decode_record
+from transforms.dedupe import dedupe_table
 from transforms.enrich import EnrichConfig, Enricher
-from transforms.identity import identity_edges, own_node, person_id_for
+from transforms.event_tables import (
+    WORK_SCHEMA,
+    assign_person_ids,
+    events_table,
+    person_buckets,
+    split_by_bucket,
+    split_by_partition,
+)
+from transforms.identity import identity_edges, resolve_components
 from transforms.normalize import normalize_event
 from transforms.rows import to_lake_row
-from transforms.sessions import assign_sessions
+from transforms.sessions import sessionize_table
 from transforms.validate import ValidEvent, validate_event
 
 
@@ -36,7 +47,10 @@ class ProcessConfig(BaseModel):
     enrich: EnrichConfig = Field(default_factory=EnrichConfig)
     max_future_seconds: float = Field(default=24 * 3600, description="Tolerated clock lead over receivedAt.")
     session_gap_seconds: float = Field(default=30 * 60, description="Inactivity that ends a session.")
-    buckets: int = Field(default=16, ge=1, le=4096, description="Shuffle buckets (also lake files per partition).")
+    buckets: int = Field(default=16, ge=1, le=4096, description="Shuffle buckets: parallelism of the per-person steps.")
+    files_per_partition: int = Field(
+        default=1, ge=1, le=4096, description="Lake files per (tenant, date) partition per run (split by person)."
+    )
     batch_size: int = Field(default=2000, ge=1, description="Records per batch between sources and the core.")
     now: dt.datetime | None = Field(
         default=None, description="Ingest time for events without receivedAt (default: wall clock)."
@@ -46,11 +60,6 @@ class ProcessConfig(BaseModel):
         default=True,
         description="Treat an SDK's `timestamp` (sent with `sentAt`) as the device time and skew-correct it, as Segment's API does.",
     )
-
-
-def stable_bucket(key: str, buckets: int) -> int:
-    """Same key, same bucket, on every worker and every run (unlike Python's salted hash)."""
-    return zlib.crc32(key.encode()) % buckets
 
 
 class EventParser:
@@ -117,39 +126,37 @@ def edges_of(rows: Iterable[Mapping]) -> dict[str, set[tuple[str, str]]]:
     return edges
 
 
-def assign_person(row: MutableMapping, canonical: Mapping[str, str]) -> None:
-    node = own_node(row)
-    row["person_id"] = person_id_for(row["tenant_id"], canonical.get(node, node))
-
-
-def sessionize(rows: Sequence[MutableMapping], gap: dt.timedelta) -> None:
-    """Sessions per person over rows that hold all of each person's events."""
-    by_person: dict[tuple[str, str], list[MutableMapping]] = defaultdict(list)
-    for row in rows:
-        by_person[(row["tenant_id"], row["person_id"])].append(row)
-    for person_rows in by_person.values():
-        assign_sessions(person_rows, gap)
-
-
-def partition_key(row: Mapping) -> tuple[str, str]:
-    return (row["tenant_id"], row["event_date"].isoformat())
+def file_shard(person_bucket: int, config: ProcessConfig) -> int:
+    """Which of a partition's ``files_per_partition`` lake files a person bucket's rows go to."""
+    return person_bucket % config.files_per_partition
 
 
 def process_in_memory(
-    records: Iterable[SourceRecord], config: ProcessConfig
-) -> tuple[list[dict[str, Any]], list[FailedEvent], list[tuple[str, str]]]:
+    records: Sequence[SourceRecord], config: ProcessConfig
+) -> tuple[pa.Table, list[FailedEvent], list[tuple[str, str]]]:
     """The whole core in one process, no Beam: rows (with person and session), failures, duplicates.
 
-    What :class:`transforms.composites.ProcessEvents` computes, step for step; the benchmark's
-    baseline and the reference its tests compare the Beam pipeline against.
+    What :class:`transforms.composites.ProcessEvents` computes, step for step (parsing in batches of
+    ``batch_size`` records, then the same table functions); the benchmark's baseline and the
+    reference its tests compare the Beam pipeline against.
     """
-    from transforms.dedupe import dedupe_rows
-    from transforms.identity import resolve_components
+    parser, now = EventParser(config), config.now or dt.datetime.now(dt.UTC)
+    tables, failures, edges = [], [], defaultdict(set)
+    for start in range(0, len(records), config.batch_size):
+        rows, failed = parse_records(records[start : start + config.batch_size], parser, now)
+        failures += failed
+        for tenant, found in edges_of(rows).items():
+            edges[tenant].update(found)
+        tables.append(events_table(rows))
+    identity = {tenant: resolve_components(sorted(found)) for tenant, found in edges.items()}
+    table = assign_person_ids(pa.concat_tables(tables) if tables else WORK_SCHEMA.empty_table(), identity)
+    unique, duplicates = dedupe_table(table)
+    return sessionize_table(unique, dt.timedelta(seconds=config.session_gap_seconds)), failures, duplicates
 
-    rows, failures = parse_records(records, EventParser(config))
-    identity = {tenant: resolve_components(sorted(edges)) for tenant, edges in edges_of(rows).items()}
-    for row in rows:
-        assign_person(row, identity.get(row["tenant_id"], {}))
-    unique, duplicates = dedupe_rows(rows)
-    sessionize(unique, dt.timedelta(seconds=config.session_gap_seconds))
-    return unique, failures, duplicates
+
+def lake_files(table: pa.Table, config: ProcessConfig) -> Iterator[tuple[tuple[str, str, int], pa.Table]]:
+    """((tenant_id, event_date ISO, file shard), rows) for every lake file a processed table makes."""
+    shards = np.array([file_shard(b, config) for b in range(config.buckets)])
+    for (tenant, date), part in split_by_partition(table):
+        for shard, rows in split_by_bucket(part, shards[person_buckets(part, config.buckets)]):
+            yield (tenant, date, shard), rows

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from collections.abc import MutableMapping, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 DEFAULT_SESSION_GAP = dt.timedelta(minutes=30)
-
-
-def event_order_key(row: MutableMapping) -> tuple:
-    """Deterministic event order: time, then message id (ties broken the same on every run)."""
-    return (row["timestamp"], row["message_id"])
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 def session_id_for(person_id: str, session_start: dt.datetime) -> str:
@@ -19,17 +18,33 @@ def session_id_for(person_id: str, session_start: dt.datetime) -> str:
     return f"s_{digest}"
 
 
-def assign_sessions(rows: Sequence[MutableMapping], gap: dt.timedelta = DEFAULT_SESSION_GAP) -> None:
-    """Set ``session_id`` on one person's rows (sorted here by :func:`event_order_key`).
+def sessionize_table(table: pa.Table, gap: dt.timedelta = DEFAULT_SESSION_GAP) -> pa.Table:
+    """Fill ``session_id`` on a table that holds all of each of its persons' events.
 
-    A session starts at the first event and at any event more than ``gap`` after the previous
-    one; its id hashes the person and the start time, so reruns give the same ids.
+    Per person, in event order (time, then message id: ties broken the same on every run), a
+    session starts at the first event and at any event more than ``gap`` after the previous one;
+    its id hashes the person and the start time, so reruns give the same ids. Rows keep their
+    order (only the three key columns are sorted).
     """
-    ordered = sorted(rows, key=event_order_key)
-    session_id, last = None, None
-    for row in ordered:
-        ts = row["timestamp"]
-        if last is None or ts - last > gap:
-            session_id = session_id_for(row["person_id"], ts)
-        row["session_id"] = session_id
-        last = ts
+    if not table.num_rows:
+        return table
+    keys = table.select(["person_id", "timestamp", "message_id"])
+    order = pc.sort_indices(keys, sort_keys=[(name, "ascending") for name in keys.column_names])
+    ordered = keys.take(order)
+    micros = pc.cast(ordered["timestamp"], pa.int64()).to_numpy()
+    people = ordered["person_id"]
+    new_person = np.r_[True, pc.not_equal(people[1:], people[:-1]).to_numpy(zero_copy_only=False)]
+    gap_us = gap // dt.timedelta(microseconds=1)
+    starts = new_person | np.r_[True, np.diff(micros) > gap_us]
+    start_rows = np.flatnonzero(starts)
+    start_people = people.take(pa.array(start_rows)).to_pylist()
+    ids = [
+        session_id_for(person, _EPOCH + dt.timedelta(microseconds=int(us)))
+        for person, us in zip(start_people, micros[start_rows], strict=True)
+    ]
+    session_of_sorted = np.cumsum(starts) - 1
+    session_of_row = np.empty_like(session_of_sorted)
+    session_of_row[order.to_numpy()] = session_of_sorted
+    session_ids = pa.array(ids, pa.string()).take(pa.array(session_of_row))
+    index = table.schema.get_field_index("session_id")
+    return table.set_column(index, table.schema.field(index).with_type(pa.string()), session_ids)

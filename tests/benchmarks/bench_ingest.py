@@ -4,7 +4,8 @@
     LIVORA_BENCH_EVENTS=200000 pytest ... for a quicker look
     LIVORA_BENCH_BEAM_ARGS='--direct_num_workers=2 --direct_running_mode=multi_processing' to try a runner mode
 
-(a) the pure transform functions in a plain Python loop (decode → … → sessions → Parquet files);
+(a) the pure transform functions in a plain Python loop (decode → … → sessions → Parquet files), in
+    one process: parsing per batch of records, then the same Arrow-table functions as the pipeline;
 (b) ``pipelines.ingest_batch`` on the in-process FnApiRunner with the same functions.
 Prints events/s of both and (b)/(a), by wall clock and by CPU time (user + system of this process
 and of any worker processes the runner started), with the load average: the machine is shared, so
@@ -18,7 +19,6 @@ import os
 import resource
 import shlex
 import time
-from collections import defaultdict
 
 import pytest
 
@@ -26,7 +26,8 @@ from connectors.lake import write_partition_file
 from connectors.synthetic import generate_events
 from pipelines.ingest_batch import run
 from schemas.records import SourceRecord
-from transforms.pipeline_core import ProcessConfig, process_in_memory, stable_bucket
+from transforms.event_tables import file_table
+from transforms.pipeline_core import ProcessConfig, lake_files, process_in_memory
 
 EVENTS = int(os.environ.get("LIVORA_BENCH_EVENTS", "1000000"))
 BEAM_ARGS = shlex.split(os.environ.get("LIVORA_BENCH_BEAM_ARGS", ""))
@@ -44,18 +45,16 @@ def plain_loop(path: str, lake: str, config: ProcessConfig) -> tuple[int, int, i
     """(lake rows, dead letters, duplicates) of the same input, through the same functions, no Beam."""
     with open(path, "rb") as handle:
         records = [SourceRecord(line.rstrip(b"\n"), f"file:{path}:{n}") for n, line in enumerate(handle, 1)]
-    rows, failures, duplicates = process_in_memory(records, config)
-    files: dict[tuple, list] = defaultdict(list)
-    for row in rows:
-        files[
-            (row["tenant_id"], row["event_date"].isoformat(), stable_bucket(row["person_id"], config.buckets))
-        ].append(row)
-    for (tenant, date, bucket), part in files.items():
-        part.sort(key=lambda r: (r["timestamp"], r["message_id"]))
+    table, failures, duplicates = process_in_memory(records, config)
+    for (tenant, date, shard), part in lake_files(table, config):
         write_partition_file(
-            lake, "events", {"tenant_id": tenant, "event_date": date}, part, f"part-loop-{bucket:04d}.parquet"
+            lake,
+            "events",
+            {"tenant_id": tenant, "event_date": date},
+            file_table(part),
+            f"part-loop-{shard:04d}.parquet",
         )
-    return len(rows), len(failures), len(duplicates)
+    return table.num_rows, len(failures), len(duplicates)
 
 
 class Clock:

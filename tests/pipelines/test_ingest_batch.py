@@ -135,9 +135,32 @@ def test_rerun_of_the_same_input_replaces_instead_of_duplicating(ingested, corpu
     assert sorted(p for p, _, _ in os.walk(lake)) == files_before
 
 
+def test_a_rerun_that_writes_fewer_files_leaves_no_stale_ones(tmp_path, corpus):
+    lines, _ = split_records(corpus.records)
+    write_corpus(tmp_path / "events.ndjson", lines)
+    lake = tmp_path / "lake"
+    base = ["--input", str(tmp_path / "events.ndjson"), "--lake", str(lake)]
+    wide = run([*base, "--files-per-partition", "4"])
+    shards = {name.rsplit("-", 1)[1] for _, _, names in os.walk(lake / "events") for name in names}
+    assert len(shards) > 1  # the corpus has enough persons to fill several files per partition
+    narrow = run([*base, "--files-per-partition", "1"])
+    files = [name for _, _, names in os.walk(lake / "events") for name in names]
+    assert narrow.input_tag == wide.input_tag and len(files) == narrow.lake_files < wide.lake_files
+    assert all(name.endswith("-0000.parquet") for name in files)
+    assert lake_rows(lake).num_rows == narrow.lake_rows == wide.lake_rows
+
+
 def test_help_explains_the_flags():
     out = subprocess.run(
         [sys.executable, "-m", "pipelines.ingest_batch", "--help"], capture_output=True, text=True, check=True
     )
-    for flag in ("--input", "--lake", "--dead-letters", "--tracking-plans", "--geoip-db", "--runner"):
+    for flag in (
+        "--input",
+        "--lake",
+        "--dead-letters",
+        "--tracking-plans",
+        "--geoip-db",
+        "--files-per-partition",
+        "--runner",
+    ):
         assert flag in out.stdout

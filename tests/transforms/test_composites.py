@@ -85,29 +85,3 @@ def test_streaming_with_teststream_gives_the_same_enriched_rows_as_batch(tmp_pat
         assert_that(out.rows | beam.Map(comparable), equal_to(expected), label="rows")
         assert_that(out.duplicates, equal_to([("acme-in", "m-00003")]), label="dups")
         assert_that(out.failures | beam.Map(lambda f: str(f.reason)), equal_to(["malformed_json"]), label="dead")
-
-
-def test_packed_row_chunks_give_back_equal_rows_in_order():
-    from decimal import Decimal
-
-    from transforms.composites import packed_chunks, unpack_rows
-
-    t0 = dt.datetime(2026, 10, 1, 9, 30, 0, 123456, tzinfo=dt.UTC)
-    rows = [
-        {
-            "tenant_id": "acme-in",
-            "event_date": t0.date(),
-            "message_id": f"m-{i}",
-            "timestamp": t0 + dt.timedelta(seconds=i),
-            "sent_at": None,
-            "revenue": Decimal("1299.5000") if i % 3 == 0 else None,
-            "is_bot": i % 2 == 0,
-            "geo_latitude": 12.97 if i % 5 else None,
-        }
-        for i in range(2501)
-    ]
-    chunks = list(packed_chunks(rows, size=1000))
-    assert [len(unpack_rows(c)) for c in chunks] == [1000, 1000, 501]
-    back = [row for chunk in chunks for row in unpack_rows(chunk)]
-    assert back == rows
-    assert back[3]["timestamp"].tzinfo is dt.UTC and type(back[3]["revenue"]) is Decimal
