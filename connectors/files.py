@@ -3,22 +3,35 @@
 NDJSON-like files (``.ndjson``, ``.jsonl``, ``.log``, ``.txt`` and anything not ``.json``) give one
 record per non-blank line; a ``.json`` file is one record (an object, an array or a Segment batch,
 split later by the decoder). ``.gz`` is decompressed by extension; gzip *inside* a record is the
-decoder's job. Records leave in batches so that per-element cost is paid per batch, each batch
-packed into one pickle (:func:`transforms.composites.pack_records`): bytes cross the spreading shuffle
-and Beam's size sampling for the price of a length, where a list of records costs an encode per record.
+decoder's job.
+
+A large plain file is cut into byte ranges (``range_bytes``, 64 MiB by default) that different workers
+read, like Beam's text source: a range owns the lines that *start* inside it. Only the small range
+descriptors are shuffled to spread the work, never the records themselves; reading and parsing of a
+range run fused on one worker. Compressed and whole-file JSON inputs are one range each.
+
+A record's ``source_ref`` is ``file:PATH@OFFSET``, the byte offset where its line starts in the
+(decompressed) file (``tail -c +$((OFFSET + 1)) PATH | head -1`` shows it), or ``file:PATH`` for a
+whole-file record. Records leave in batches, each packed into one pickle
+(:func:`transforms.composites.pack_records`), so that per-element cost is paid per batch.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import apache_beam as beam
 from apache_beam.io import fileio
 from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from schemas.records import SourceRecord
 from transforms.composites import pack_records
 
-__all__ = ["ReadRecordBatches", "is_whole_file_json"]
+__all__ = ["FileRange", "ReadRecordBatches", "file_ranges", "is_whole_file_json", "read_range"]
+
+DEFAULT_RANGE_BYTES = 64 * 1024 * 1024
 
 
 def is_whole_file_json(path: str) -> bool:
@@ -26,16 +39,66 @@ def is_whole_file_json(path: str) -> bool:
     return name.endswith(".json")
 
 
-class _ReadFileBatchesFn(beam.DoFn):
+class FileRange(NamedTuple):
+    """Bytes ``[start, end)`` of a file (``end`` None: to the end; the whole file when ``start`` is 0)."""
+
+    path: str
+    start: int
+    end: int | None
+
+
+def _splittable(path: str) -> bool:
+    return not is_whole_file_json(path) and CompressionTypes.detect_compression_type(path) == (
+        CompressionTypes.UNCOMPRESSED
+    )
+
+
+def file_ranges(path: str, size: int, range_bytes: int = DEFAULT_RANGE_BYTES) -> list[FileRange]:
+    """How a file is cut for reading: byte ranges of a plain file, the whole file otherwise."""
+    if not _splittable(path) or size <= range_bytes:
+        return [FileRange(path, 0, None)]
+    return [FileRange(path, start, min(start + range_bytes, size)) for start in range(0, size, range_bytes)]
+
+
+def read_range(handle, file_range: FileRange):
+    """(offset, line without its end of line) of every non-blank line starting in the range.
+
+    ``handle`` is the file opened in binary mode (seekable when the range does not start at 0).
+    """
+    start, end = file_range.start, file_range.end
+    position = start
+    if start > 0:
+        handle.seek(start - 1)
+        # the rest of a line that began before the range (or just the newline ending right before it)
+        position = start - 1 + len(handle.readline())
+    # Beam's CompressedFile (.gz, .bz2 ...) has readline() but is not iterable
+    for line in iter(handle.readline, b""):
+        if end is not None and position >= end:
+            break
+        offset, position = position, position + len(line)
+        line = line.rstrip(b"\r\n")
+        if line.strip():
+            yield offset, line
+
+
+class _RangesFn(beam.DoFn):
+    def __init__(self, range_bytes: int):
+        self.range_bytes = range_bytes
+        self.files = Metrics.counter("livora", "input_files")
+
+    def process(self, metadata):
+        self.files.inc()
+        yield from file_ranges(metadata.path, metadata.size_in_bytes, self.range_bytes)
+
+
+class _ReadRangeBatchesFn(beam.DoFn):
     def __init__(self, batch_size: int):
         self.batch_size = batch_size
-        self.files = Metrics.counter("livora", "input_files")
         self.bytes_read = Metrics.counter("livora", "input_bytes")
 
-    def process(self, readable: fileio.ReadableFile):
-        path = readable.metadata.path
-        self.files.inc()
-        with readable.open(compression_type=CompressionTypes.AUTO) as handle:
+    def process(self, file_range: FileRange):
+        path = file_range.path
+        with FileSystems.open(path, compression_type=CompressionTypes.AUTO) as handle:
             if is_whole_file_json(path):
                 data = handle.read()
                 self.bytes_read.inc(len(data))
@@ -44,13 +107,9 @@ class _ReadFileBatchesFn(beam.DoFn):
                 return
             batch: list[SourceRecord] = []
             size = 0  # counted per batch, not per line: a metric update is a Python call into the runner
-            # Beam's CompressedFile (.gz, .bz2 ...) has readline() but is not iterable
-            for number, line in enumerate(iter(handle.readline, b""), start=1):
-                size += len(line)
-                line = line.rstrip(b"\r\n")
-                if not line.strip():
-                    continue
-                batch.append(SourceRecord(line, f"file:{path}:{number}"))
+            for offset, line in read_range(handle, file_range):
+                size += len(line) + 1
+                batch.append(SourceRecord(line, f"file:{path}@{offset}"))
                 if len(batch) >= self.batch_size:
                     self.bytes_read.inc(size)
                     size = 0
@@ -70,21 +129,25 @@ class ReadRecordBatches(beam.PTransform):
     Args:
         patterns: file patterns (local or ``s3://``); a pattern that matches nothing fails the job
             at start rather than producing an empty, silently "successful" run.
-        batch_size: records per emitted list.
+        batch_size: records per emitted batch.
+        range_bytes: plain files larger than this are read as several ranges, in parallel where the
+            runner has workers.
     """
 
-    def __init__(self, patterns: list[str], batch_size: int = 2000):
+    def __init__(self, patterns: list[str], batch_size: int = 2000, range_bytes: int = DEFAULT_RANGE_BYTES):
         super().__init__()
         if not patterns:
             raise ValueError("ReadRecordBatches needs at least one file pattern")
-        self.patterns, self.batch_size = list(patterns), batch_size
+        if range_bytes < 1:
+            raise ValueError("range_bytes must be positive")
+        self.patterns, self.batch_size, self.range_bytes = list(patterns), batch_size, range_bytes
 
     def expand(self, pbegin):
         return (
             pbegin
             | "FilePatterns" >> beam.Create(self.patterns)
             | "MatchFiles" >> fileio.MatchAll(empty_match_treatment=fileio.EmptyMatchTreatment.DISALLOW)
-            | "ReadMatches" >> fileio.ReadMatches(compression=CompressionTypes.UNCOMPRESSED)
-            | "ReadLineBatches" >> beam.ParDo(_ReadFileBatchesFn(self.batch_size))
-            | "SpreadBatches" >> beam.Reshuffle()
+            | "FileRanges" >> beam.ParDo(_RangesFn(self.range_bytes))
+            | "SpreadRanges" >> beam.Reshuffle()
+            | "ReadRangeBatches" >> beam.ParDo(_ReadRangeBatchesFn(self.batch_size))
         )
