@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -54,9 +55,10 @@ _COLUMNS = [(field.name, field.type) for field in WORK_SCHEMA if field.name != N
 def events_table(rows: Sequence[Mapping[str, Any]]) -> pa.Table:
     """Parsed lake rows (dicts from :func:`transforms.rows.to_lake_row`) → a table in :data:`WORK_SCHEMA`.
 
-    Built column by column: ~30 % cheaper than ``Table.from_pylist`` on these rows.
+    Built column by column (``map(dict.get)`` in C): ~30 % cheaper than ``Table.from_pylist`` on these rows.
     """
-    arrays = [pa.array([row.get(name) for row in rows], type=type_) for name, type_ in _COLUMNS]
+    get, count = dict.get, len(rows)
+    arrays = [pa.array(list(map(get, rows, repeat(name, count))), type=type_) for name, type_ in _COLUMNS]
     arrays.append(pa.array([own_node(row) for row in rows], type=pa.string()))
     return pa.Table.from_arrays(arrays, schema=WORK_SCHEMA)
 

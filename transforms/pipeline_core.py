@@ -79,40 +79,48 @@ class EventParser:
             self._plans = TrackingPlans.load(self.config.tracking_plans_dir) if self.config.tracking_plans_dir else None
             self._enricher = Enricher(self.config.enrich)
 
-    def parse(self, record: SourceRecord, now: dt.datetime) -> Iterator[dict[str, Any] | FailedEvent]:
-        """One source record → lake rows (without person/session) and failures."""
+    def parse_into(
+        self, records: Iterable[SourceRecord], now: dt.datetime, rows: list[dict[str, Any]], failures: list[FailedEvent]
+    ) -> None:
+        """Source records → lake rows (without person/session) appended to ``rows``, failures to ``failures``.
+
+        One loop over a batch, no generator per record: this is the per-event hot path.
+        """
         if self._enricher is None:
             self._setup()
-        max_future, secrets = self._max_future, self._secrets
-        for raw in decode_record(record.payload, source_ref=record.source_ref, webhook_secrets=secrets):
-            if isinstance(raw, FailedEvent):
-                yield raw
-                continue
-            if record.received_at is not None and "receivedAt" not in raw.data:
-                raw = RawEvent(raw.payload, {**raw.data, "receivedAt": record.received_at.isoformat()}, raw.source_ref)
-            valid = validate_event(raw, self._plans)
-            if isinstance(valid, ValidEvent):
-                valid = normalize_event(
-                    valid,
-                    now=now,
-                    max_future=max_future,
-                    sdk_timestamp_is_original=self.config.sdk_timestamp_is_original,
-                )
-            if not isinstance(valid, ValidEvent):
-                yield valid
-                continue
-            enriched = self._enricher.enrich(valid)
-            yield enriched if isinstance(enriched, FailedEvent) else to_lake_row(valid, enriched)
+        max_future, secrets, plans, enrich = self._max_future, self._secrets, self._plans, self._enricher.enrich
+        sdk_original = self.config.sdk_timestamp_is_original
+        add_row, add_failure = rows.append, failures.append
+        for record in records:
+            for raw in decode_record(record.payload, source_ref=record.source_ref, webhook_secrets=secrets):
+                if isinstance(raw, FailedEvent):
+                    add_failure(raw)
+                    continue
+                if record.received_at is not None and "receivedAt" not in raw.data:
+                    data = {**raw.data, "receivedAt": record.received_at.isoformat()}
+                    raw = RawEvent(raw.payload, data, raw.source_ref)
+                valid = validate_event(raw, plans)
+                if isinstance(valid, ValidEvent):
+                    valid = normalize_event(
+                        valid, now=now, max_future=max_future, sdk_timestamp_is_original=sdk_original
+                    )
+                if not isinstance(valid, ValidEvent):
+                    add_failure(valid)
+                    continue
+                enriched = enrich(valid)
+                if isinstance(enriched, FailedEvent):
+                    add_failure(enriched)
+                else:
+                    add_row(to_lake_row(valid, enriched))
 
 
 def parse_records(
     records: Iterable[SourceRecord], parser: EventParser, now: dt.datetime | None = None
 ) -> tuple[list[dict[str, Any]], list[FailedEvent]]:
-    now = now or parser.config.now or dt.datetime.now(dt.UTC)
-    rows, failures = [], []
-    for record in records:
-        for out in parser.parse(record, now):
-            (failures if isinstance(out, FailedEvent) else rows).append(out)
+    """Decode → validate → normalize → enrich a batch of records: (lake rows, failures)."""
+    rows: list[dict[str, Any]] = []
+    failures: list[FailedEvent] = []
+    parser.parse_into(records, now or parser.config.now or dt.datetime.now(dt.UTC), rows, failures)
     return rows, failures
 
 
