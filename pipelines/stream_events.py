@@ -315,6 +315,18 @@ class _WriteSummaryFn(beam.DoFn):
         yield body
 
 
+def require_balance(tag: str, parsed: int, lake_rows: int, failed: int, duplicates: int) -> int:
+    """Every parsed event ends in exactly one place, or the pass fails before its checkpoints move
+    (so a restart reads it again): lake rows + processing failures + duplicates = events parsed."""
+    placed = lake_rows + failed + duplicates
+    if placed != parsed:
+        raise RuntimeError(
+            f"pass {tag} does not balance: {parsed} events parsed but lake {lake_rows} + failed {failed} "
+            f"+ duplicates {duplicates} = {placed}; checkpoints not committed"
+        )
+    return placed
+
+
 def build_pass(
     pipeline, opts: StreamEventsOptions, aws, tasks: list[ShardTask], tag: str, summary_path: str, config: ReadConfig
 ) -> None:
@@ -327,17 +339,28 @@ def build_pass(
         WriteLakePartitions(opts.lake, tag),
         WriteDeadLetters(opts.dead_letters_path(), tag),
     )
-    committed = read.progress | "CommitCheckpoints" >> CommitCheckpoints(
-        aws, opts.checkpoint_table_name(), after=sinks.done
-    )
     totals = {
         "records_read": total(read.records, "Records"),
+        "events_parsed": total(processed.events_parsed, "EventsParsed", lambda n: n),
+        "failed_processing": total(processed.failures, "FailedProcessing"),
         "lake_rows": total(sinks.written, "LakeRows", lambda pn: pn[1]),
         "lake_files": total(sinks.written, "LakeFiles"),
         "dead_letters": total(sinks.dead, "DeadLetters", lambda pn: pn[1]),
         "duplicates": total(sinks.duplicates, "Duplicates"),
         **{label: total(pc, label.title().replace("_", "")) for label, pc in sinks.counts.items()},
     }
+    balanced = (
+        pipeline
+        | "BalanceTrigger" >> beam.Create([None])
+        | "CheckBalance"
+        >> beam.Map(
+            lambda _, parsed, lake, failed, dups: require_balance(tag, parsed, lake, failed, dups),
+            *(totals[name] for name in ("events_parsed", "lake_rows", "failed_processing", "duplicates")),
+        )
+    )
+    committed = read.progress | "CommitCheckpoints" >> CommitCheckpoints(
+        aws, opts.checkpoint_table_name(), after=[*sinks.done, balanced]
+    )
     (
         pipeline
         | "SummaryTrigger" >> beam.Create([None])
@@ -355,6 +378,10 @@ def build_pass(
 class PassSummary:
     tag: str
     records_read: int = 0
+    events_parsed: int = 0
+    """Events (and undecodable records) out of parsing: lake rows + failed_processing + duplicates."""
+    failed_processing: int = 0
+    """Dead letters of decode/validate/normalize/enrich (``dead_letters`` adds the sinks' failures)."""
     lake_rows: int = 0
     lake_files: int = 0
     dead_letters: int = 0

@@ -400,3 +400,9 @@ def test_lake_on_s3(aws, monkeypatch):
     assert len(keys) + summary.total("dead_letters") + summary.total("duplicates") == 200
     objects = aws.client("s3").list_objects_v2(Bucket="lake-bucket", Prefix="lake/")["Contents"]
     assert any(o["Key"].startswith("lake/_runs/stream-events-") for o in objects)
+
+
+def test_a_pass_that_does_not_balance_fails_before_its_checkpoints_move():
+    assert stream_events.require_balance("k1", parsed=10, lake_rows=7, failed=2, duplicates=1) == 10
+    with pytest.raises(RuntimeError, match=r"pass k1 does not balance: 10 events parsed .* = 9; checkpoints not"):
+        stream_events.require_balance("k1", parsed=10, lake_rows=7, failed=1, duplicates=1)
