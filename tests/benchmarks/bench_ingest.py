@@ -7,6 +7,8 @@
 (a) the pure transform functions in a plain Python loop (decode → … → sessions → Parquet files), in
     one process: parsing per batch of records, then the same Arrow-table functions as the pipeline;
 (b) ``pipelines.ingest_batch`` on the in-process FnApiRunner with the same functions.
+Also (c): the per-event parse step alone on every core (one process per core, each reading its own
+byte range; no tables, files or Beam), the ceiling of any pipeline built on these functions here.
 Prints events/s of both and (b)/(a), by wall clock and by CPU time (user + system of this process
 and of any worker processes the runner started), with the load average: the machine is shared, so
 wall-clock rates move with the other jobs while CPU-time rates and their ratio are what a change is
@@ -15,6 +17,8 @@ judged by. Targets (issue 2): (b) >= 100k events/s on this 2-core machine and (b
 
 from __future__ import annotations
 
+import datetime as dt
+import multiprocessing
 import os
 import resource
 import shlex
@@ -22,12 +26,13 @@ import time
 
 import pytest
 
+from connectors.files import FileRange, file_ranges, read_range
 from connectors.lake import write_partition_file
 from connectors.synthetic import generate_events
 from pipelines.ingest_batch import run
 from schemas.records import SourceRecord
 from transforms.event_tables import file_table
-from transforms.pipeline_core import ProcessConfig, lake_files, process_in_memory
+from transforms.pipeline_core import EventParser, ProcessConfig, lake_files, parse_records, process_in_memory
 
 EVENTS = int(os.environ.get("LIVORA_BENCH_EVENTS", "1000000"))
 BEAM_ARGS = shlex.split(os.environ.get("LIVORA_BENCH_BEAM_ARGS", ""))
@@ -55,6 +60,31 @@ def plain_loop(path: str, lake: str, config: ProcessConfig) -> tuple[int, int, i
             f"part-loop-{shard:04d}.parquet",
         )
     return table.num_rows, len(failures), len(duplicates)
+
+
+def _parse_range(job: tuple[str, int, int | None]) -> int:
+    """Events out of decode → validate → normalize → enrich for one byte range of the file (no tables, no files)."""
+    path, start, end = job
+    parser, now, events, batch = EventParser(ProcessConfig()), dt.datetime.now(dt.UTC), 0, []
+    with open(path, "rb") as handle:
+        for offset, line in read_range(handle, FileRange(path, start, end)):
+            batch.append(SourceRecord(line, f"file:{path}@{offset}"))
+            if len(batch) == 2000:
+                rows, failures = parse_records(batch, parser, now)
+                events, batch = events + len(rows) + len(failures), []
+    rows, failures = parse_records(batch, parser, now)
+    return events + len(rows) + len(failures)
+
+
+def parse_ceiling(path: str, processes: int) -> int:
+    """(c): only the per-event parse step, on every core, each process reading its own byte range.
+
+    Not a pipeline: an upper bound for any pipeline built on these per-event functions on this machine.
+    """
+    size = os.path.getsize(path)
+    ranges = file_ranges(path, size, -(-size // processes))
+    with multiprocessing.get_context("spawn").Pool(processes) as pool:
+        return sum(pool.map(_parse_range, [tuple(r) for r in ranges]))
 
 
 class Clock:
@@ -85,6 +115,9 @@ def test_ingest_throughput_plain_loop_vs_beam(tmp_path_factory, tmp_path):
     with Clock() as b:
         summary = run(["--input", path, "--lake", str(tmp_path / "lake_b"), *BEAM_ARGS])
 
+    with Clock() as c:
+        events_c = parse_ceiling(path, os.cpu_count() or 1)
+
     events_a = lake_a + dead_a + dups_a
     mode = " ".join(BEAM_ARGS) or "default: FnApiRunner, in-process, 1 worker"
     wall_a, wall_b = events_a / a.wall, summary.events_in / b.wall
@@ -96,6 +129,9 @@ def test_ingest_throughput_plain_loop_vs_beam(tmp_path_factory, tmp_path):
         f"\n  (b) Beam       : {b.wall:8.1f} {wall_b:10,.0f} {b.cpu:8.1f} {cpu_b:13,.0f} {b.load:9.1f}"
         f"\n  ratio (b)/(a)  : wall {wall_b / wall_a:5.2f}   CPU {cpu_b / cpu_a:5.2f}"
         f"   targets: (b) >= 100,000 events/s, ratio >= 0.50"
+        f"\n  (c) ceiling    : {c.wall:8.1f} {events_c / c.wall:10,.0f} {c.cpu:8.1f} {events_c / c.cpu:13,.0f} {c.load:9.1f}"
+        f"   parse step only (decode..enrich), {os.cpu_count()} processes, no tables/files/Beam"
     )
+    assert events_c == EVENTS
     assert summary.events_in == events_a == EVENTS  # every event accounted for, on both paths
     assert (summary.lake_rows, summary.dead_letters, summary.duplicates) == (lake_a, dead_a, dups_a)
