@@ -32,6 +32,7 @@ from apache_beam.metrics import Metrics
 from schemas.records import SourceRecord
 from transforms.dedupe import dedupe_table
 from transforms.event_tables import (
+    NODE,
     assign_person_ids,
     events_table,
     from_ipc,
@@ -126,7 +127,7 @@ class _AssignPersonsFn(beam.DoFn):
         canonical: dict[str, dict[str, str]] = defaultdict(dict)
         for tenant, node, root in grouped[IDENTITY]:
             canonical[tenant][node] = root
-        table = assign_person_ids(from_ipc(grouped[ROWS]), canonical)
+        table = assign_person_ids(from_ipc(grouped[ROWS]), canonical).drop_columns([NODE])
         for bucket, part in split_by_bucket(table, person_buckets(table, self.buckets)):
             yield bucket, to_ipc(part)
 
@@ -160,10 +161,11 @@ class ProcessedEvents:
         """Events (and undecodable records) out of parsing, one int per batch: what the other three
         outputs must add up to (a run can check its totals against it)."""
         self.lake_files = lake_files
-        """((tenant_id, event_date ISO, file shard), [Arrow IPC bytes, ...]): the rows of one lake file,
-        in :data:`transforms.event_tables.WORK_SCHEMA` (:func:`transforms.event_tables.from_ipc` gives the
-        table, :func:`transforms.event_tables.file_table` its file columns). Kept as bytes up to the
-        writer: Beam samples step outputs for their size by encoding them, and a table would be pickled."""
+        """((tenant_id, event_date ISO, file shard), [Arrow IPC bytes, ...]): the rows of one lake file in
+        :data:`transforms.event_tables.WORK_SCHEMA` less ``_node`` (dropped once persons are assigned).
+        :func:`transforms.event_tables.from_ipc` gives the table, :func:`transforms.event_tables.file_table`
+        its file columns. Kept as bytes up to the writer: Beam samples step outputs for their size by
+        encoding them, and a table would be pickled."""
         self.failures = failures
         """FailedEvent per rejected record or event."""
         self.duplicates = duplicates
