@@ -34,6 +34,9 @@ __all__ = [
     "file_table",
     "from_ipc",
     "key_buckets",
+    "node_buckets",
+    "person_buckets",
+    "sort_for_file",
     "split_by_bucket",
     "split_by_partition",
     "stable_bucket",
@@ -170,9 +173,6 @@ def file_table(table: pa.Table) -> pa.Table:
     """The columns of a lake file (:data:`schemas.lake.EVENTS_FILE_SCHEMA`), sorted as written."""
     ordered = sort_for_file(table)
     return pa.Table.from_arrays([ordered[name] for name in EVENTS_FILE_SCHEMA.names], schema=EVENTS_FILE_SCHEMA)
-
-
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 def table_rows(table: pa.Table) -> list[dict[str, Any]]:
