@@ -84,7 +84,7 @@ class ProcessingOptions(PipelineOptions):
             dest="files_per_partition",
             type=int,
             default=1,
-            help="Lake files per (tenant, date) partition per input, rows split by person; raise it for "
+            help="Lake files per (tenant, date) partition per input, rows split by message id; raise it for "
             "partitions too big for one worker's memory (default 1).",
         )
         parser.add_argument(

@@ -2,21 +2,27 @@
 
 ``ProcessEvents`` turns source records into lake tables, dead letters and counted duplicates:
 
-    records ─ParseEvents─▶ row tables by node bucket ─┐
-                     └─▶ identity edges ─ResolveIdentities─▶ canonical node by node bucket
-                     └─▶ failures                           │
-                         CoGroupByKey ─AssignPersons─▶ row tables by person bucket
-                         GroupByKey ─DedupeAndSessionize─▶ row tables by (tenant, date, file shard)
-                         GroupByKey ─▶ one table per lake file
+    records ─ParseEvents─▶ key columns by node bucket ─┐
+               │     └─▶ identity edges ─ResolveIdentities─▶ canonical node by node bucket
+               │     └─▶ failures                           │
+               │         CoGroupByKey ─AssignPersons─▶ key columns by person bucket
+               │         GroupByKey ─DedupeAndSessionize─▶ person and session ids by lake file
+               └─▶ full rows by lake file ───────────────────┐│
+                         CoGroupByKey ─AttachIds─▶ one table per lake file (survivors only)
 
 Parsing is per event; from there rows travel as Arrow tables (:mod:`transforms.event_tables`) and
 cross every shuffle as Arrow IPC bytes: a copy of column buffers instead of Beam's default coder
 pickling every datetime, date and Decimal of every row (~40 µs a row per shuffle measured here).
 
-The identity map joins the rows by a shuffle (not a side input), so the same graph works per
-window in streaming; the second shuffle, keyed by a stable hash of the person, puts each person's
-events (and every copy of a duplicate) on one worker; the last one gathers each lake partition's
-rows into ``files_per_partition`` files, so a run writes few large files, not one per bucket.
+Full rows (~850 bytes each) are shuffled once, straight to their lake file ((tenant, date, hash of
+message id): known at parse time). Identity, dedupe and sessions only need a few key columns
+(:data:`transforms.event_tables.KEY_COLUMNS`), which take the two shuffles they need: the identity
+map joins them by a shuffle (not a side input), so the same graph works per window in streaming;
+the second, keyed by a stable hash of the person, puts each person's events (and every copy of a
+duplicate) on one worker. Their result, the ids of each surviving row, meets the full rows in
+their lake file. Parsing holds a bundle's full rows (up to :data:`HOLD_ROWS`) and splits them by
+lake file once: splitting every 2 000-record batch made chunks of a few rows whose per-column
+costs dominated.
 """
 
 from __future__ import annotations
@@ -26,32 +32,40 @@ import pickle
 from collections import defaultdict
 
 import apache_beam as beam
+import pyarrow as pa
 from apache_beam import pvalue
 from apache_beam.metrics import Metrics
+from apache_beam.utils.windowed_value import WindowedValue
 
 from schemas.records import SourceRecord
 from transforms.dedupe import dedupe_table
 from transforms.event_tables import (
+    ATTRIBUTE_COLUMNS,
+    KEY_COLUMNS,
     NODE,
     assign_person_ids,
+    attach_ids,
     events_table,
     from_ipc,
     node_buckets,
     person_buckets,
     split_by_bucket,
-    split_by_partition,
+    split_by_lake_file,
     stable_bucket,
     table_rows,
     to_ipc,
 )
 from transforms.identity import resolve_components
-from transforms.pipeline_core import EventParser, ProcessConfig, edges_of, file_shard, parse_records
+from transforms.pipeline_core import EventParser, ProcessConfig, edges_of, parse_records
 from transforms.sessions import sessionize_table
 
 __all__ = ["ProcessConfig", "ProcessEvents", "ProcessedEvents"]
 
 NAMESPACE = "livora"
 ROWS, FAILURES, EDGES, IDENTITY = "rows", "failures", "edges", "identity"
+FULL_ROWS, IDS = "full_rows", "ids"
+HOLD_ROWS = 100_000
+"""Parsed full rows held per bundle before they are split by lake file and sent (~100 MB of Arrow)."""
 PARSED = "parsed"
 
 
@@ -84,7 +98,23 @@ class _ParseBatchFn(beam.DoFn):
     def setup(self):
         self.parser = EventParser(self.config)
 
-    def process(self, batch: list[SourceRecord] | bytes):
+    def start_bundle(self):
+        self._held: dict = defaultdict(list)  # window -> full-row tables not yet sent to their lake files
+        self._held_rows = 0
+
+    def _release(self):
+        """Held full rows, split by lake file once per window (not per batch: small chunks cost per column)."""
+        held, self._held, self._held_rows = self._held, defaultdict(list), 0
+        for win, tables in held.items():
+            for file_key, part in split_by_lake_file(pa.concat_tables(tables), self.config.files_per_partition):
+                yield pvalue.TaggedOutput(
+                    FULL_ROWS, WindowedValue((file_key, to_ipc(part)), win.max_timestamp(), [win])
+                )
+
+    def finish_bundle(self):
+        yield from self._release()
+
+    def process(self, batch: list[SourceRecord] | bytes, win=beam.DoFn.WindowParam):
         if isinstance(batch, bytes):
             batch = unpack_records(batch)
         rows, failures = parse_records(batch, self.parser)
@@ -98,8 +128,13 @@ class _ParseBatchFn(beam.DoFn):
             yield pvalue.TaggedOutput(EDGES, (tenant, sorted(edges)))
         if rows:
             table = events_table(rows)
-            for bucket, part in split_by_bucket(table, node_buckets(table, self.config.buckets)):
+            self._held[win].append(table.drop_columns([NODE]))
+            self._held_rows += table.num_rows
+            keys = table.select(KEY_COLUMNS)
+            for bucket, part in split_by_bucket(keys, node_buckets(keys, self.config.buckets)):
                 yield bucket, to_ipc(part)
+            if self._held_rows >= HOLD_ROWS:
+                yield from self._release()
 
 
 class _ResolveTenantFn(beam.DoFn):
@@ -133,7 +168,8 @@ class _AssignPersonsFn(beam.DoFn):
 
 
 class _DedupeAndSessionizeFn(beam.DoFn):
-    """All events of the persons in one bucket: drop duplicates, cut sessions, split by lake file."""
+    """The key columns of all events of the persons in one bucket: drop duplicates, cut sessions, and
+    send each surviving row's ids to its lake file."""
 
     def __init__(self, config: ProcessConfig):
         self.session_gap = dt.timedelta(seconds=config.session_gap_seconds)
@@ -142,15 +178,25 @@ class _DedupeAndSessionizeFn(beam.DoFn):
         self.lake_rows = Metrics.counter(NAMESPACE, "lake_rows")
 
     def process(self, element):
-        bucket, chunks = element
+        _, chunks = element
         unique, duplicates = dedupe_table(from_ipc(chunks))
         self.duplicates.inc(len(duplicates))
         self.lake_rows.inc(unique.num_rows)
         for key in duplicates:
             yield pvalue.TaggedOutput("duplicates", key)
-        shard = file_shard(bucket, self.config)
-        for (tenant, date), part in split_by_partition(sessionize_table(unique, self.session_gap)):
-            yield (tenant, date, shard), to_ipc(part)
+        ids = sessionize_table(unique, self.session_gap)
+        for file_key, part in split_by_lake_file(ids, self.config.files_per_partition):
+            yield file_key, to_ipc(part.select(ATTRIBUTE_COLUMNS))
+
+
+class _AttachIdsFn(beam.DoFn):
+    """One lake file's rows joined with the ids computed for its surviving rows."""
+
+    def process(self, element):
+        file_key, grouped = element
+        rows = attach_ids(from_ipc(grouped[FULL_ROWS]), from_ipc(grouped[IDS]))
+        if rows.num_rows:
+            yield file_key, [to_ipc(rows)]
 
 
 class ProcessedEvents:
@@ -161,8 +207,8 @@ class ProcessedEvents:
         """Events (and undecodable records) out of parsing, one int per batch: what the other three
         outputs must add up to (a run can check its totals against it)."""
         self.lake_files = lake_files
-        """((tenant_id, event_date ISO, file shard), [Arrow IPC bytes, ...]): the rows of one lake file in
-        :data:`transforms.event_tables.WORK_SCHEMA` less ``_node`` (dropped once persons are assigned).
+        """((tenant_id, event_date ISO, file shard), [Arrow IPC bytes, ...]): the surviving rows of one lake
+        file, with person and session ids, in :data:`transforms.event_tables.WORK_SCHEMA` less ``_node``.
         :func:`transforms.event_tables.from_ipc` gives the table, :func:`transforms.event_tables.file_table`
         its file columns. Kept as bytes up to the writer: Beam samples step outputs for their size by
         encoding them, and a table would be pickled."""
@@ -211,7 +257,7 @@ class ProcessEvents(beam.PTransform):
                 min_batch_size=1, max_batch_size=self.config.batch_size
             )
         parsed = records | "ParseEvents" >> beam.ParDo(_ParseBatchFn(self.config)).with_outputs(
-            FAILURES, EDGES, PARSED, main=ROWS
+            FAILURES, EDGES, PARSED, FULL_ROWS, main=ROWS
         )
         buckets = self.config.buckets
         identity = (
@@ -227,5 +273,9 @@ class ProcessEvents(beam.PTransform):
         grouped = keyed | "GroupByPersonBucket" >> beam.GroupByKey()
         dedupe = beam.ParDo(_DedupeAndSessionizeFn(self.config)).with_output_types(tuple[tuple[str, str, int], bytes])
         out = grouped | "DedupeAndSessionize" >> dedupe.with_outputs("duplicates", main="rows")
-        lake_files = out.rows | "GroupByLakeFile" >> beam.GroupByKey()
+        lake_files = (
+            {FULL_ROWS: parsed[FULL_ROWS], IDS: out.rows}
+            | "JoinIdsByLakeFile" >> beam.CoGroupByKey()
+            | "AttachIds" >> beam.ParDo(_AttachIdsFn())
+        )
         return ProcessedEvents(lake_files, parsed[FAILURES], out.duplicates, parsed[PARSED])

@@ -27,10 +27,14 @@ from transforms.identity import own_node, person_id_for
 from transforms.rows import SOURCE_REF
 
 __all__ = [
+    "ATTRIBUTE_COLUMNS",
+    "KEY_COLUMNS",
     "NODE",
     "WORK_SCHEMA",
     "assign_person_ids",
+    "attach_ids",
     "events_table",
+    "file_shards",
     "file_table",
     "from_ipc",
     "key_buckets",
@@ -38,6 +42,7 @@ __all__ = [
     "person_buckets",
     "sort_for_file",
     "split_by_bucket",
+    "split_by_lake_file",
     "split_by_partition",
     "stable_bucket",
     "table_rows",
@@ -162,6 +167,76 @@ def split_by_partition(table: pa.Table) -> Iterator[tuple[tuple[str, str], pa.Ta
     for index, part in split_by_bucket(table, encoded.indices.to_numpy(zero_copy_only=False)):
         tenant, date = names[index].split("\x1f", 1)
         yield (tenant, date), part
+
+
+KEY_COLUMNS = (
+    "tenant_id",
+    "event_date",
+    "message_id",
+    SOURCE_REF,
+    "timestamp",
+    "received_at",
+    "properties",
+    "person_id",
+    "session_id",
+    NODE,
+)
+"""What identity, dedupe and sessions need of a row (the rest of it waits, keyed by its lake file)."""
+ATTRIBUTE_COLUMNS = ("tenant_id", "message_id", SOURCE_REF, "person_id", "session_id")
+"""What they give back for each surviving row: its identity (message id + source ref) and its ids."""
+
+
+def file_shards(table: pa.Table, files_per_partition: int) -> np.ndarray:
+    """Which of its partition's files each row goes to: a stable hash of the message id.
+
+    Known at parse time, before persons are: a row and its computed ids meet in the same lake-file group.
+    """
+    if files_per_partition == 1:
+        return np.zeros(table.num_rows, np.int64)
+    return key_buckets(table["message_id"], _crc_bucket(files_per_partition))
+
+
+def split_by_lake_file(table: pa.Table, files_per_partition: int) -> Iterator[tuple[tuple[str, str, int], pa.Table]]:
+    """((tenant_id, event_date ISO, file shard), rows) for every lake file the rows belong to."""
+    for (tenant, date), part in split_by_partition(table):
+        for shard, rows in split_by_bucket(part, file_shards(part, files_per_partition)):
+            yield (tenant, date, shard), rows
+
+
+def _row_keys(table: pa.Table) -> pa.Array:
+    keys = pc.binary_join_element_wise(table["message_id"], pc.fill_null(table[SOURCE_REF], ""), "\x1f")
+    return keys.combine_chunks() if isinstance(keys, pa.ChunkedArray) else keys
+
+
+def attach_ids(rows: pa.Table, attributes: pa.Table) -> pa.Table:
+    """The rows that survived dedupe, with the person and session ids computed for them.
+
+    ``attributes`` holds one row per surviving copy (:data:`ATTRIBUTE_COLUMNS`); a row is matched by its
+    message id and source ref (both sides belong to one tenant's lake file). Rows without attributes were
+    dropped as duplicates (and counted where that was decided). When one source record was read twice
+    (a file matched by two patterns), its identical copies are kept as often as attributes name them.
+    """
+    n = rows.num_rows
+    if not n or not attributes.num_rows:
+        return rows.slice(0, 0)
+    encoded = pc.dictionary_encode(pa.concat_arrays([_row_keys(rows), _row_keys(attributes)]))
+    ids = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    row_ids, attribute_ids = ids[:n], ids[n:]
+    wanted = np.bincount(attribute_ids, minlength=len(encoded.dictionary))
+    first_attribute = np.full(len(encoded.dictionary), -1, np.int64)
+    first_attribute[attribute_ids[::-1]] = np.arange(len(attribute_ids))[::-1]
+    # rank of each row among the rows with the same identity, in row order
+    order = np.argsort(row_ids, kind="stable")
+    starts = np.r_[True, row_ids[order][1:] != row_ids[order][:-1]]
+    rank = np.empty(n, np.int64)
+    rank[order] = np.arange(n) - np.maximum.accumulate(np.where(starts, np.arange(n), 0))
+    keep = rank < wanted[row_ids]
+    kept = rows.filter(pa.array(keep))
+    source = pa.array(first_attribute[row_ids[keep]])
+    for name in ("person_id", "session_id"):
+        index = kept.schema.get_field_index(name)
+        kept = kept.set_column(index, WORK_SCHEMA.field(name), attributes[name].take(source))
+    return kept
 
 
 def sort_for_file(table: pa.Table) -> pa.Table:

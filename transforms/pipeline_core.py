@@ -14,7 +14,6 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -27,9 +26,7 @@ from transforms.event_tables import (
     WORK_SCHEMA,
     assign_person_ids,
     events_table,
-    person_buckets,
-    split_by_bucket,
-    split_by_partition,
+    split_by_lake_file,
 )
 from transforms.identity import identity_edges, resolve_components
 from transforms.normalize import normalize_event
@@ -49,7 +46,7 @@ class ProcessConfig(BaseModel):
     session_gap_seconds: float = Field(default=30 * 60, description="Inactivity that ends a session.")
     buckets: int = Field(default=16, ge=1, le=4096, description="Shuffle buckets: parallelism of the per-person steps.")
     files_per_partition: int = Field(
-        default=1, ge=1, le=4096, description="Lake files per (tenant, date) partition per run (split by person)."
+        default=1, ge=1, le=4096, description="Lake files per (tenant, date) partition per run (split by message id)."
     )
     batch_size: int = Field(default=2000, ge=1, description="Records per batch between sources and the core.")
     now: dt.datetime | None = Field(
@@ -134,11 +131,6 @@ def edges_of(rows: Iterable[Mapping]) -> dict[str, set[tuple[str, str]]]:
     return edges
 
 
-def file_shard(person_bucket: int, config: ProcessConfig) -> int:
-    """Which of a partition's ``files_per_partition`` lake files a person bucket's rows go to."""
-    return person_bucket % config.files_per_partition
-
-
 def process_in_memory(
     records: Sequence[SourceRecord], config: ProcessConfig
 ) -> tuple[pa.Table, list[FailedEvent], list[tuple[str, str]]]:
@@ -164,7 +156,4 @@ def process_in_memory(
 
 def lake_files(table: pa.Table, config: ProcessConfig) -> Iterator[tuple[tuple[str, str, int], pa.Table]]:
     """((tenant_id, event_date ISO, file shard), rows) for every lake file a processed table makes."""
-    shards = np.array([file_shard(b, config) for b in range(config.buckets)])
-    for (tenant, date), part in split_by_partition(table):
-        for shard, rows in split_by_bucket(part, shards[person_buckets(part, config.buckets)]):
-            yield (tenant, date, shard), rows
+    return split_by_lake_file(table, config.files_per_partition)

@@ -12,7 +12,9 @@ from transforms.event_tables import (
     NODE,
     WORK_SCHEMA,
     assign_person_ids,
+    attach_ids,
     events_table,
+    file_shards,
     file_table,
     from_ipc,
     split_by_bucket,
@@ -110,3 +112,48 @@ def test_packed_records_round_trip():
     records = [SourceRecord(b'{"a":1}', "file:x:1"), SourceRecord(b"\xff", "kinesis:s/1/2", T0)]
     assert unpack_records(pack_records(records)) == records
     assert all(isinstance(r, SourceRecord) for r in unpack_records(pack_records(records)))
+
+
+def attributes(*rows: tuple[str, str, str, str]) -> pa.Table:
+    """(message_id, source_ref, person_id, session_id) per surviving copy."""
+    return pa.table(
+        {
+            "tenant_id": ["acme-in"] * len(rows),
+            "message_id": [r[0] for r in rows],
+            "_source_ref": [r[1] for r in rows],
+            "person_id": [r[2] for r in rows],
+            "session_id": [r[3] for r in rows],
+        }
+    )
+
+
+def test_attach_ids_keeps_survivors_with_their_ids_and_drops_the_rest():
+    rows = events_table([parsed_row(i) for i in range(4)]).drop_columns([NODE])
+    got = attach_ids(rows, attributes(("m-0002", "file:x:2", "p2", "s2"), ("m-0000", "file:x:0", "p0", "s0")))
+    assert sorted(
+        zip(got["message_id"].to_pylist(), got["person_id"].to_pylist(), got["session_id"].to_pylist(), strict=True)
+    ) == [
+        ("m-0000", "p0", "s0"),
+        ("m-0002", "p2", "s2"),
+    ]
+    assert got.schema == rows.schema
+
+
+def test_attach_ids_matches_on_source_ref_too_and_counts_identical_copies():
+    same = parsed_row(1)
+    other_copy = parsed_row(1) | {"_source_ref": "file:y:9"}
+    rows = events_table([same, same, other_copy]).drop_columns([NODE])
+    one = attach_ids(rows, attributes(("m-0001", "file:x:1", "p", "s")))
+    assert one["_source_ref"].to_pylist() == ["file:x:1"]
+    two = attach_ids(rows, attributes(("m-0001", "file:x:1", "p", "s"), ("m-0001", "file:x:1", "p", "s")))
+    assert two["_source_ref"].to_pylist() == ["file:x:1", "file:x:1"]
+    assert attach_ids(rows, attributes()).num_rows == 0
+
+
+def test_file_shards_hash_the_message_id():
+    table = events_table([parsed_row(i) for i in range(200)])
+    assert set(file_shards(table, 1)) == {0}
+    shards = file_shards(table, 4)
+    assert set(shards) == {0, 1, 2, 3}
+    again = file_shards(events_table([parsed_row(i) for i in reversed(range(200))]), 4)
+    assert list(shards) == list(reversed(again))
