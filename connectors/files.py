@@ -18,6 +18,7 @@ whole-file record. Records leave in batches, each packed into one pickle
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import apache_beam as beam
@@ -29,7 +30,15 @@ from apache_beam.metrics import Metrics
 from schemas.records import SourceRecord
 from transforms.composites import pack_records
 
-__all__ = ["FileRange", "ReadRecordBatches", "file_ranges", "is_whole_file_json", "read_range"]
+__all__ = [
+    "FileRange",
+    "ReadRecordBatches",
+    "file_ranges",
+    "is_whole_file_json",
+    "range_records",
+    "read_file_records",
+    "read_range",
+]
 
 DEFAULT_RANGE_BYTES = 64 * 1024 * 1024
 
@@ -81,6 +90,25 @@ def read_range(handle, file_range: FileRange):
             yield offset, line
 
 
+def range_records(handle, file_range: FileRange) -> Iterator[SourceRecord]:
+    """The source records of one range of an opened file: one per non-blank line, or the whole file
+    as one record for ``.json``. What the pipeline reads, for code that reads files without Beam."""
+    path = file_range.path
+    if is_whole_file_json(path):
+        data = handle.read()
+        if data.strip():
+            yield SourceRecord(data, f"file:{path}")
+        return
+    for offset, line in read_range(handle, file_range):
+        yield SourceRecord(line, f"file:{path}@{offset}")
+
+
+def read_file_records(path: str) -> Iterator[SourceRecord]:
+    """Every source record of a whole file (local or ``s3://``, ``.gz`` by extension)."""
+    with FileSystems.open(path, compression_type=CompressionTypes.AUTO) as handle:
+        yield from range_records(handle, FileRange(path, 0, None))
+
+
 class _RangesFn(beam.DoFn):
     def __init__(self, range_bytes: int):
         self.range_bytes = range_bytes
@@ -97,27 +125,20 @@ class _ReadRangeBatchesFn(beam.DoFn):
         self.bytes_read = Metrics.counter("livora", "input_bytes")
 
     def process(self, file_range: FileRange):
-        path = file_range.path
-        with FileSystems.open(path, compression_type=CompressionTypes.AUTO) as handle:
-            if is_whole_file_json(path):
-                data = handle.read()
-                self.bytes_read.inc(len(data))
-                if data.strip():
-                    yield pack_records([SourceRecord(data, f"file:{path}")])
-                return
-            batch: list[SourceRecord] = []
-            size = 0  # counted per batch, not per line: a metric update is a Python call into the runner
-            for offset, line in read_range(handle, file_range):
-                size += len(line) + 1
-                batch.append(SourceRecord(line, f"file:{path}@{offset}"))
+        batch: list[SourceRecord] = []
+        size = 0  # counted per batch, not per line: a metric update is a Python call into the runner
+        with FileSystems.open(file_range.path, compression_type=CompressionTypes.AUTO) as handle:
+            for record in range_records(handle, file_range):
+                size += len(record.payload) + 1
+                batch.append(record)
                 if len(batch) >= self.batch_size:
                     self.bytes_read.inc(size)
                     size = 0
                     yield pack_records(batch)
                     batch = []
-            self.bytes_read.inc(size)
-            if batch:
-                yield pack_records(batch)
+        self.bytes_read.inc(size)
+        if batch:
+            yield pack_records(batch)
 
 
 class ReadRecordBatches(beam.PTransform):

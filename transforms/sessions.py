@@ -9,6 +9,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from transforms.dedupe import group_starts
+
 DEFAULT_SESSION_GAP = dt.timedelta(minutes=30)
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
@@ -33,7 +35,7 @@ def sessionize_table(table: pa.Table, gap: dt.timedelta = DEFAULT_SESSION_GAP) -
     ordered = keys.take(order)
     micros = pc.cast(ordered["timestamp"], pa.int64()).to_numpy()
     people = ordered["person_id"]
-    new_person = np.r_[True, pc.not_equal(people[1:], people[:-1]).to_numpy(zero_copy_only=False)]
+    new_person = group_starts([people]).to_numpy(zero_copy_only=False)
     gap_us = gap // dt.timedelta(microseconds=1)
     starts = new_person | np.r_[True, np.diff(micros) > gap_us]
     start_rows = np.flatnonzero(starts)

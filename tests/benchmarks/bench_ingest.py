@@ -26,11 +26,10 @@ import time
 
 import pytest
 
-from connectors.files import FileRange, file_ranges, read_range
+from connectors.files import FileRange, file_ranges, range_records, read_file_records
 from connectors.lake import write_partition_file
 from connectors.synthetic import generate_events
 from pipelines.ingest_batch import run
-from schemas.records import SourceRecord
 from transforms.event_tables import file_table
 from transforms.pipeline_core import EventParser, ProcessConfig, lake_files, parse_records, process_in_memory
 
@@ -48,8 +47,7 @@ def _input_file(tmp_path_factory) -> str:
 
 def plain_loop(path: str, lake: str, config: ProcessConfig) -> tuple[int, int, int]:
     """(lake rows, dead letters, duplicates) of the same input, through the same functions, no Beam."""
-    with open(path, "rb") as handle:
-        records = [SourceRecord(line.rstrip(b"\n"), f"file:{path}:{n}") for n, line in enumerate(handle, 1)]
+    records = list(read_file_records(path))  # the records (and source refs) the pipeline reads
     table, failures, duplicates = process_in_memory(records, config)
     for (tenant, date, shard), part in lake_files(table, config):
         write_partition_file(
@@ -67,8 +65,8 @@ def _parse_range(job: tuple[str, int, int | None]) -> int:
     path, start, end = job
     parser, now, events, batch = EventParser(ProcessConfig()), dt.datetime.now(dt.UTC), 0, []
     with open(path, "rb") as handle:
-        for offset, line in read_range(handle, FileRange(path, start, end)):
-            batch.append(SourceRecord(line, f"file:{path}@{offset}"))
+        for record in range_records(handle, FileRange(path, start, end)):
+            batch.append(record)
             if len(batch) == 2000:
                 rows, failures = parse_records(batch, parser, now)
                 events, batch = events + len(rows) + len(failures), []

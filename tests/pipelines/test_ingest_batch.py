@@ -12,11 +12,10 @@ import duckdb
 import pyarrow as pa
 import pytest
 
-from connectors.files import FileRange, is_whole_file_json, read_range
+from connectors.files import read_file_records
 from connectors.lake import read_dead_letters
 from pipelines.ingest_batch import IngestBatchOptions, run
 from pipelines.options import parse_options
-from schemas.records import SourceRecord
 from tests.pipelines.corpus import build_corpus
 from transforms.event_tables import file_table
 from transforms.pipeline_core import lake_files, process_in_memory
@@ -160,15 +159,8 @@ def test_a_rerun_that_writes_fewer_files_leaves_no_stale_ones(tmp_path, corpus):
 def test_the_pipeline_writes_exactly_what_the_plain_functions_compute(ingested):
     """The benchmark's baseline (process_in_memory + lake_files) and the Beam pipeline are one computation."""
     tmp, lake, summary = ingested
-    records = []
-    for path in sorted(glob.glob(str(tmp / "*.ndjson")) + glob.glob(str(tmp / "*.json"))):
-        with open(path, "rb") as handle:
-            if is_whole_file_json(path):
-                records.append(SourceRecord(handle.read(), f"file:{path}"))
-            else:
-                records += [
-                    SourceRecord(line, f"file:{path}@{at}") for at, line in read_range(handle, FileRange(path, 0, None))
-                ]
+    paths = sorted(glob.glob(str(tmp / "*.ndjson")) + glob.glob(str(tmp / "*.json")))
+    records = [record for path in paths for record in read_file_records(path)]
     config = parse_options(["--input", "x", "--lake", "y"], IngestBatchOptions, "").view_as(IngestBatchOptions)
     config = config.process_config()
     table, failures, duplicates = process_in_memory(records, config)
