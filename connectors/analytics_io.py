@@ -13,7 +13,6 @@ import datetime as dt
 import io
 import os
 import re
-import tempfile
 import zlib
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
@@ -28,6 +27,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
+from connectors import paths
 from connectors.warehouse import load_table
 from schemas.lake import EVENTS_TABLE, PARTITION_COLUMNS
 
@@ -168,23 +168,13 @@ class ReadEventBuckets(beam.PTransform):
         )
 
 
-def write_bytes_atomically(path: str, data: bytes) -> None:
-    if "://" in path:
-        with FileSystems.create(path) as handle:  # a single object PUT: visible whole or not at all
-            handle.write(data)
-        return
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs are for other readers too
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+def write_bytes_atomically(path: str, data: bytes, root: str | None = None) -> str:
+    """:func:`connectors.paths.write_bytes_atomically`; ``root`` defaults to the file's own directory."""
+    return paths.write_bytes_atomically(path, data, root or _parent(path))
+
+
+def _parent(path: str) -> str:
+    return path.rsplit("/", 1)[0] if "://" in path else os.path.dirname(os.path.abspath(path))
 
 
 def to_arrow(df: pd.DataFrame, schema: pa.Schema | None = None) -> pa.Table:
@@ -199,16 +189,23 @@ def to_arrow(df: pd.DataFrame, schema: pa.Schema | None = None) -> pa.Table:
     return table.cast(pa.schema(fields)).replace_schema_metadata(None)
 
 
-def write_table(path: str, data: pd.DataFrame | pa.Table, csv: bool = True, schema: pa.Schema | None = None) -> str:
+def write_table(
+    path: str,
+    data: pd.DataFrame | pa.Table,
+    csv: bool = True,
+    schema: pa.Schema | None = None,
+    root: str | None = None,
+) -> str:
     """Write ``data`` to ``path`` (``.parquet``) atomically, and the same rows to the ``.csv`` beside it.
 
     A DataFrame goes through :func:`to_arrow` (with ``schema``) and its CSV is pandas'; an Arrow table is
-    written as it is, its CSV by Arrow's writer.
+    written as it is, its CSV by Arrow's writer. Both files must stay under ``root`` (default: the
+    file's own directory).
     """
     table = data if isinstance(data, pa.Table) else to_arrow(data, schema)
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression="zstd")
-    write_bytes_atomically(path, sink.getvalue().to_pybytes())
+    write_bytes_atomically(path, sink.getvalue().to_pybytes(), root)
     if csv:
         if isinstance(data, pa.Table):
             text = io.BytesIO()
@@ -216,7 +213,7 @@ def write_table(path: str, data: pd.DataFrame | pa.Table, csv: bool = True, sche
             body = text.getvalue()
         else:
             body = data.to_csv(index=False).encode("utf-8")
-        write_bytes_atomically(path.removesuffix(".parquet") + ".csv", body)
+        write_bytes_atomically(path.removesuffix(".parquet") + ".csv", body, root)
     return path
 
 
@@ -224,7 +221,7 @@ def write_tables(output: str, tables: Mapping[str, pd.DataFrame | pa.Table], csv
     """``OUTPUT/NAME.parquet`` (and ``NAME.csv``) per table, each by :func:`write_table`: a rerun replaces them."""
     output = output.rstrip("/")
     for name, data in tables.items():
-        write_table(f"{output}/{name}.parquet", data, csv=csv)
+        write_table(paths.join_under(output, f"{name}.parquet"), data, csv=csv, root=output)
 
 
 def load_tables(url: str, tables: Mapping[str, tuple[pd.DataFrame | pa.Table, Sequence[str]]]) -> int:

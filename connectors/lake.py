@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import os
-import tempfile
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -24,6 +23,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
+from connectors import paths
 from schemas.failures import FailedEvent
 from schemas.lake import EVENTS_FILE_SCHEMA, EVENTS_SCHEMA, EVENTS_TABLE
 from transforms.event_tables import file_table, from_ipc
@@ -123,27 +123,9 @@ def rows_to_table(rows: Sequence[Mapping[str, Any]], schema: pa.Schema = EVENTS_
     return pa.Table.from_pylist(list(rows), schema=schema)
 
 
-def _write_bytes_atomically(path: str, data: bytes) -> None:
-    if "://" in path:
-        with FileSystems.create(path) as handle:  # one object PUT: visible whole or not at all
-            handle.write(data)
-        return
-    directory = os.path.dirname(path)
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def partition_path(lake: str, table: str, partition: Mapping[str, str]) -> str:
-    parts = "/".join(f"{key}={value}" for key, value in partition.items())
-    return f"{table_path(lake, table)}/{parts}" if parts else table_path(lake, table)
+    """``LAKE/table/k=v/...``, every key and value checked (:func:`connectors.paths.partition_path`)."""
+    return paths.partition_path(table_path(lake, table), partition)
 
 
 def write_partition_file(
@@ -158,9 +140,9 @@ def write_partition_file(
     table_ = rows_or_table if isinstance(rows_or_table, pa.Table) else rows_to_table(rows_or_table, schema)
     sink = pa.BufferOutputStream()
     pq.write_table(table_, sink, compression="zstd")
-    path = f"{partition_path(lake, table, partition)}/{file_name}"
-    _write_bytes_atomically(path, sink.getvalue().to_pybytes())
-    return path
+    root = table_path(lake, table)
+    path = paths.join_under(paths.partition_path(root, partition), file_name)
+    return paths.write_bytes_atomically(path, sink.getvalue().to_pybytes(), root)
 
 
 def event_sort_key(row: Mapping[str, Any]) -> tuple:
@@ -270,8 +252,8 @@ class _WriteDeadLetterFileFn(beam.DoFn):
     def process(self, element):
         bucket, lines = element
         body = "".join(line + "\n" for line in sorted(lines))
-        target = f"{self.path.rstrip('/')}/part-{self.tag}-{bucket:04d}.jsonl"
-        _write_bytes_atomically(target, body.encode("utf-8"))
+        target = paths.join_under(self.path, f"part-{self.tag}-{bucket:04d}.jsonl")
+        paths.write_bytes_atomically(target, body.encode("utf-8"), self.path)
         yield target, len(lines)
 
 

@@ -15,7 +15,6 @@ import datetime as dt
 import decimal
 import json
 import math
-import os
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -24,6 +23,7 @@ import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 from pydantic import BaseModel, Field
 
+from connectors import paths
 from connectors.analytics_io import write_bytes_atomically
 from connectors.lake import read_events, table_path
 from schemas.expectations import (
@@ -257,11 +257,15 @@ def result_path(lake: str, result: QualityResult) -> str:
     """Where a result lives: per partition, or per range for range checks."""
     base = table_path(lake, f"{QUALITY_DIR}/{result.table}")
     if result.is_partition:
-        return f"{base}/tenant_id={result.tenant_id}/event_date={result.start_date.isoformat()}/result.json"
-    tenant = f"tenant_id={result.tenant_id}" if result.tenant_id else "all_tenants"
+        partition = {"tenant_id": result.tenant_id, "event_date": result.start_date}
+        return paths.join_under(paths.partition_path(base, partition), "result.json")
+    ranges = paths.join_under(base, "ranges")
+    tenant = (
+        paths.partition_path(ranges, {"tenant_id": result.tenant_id}) if result.tenant_id else f"{ranges}/all_tenants"
+    )
     start = result.start_date.isoformat() if result.start_date else "open"
     end = result.end_date.isoformat() if result.end_date else "open"
-    return f"{base}/ranges/{tenant}/{start}_{end}/result.json"
+    return paths.join_under(tenant, f"{start}_{end}", "result.json")
 
 
 def result_json(result: QualityResult) -> bytes:
@@ -271,10 +275,7 @@ def result_json(result: QualityResult) -> bytes:
 def write_result(lake: str, result: QualityResult) -> str:
     """Write the result JSON atomically (a rerun replaces it); returns its path."""
     path = result_path(lake, result)
-    if "://" not in path:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-    write_bytes_atomically(path, result_json(result))
-    return path
+    return write_bytes_atomically(path, result_json(result), table_path(lake, QUALITY_DIR))
 
 
 def read_result(path: str) -> QualityResult:

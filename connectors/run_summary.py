@@ -14,6 +14,7 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
+from connectors import paths
 from connectors.lake import table_path
 
 __all__ = ["RUNS_DIR", "WriteRunSummary", "read_run_summary", "run_summary_path", "total"]
@@ -23,7 +24,7 @@ RUNS_DIR = "_runs"
 
 def run_summary_path(lake: str, name: str) -> str:
     """``LAKE/_runs/NAME.json``; the local directory is created (object stores need none)."""
-    path = f"{table_path(lake, RUNS_DIR)}/{name}.json"
+    path = paths.join_under(table_path(lake, RUNS_DIR), f"{name}.json")
     if "://" not in path:
         os.makedirs(os.path.dirname(path), exist_ok=True)
     return path

@@ -38,6 +38,7 @@ from connectors.analytics_io import (
     write_table,
 )
 from connectors.aws import AwsSettings
+from connectors.paths import join_under, partition_path
 from connectors.segment_store import DEFAULT_KEY_ATTRIBUTE, DEFAULT_SORT_KEY, write_memberships
 from pipelines.options import AwsOptions, DateRangeOptions, iso_date, parse_options, run_pipeline, setup_logging
 from schemas.lake import EVENTS_SCHEMA
@@ -203,15 +204,19 @@ class _WriteTenantFn(beam.DoFn):
                 "evaluated_persons": evaluated,
             }
         )
-        part = f"as_of={self.as_of.isoformat()}/tenant_id={tenant}/part-00000.parquet"
-        write_table(f"{self.root}/segments/{part}", members, csv=False, schema=MEMBERS_SCHEMA)
-        write_table(f"{self.root}/segment_sizes/{part}", sizes, csv=False, schema=SIZES_SCHEMA)
+        partition = {"as_of": self.as_of, "tenant_id": tenant}
+
+        def target(table: str) -> str:
+            return join_under(partition_path(f"{self.root}/{table}", partition), "part-00000.parquet")
+
+        write_table(target("segments"), members, csv=False, schema=MEMBERS_SCHEMA, root=self.root)
+        write_table(target("segment_sizes"), sizes, csv=False, schema=SIZES_SCHEMA, root=self.root)
         self.files.inc(2)
         if self.config.uses_rfm():
             scores = [r for _m, _n, r in parts if r is not None and len(r)]
             rfm = pd.concat(scores, ignore_index=True) if scores else pd.DataFrame(columns=RFM_SCHEMA.names)
             rfm = rfm.sort_values("person_id", kind="stable").reset_index(drop=True)[RFM_SCHEMA.names]
-            write_table(f"{self.root}/rfm_scores/{part}", rfm, csv=False, schema=RFM_SCHEMA)
+            write_table(target("rfm_scores"), rfm, csv=False, schema=RFM_SCHEMA, root=self.root)
             self.files.inc()
         if self.warehouse:
             for name, df, schema in (

@@ -14,6 +14,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+from schemas.identifiers import TenantId
+
 Id = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 CurrencyCode = Annotated[str, StringConstraints(pattern=r"^[A-Za-z]{3}$", to_upper=True)]
 Amount = Annotated[Decimal, Field(max_digits=18, decimal_places=4)]
@@ -88,7 +90,7 @@ class Event(_Model):
 
     type: EventType
     message_id: Id = Field(alias="messageId")
-    tenant_id: Id = Field(alias="tenantId")
+    tenant_id: TenantId = Field(alias="tenantId")
     source: str | None = None
     user_id: Id | None = Field(default=None, alias="userId")
     anonymous_id: Id | None = Field(default=None, alias="anonymousId")

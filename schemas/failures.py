@@ -11,9 +11,10 @@ import datetime as dt
 import json
 from enum import StrEnum
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from schemas import PIPELINE_VERSION
+from schemas.identifiers import is_tenant_id
 
 
 class Stage(StrEnum):
@@ -43,6 +44,7 @@ class Reason(StrEnum):
     INVALID_VALUE = "invalid_value"
     PLAN_VIOLATION = "plan_violation"
     UNKNOWN_TENANT = "unknown_tenant"
+    INVALID_TENANT = "invalid_tenant"
     FUTURE_TIMESTAMP = "future_timestamp"
     BAD_TIMESTAMP = "bad_timestamp"
     UNKNOWN_CURRENCY = "unknown_currency"
@@ -68,6 +70,12 @@ class FailedEvent(BaseModel):
     )
     pipeline_version: str = PIPELINE_VERSION
     failed_at: dt.datetime = Field(default_factory=lambda: dt.datetime.now(dt.UTC))
+
+    @field_validator("tenant_id", mode="before")
+    @classmethod
+    def _safe_tenant(cls, value: object) -> object:
+        """Only a valid tenant id is kept as one (it may name a partition); a hostile one stays in the payload."""
+        return value if value is None or is_tenant_id(value) else None
 
     def to_json_line(self) -> str:
         """A dead-letter line: payload as UTF-8 text when it is text, else base64 (flagged)."""

@@ -115,6 +115,8 @@ def _reason_of(error: dict, path_root: str) -> Reason:
     kind = error["type"]
     if kind == "missing":
         return Reason.MISSING_FIELD
+    if path_root in ("tenantId", "tenant_id"):
+        return Reason.INVALID_TENANT
     if kind.startswith("datetime") and path_root in TIMESTAMP_FIELDS:
         return Reason.BAD_TIMESTAMP
     if kind.endswith(("_type", "_parsing")) or kind in ("int_from_float", "is_instance_of"):

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from schemas.events import EventType
 from schemas.failures import FailedEvent, Reason, Stage
+from schemas.identifiers import is_tenant_id
 from schemas.tracking_plan import EventRule, TrackingPlan, TrackingPlans
 from transforms.decode import RawEvent
 from transforms.validate import ValidEvent, validate_event
@@ -314,3 +315,16 @@ def test_never_raises_on_arbitrary_dicts(data: dict):
     for candidate in (data, {**base, **data}, {**base, "properties": data}):
         out = validate_event(RawEvent(b"{}", candidate, None), EXAMPLE_PLANS)
         assert isinstance(out, ValidEvent | FailedEvent)
+
+
+@given(st.text(max_size=100))
+@settings(max_examples=300, deadline=None)
+def test_any_tenant_id_is_either_valid_or_an_invalid_tenant_dead_letter(tenant):
+    data = track(tenantId=tenant)
+    out = validate_event(raw(data))
+    if is_tenant_id(tenant):
+        assert isinstance(out, ValidEvent) and out.event.tenant_id == tenant
+    else:
+        assert isinstance(out, FailedEvent)
+        assert out.reason is Reason.INVALID_TENANT and out.field_path == "tenantId"
+        assert out.tenant_id is None

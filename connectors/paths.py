@@ -1,0 +1,130 @@
+"""Paths built from data, and the one atomic writer every file output goes through.
+
+A value from outside (a tenant id, a date, an output or funnel name) may name a directory or a file only
+after :mod:`schemas.identifiers` has accepted it; and whatever a writer is about to write must resolve
+to a place under the root it was given (the lake, a table, an output folder). Both checks are made here,
+at the last moment before the bytes land, so that a value that slipped past validation upstream stops a
+run with a clear error instead of writing outside the lake or over another tenant's files.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import tempfile
+import time
+from collections.abc import Mapping
+
+from apache_beam.io.filesystems import FileSystems
+
+from schemas.identifiers import check_name, check_partition_value
+
+__all__ = [
+    "UnsafePathError",
+    "ensure_under",
+    "join_under",
+    "partition_path",
+    "remove_stale_temp_files",
+    "write_bytes_atomically",
+]
+
+TEMP_PREFIX, TEMP_SUFFIX = ".tmp-", ".part"
+
+
+class UnsafePathError(ValueError):
+    """A path built from data would leave its root or holds a value the contract does not allow."""
+
+
+def _is_url(path: str) -> bool:
+    return "://" in path
+
+
+def _normal(path: str) -> str:
+    if _is_url(path):
+        scheme, _, rest = path.partition("://")
+        return f"{scheme}://{posixpath.normpath('/' + rest).lstrip('/')}"
+    return os.path.realpath(path)
+
+
+def ensure_under(root: str, path: str) -> str:
+    """``path`` when it resolves to ``root`` or below it (symlinks followed locally), else UnsafePathError."""
+    if not root:
+        raise UnsafePathError("no root to check the path against")
+    if _is_url(root) != _is_url(path) or (_is_url(path) and path.split("://")[0] != root.split("://")[0]):
+        raise UnsafePathError(f"{path!r} is not under {root!r}")
+    base, target = _normal(root).rstrip("/"), _normal(path)
+    sep = "/" if _is_url(path) else os.sep
+    if target != base and not target.startswith(base + sep):
+        raise UnsafePathError(f"{path!r} resolves outside its root {root!r}")
+    return path
+
+
+def join_under(root: str, *names: str) -> str:
+    """``root/name/...`` with each name checked as a safe file name and the result checked under ``root``."""
+    for name in names:
+        try:
+            check_name(name)
+        except ValueError as err:
+            raise UnsafePathError(str(err)) from None
+    return ensure_under(root, "/".join([root.rstrip("/"), *names]))
+
+
+def partition_path(root: str, partition: Mapping[str, object]) -> str:
+    """``root/k1=v1/k2=v2`` with every key and value checked by what it holds (tenant id, date, name)."""
+    parts = []
+    for key, value in partition.items():
+        try:
+            parts.append(f"{key}={check_partition_value(key, value)}")
+        except ValueError as err:
+            raise UnsafePathError(str(err)) from None
+    return ensure_under(root, "/".join([root.rstrip("/"), *parts]))
+
+
+def write_bytes_atomically(path: str, data: bytes, root: str) -> str:
+    """Write ``data`` to ``path`` whole or not at all; ``path`` must stay under ``root``.
+
+    Locally: a temp file in the target directory, fsync'd, then renamed over the target. On S3: one
+    object PUT, which is visible whole or not at all.
+    """
+    ensure_under(root, path)
+    if _is_url(path):
+        with FileSystems.create(path) as handle:
+            handle.write(data)
+        return path
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs are for other readers too
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def remove_stale_temp_files(root: str, older_than_seconds: float = 3600.0) -> list[str]:
+    """Delete temp files of writers killed mid-write (``.tmp-*.part`` under ``root``, local only).
+
+    Only files older than ``older_than_seconds`` go: a writer still running keeps its file. Object
+    stores have no temp files (a PUT is atomic), so an ``s3://`` root has nothing to clean.
+    """
+    if _is_url(root) or not os.path.isdir(root):
+        return []
+    cutoff, removed = time.time() - older_than_seconds, []
+    for directory, _, files in os.walk(root):
+        for name in files:
+            if name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX):
+                path = os.path.join(directory, name)
+                try:
+                    if os.stat(path).st_mtime < cutoff:
+                        os.unlink(path)
+                        removed.append(path)
+                except FileNotFoundError:
+                    pass
+    return removed
