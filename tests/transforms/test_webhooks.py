@@ -602,6 +602,18 @@ def test_wrapper_round_trip_through_decode_record():
     assert via_decode[0].source_ref == "kinesis:s/1"
 
 
+def test_wrapper_received_at_dates_the_delivery_and_a_bare_secrets_mapping_needs_no_less():
+    body, case = load_case("shopify_orders_create")
+    late = wrap_webhook(signed("shopify", body, case["headers"], received=RECEIVED + dt.timedelta(days=30)))
+    assert only(decode_record(late, webhook_secrets=CONFIG)).reason is Reason.STALE_DELIVERY
+    # the older call form (secrets only) gets the same window, and an app-wide secret needs a binding
+    assert only(decode_record(late, webhook_secrets=SECRETS)).reason is Reason.TENANT_MISMATCH
+    own = {"shopify:acme-in": SECRETS["shopify"]}
+    assert only(decode_record(late, webhook_secrets=own)).reason is Reason.STALE_DELIVERY
+    fresh = wrap_webhook(signed("shopify", body, case["headers"]))
+    assert isinstance(only(decode_record(fresh, webhook_secrets=own)), RawEvent)
+
+
 def test_wrapper_without_secrets_is_a_bad_signature():
     body, case = load_case("razorpay_payment_captured_upi")
     wrapped = wrap_webhook(signed("razorpay", body, case["headers"]))
