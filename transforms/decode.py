@@ -16,11 +16,16 @@ import re
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from schemas.failures import FailedEvent, Reason, Stage
+
+if TYPE_CHECKING:
+    from transforms.webhooks import WebhookConfig
+
+    WebhookSettings = Mapping[str, str] | WebhookConfig | None
 
 __all__ = [
     "MAX_DEPTH",
@@ -196,7 +201,7 @@ def decode_record(
     source_ref: str | None = None,
     max_event_bytes: int = MAX_EVENT_BYTES,
     max_depth: int = MAX_DEPTH,
-    webhook_secrets: Mapping[str, str] | None = None,
+    webhook_secrets: WebhookSettings = None,
     max_record_bytes: int = MAX_RECORD_BYTES,
 ) -> list[RawEvent | FailedEvent]:
     """Split one raw record into events; every problem becomes a FailedEvent (stage ``decode``).
@@ -206,8 +211,9 @@ def decode_record(
         source_ref: where the record came from (``file:PATH:LINE``, ``kinesis:...``), copied to every output.
         max_event_bytes: a larger event is failed with ``oversize``.
         max_depth: deeper JSON nesting is failed with ``too_deep``.
-        webhook_secrets: secrets for ``{"_webhook": ...}`` wrappers (see :func:`transforms.webhooks.verify_and_convert`);
-            without them a wrapper fails with ``bad_signature``.
+        webhook_secrets: a :class:`~transforms.webhooks.WebhookConfig` (secrets, tenant bindings, replay
+            window) or just the secrets mapping, for ``{"_webhook": ...}`` wrappers (see
+            :func:`transforms.webhooks.verify_and_convert`); without them a wrapper fails with ``bad_signature``.
         max_record_bytes: bound on a record's (decompressed) size.
     """
     # Fast path: one plain JSON object, as almost every file line and SDK request is.
@@ -273,7 +279,7 @@ def _decode_lines(
     source_ref: str | None,
     max_event_bytes: int,
     max_depth: int,
-    webhook_secrets: Mapping[str, str] | None,
+    webhook_secrets: WebhookSettings,
 ) -> list[RawEvent | FailedEvent]:
     out: list[RawEvent | FailedEvent] = []
     for number, line in lines:
@@ -291,7 +297,7 @@ def _decode_value(
     source_ref: str | None,
     max_event_bytes: int,
     max_depth: int,
-    webhook_secrets: Mapping[str, str] | None,
+    webhook_secrets: WebhookSettings,
 ) -> list[RawEvent | FailedEvent]:
     """A parsed JSON document (or its parse failure) → events and failures."""
     if reason is not None:
@@ -349,7 +355,7 @@ def _decode_items(
 
 
 def _decode_webhook(
-    body: bytes, value: dict, source_ref: str | None, webhook_secrets: Mapping[str, str] | None
+    body: bytes, value: dict, source_ref: str | None, webhook_secrets: WebhookSettings
 ) -> list[RawEvent | FailedEvent]:
     from transforms.webhooks import verify_and_convert, webhook_request_from_wrapper
 

@@ -1,11 +1,23 @@
 """Signed webhooks (Shopify, Razorpay, generic) → Segment-style events.
 
 The signature is checked over the *raw* body before anything is parsed (an attacker's JSON never
-reaches the converter), with :func:`hmac.compare_digest`. Each delivery becomes one event whose
-``messageId`` comes from the provider's delivery id, so the retries that Shopify and Razorpay make
-on slow or failed deliveries dedupe downstream like any other duplicate.
+reaches the converter), with :func:`hmac.compare_digest`. Only the body is signed: every header
+(delivery id, Shopify topic, shop domain, trigger time) can be changed by whoever re-posts a signed
+body. So everything that decides what an event *is* comes from the body:
 
-Secrets are looked up as ``"<provider>:<tenant_id>"`` first, then ``"<provider>"``.
+* ``messageId`` is built from the body's own ids (``shopify:order:<id>:completed``,
+  ``razorpay:payment.captured:<payment id>``): a provider retry, or the same signed body posted again
+  with a new delivery id, is the same event and dedupes downstream. The header delivery id is kept as
+  ``context.webhook.delivery_id`` (informational).
+* a Shopify topic that the body contradicts (an uncancelled order posted as ``orders/cancelled``) is a
+  ``topic_mismatch`` failure;
+* a body whose own time is older than the replay window (7 days by default) before its arrival is a
+  ``stale_delivery`` failure;
+* a tenant is bound to its Shopify shop domains / Razorpay account ids; with a provider-wide secret
+  the binding is required (``tenant_mismatch``).
+
+Secrets are looked up as ``"<provider>:<tenant_id>"`` first, then ``"<provider>"``; all settings are
+one :class:`WebhookConfig`.
 
 Webhooks can travel through files and Kinesis wrapped as one JSON object
 (:func:`wrap_webhook`), which :func:`transforms.decode.decode_record` recognises::
@@ -28,16 +40,19 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
+from pydantic import BaseModel, ConfigDict, Field
 
 from schemas import PIPELINE_VERSION
 from schemas.failures import FailedEvent, Reason, Stage
 from transforms.decode import WEBHOOK_KEY, RawEvent
 
 __all__ = [
+    "DEFAULT_REPLAY_WINDOW_SECONDS",
     "PROVIDERS",
     "RAZORPAY_EVENTS",
     "SHOPIFY_TOPICS",
     "Headers",
+    "WebhookConfig",
     "WebhookRequest",
     "sign",
     "verify_and_convert",
@@ -55,6 +70,41 @@ _MINOR_UNIT_EXPONENT = {
     **dict.fromkeys(("BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND"), 3),
 }
 _CENT = Decimal("0.01")
+
+DEFAULT_REPLAY_WINDOW_SECONDS = 7 * 24 * 3600.0
+"""A delivery whose body is older than this when it arrives is refused (Shopify retries for 48 h at most)."""
+
+
+class WebhookConfig(BaseModel):
+    """Everything :func:`verify_and_convert` needs besides the request, as plain (picklable) values."""
+
+    model_config = ConfigDict(frozen=True)
+
+    secrets: dict[str, str] = Field(
+        default_factory=dict, description='"<provider>:<tenant>" (or "<provider>" for an app-wide secret) -> secret.'
+    )
+    bindings: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description='"shopify:<tenant>" -> allowed shop domains (X-Shopify-Shop-Domain, e.g. acme-in.myshopify.com); '
+        '"razorpay:<tenant>" -> allowed Razorpay account ids (the signed body\'s account_id). Required for a '
+        "tenant whose deliveries are checked with a provider-wide secret.",
+    )
+    replay_window_seconds: float | None = Field(
+        default=DEFAULT_REPLAY_WINDOW_SECONDS,
+        gt=0,
+        description="Refuse a delivery whose body time is older than this before its arrival; None disables "
+        "the check (backfills of old deliveries must say so explicitly).",
+    )
+    now: dt.datetime | None = Field(
+        default=None, description="Arrival time of requests without received_at (default: wall clock)."
+    )
+
+    @classmethod
+    def of(cls, value: WebhookConfig | Mapping[str, str] | None) -> WebhookConfig:
+        """A config from a config or a bare secrets mapping (the older call form: default window, no bindings)."""
+        if isinstance(value, WebhookConfig):
+            return value
+        return cls(secrets=dict(value or {}))
 
 
 class Headers(dict):
@@ -111,6 +161,11 @@ SIGNATURE_HEADERS = {
 
 def _secret_for(req: WebhookRequest, secrets: Mapping[str, str]) -> str | None:
     return secrets.get(f"{req.provider}:{req.tenant_id}") or secrets.get(req.provider)
+
+
+def _app_wide_secret(req: WebhookRequest, secrets: Mapping[str, str]) -> bool:
+    """True when the tenant has no secret of its own: the provider-wide one proves the sender, not the tenant."""
+    return not secrets.get(f"{req.provider}:{req.tenant_id}")
 
 
 def _signature_problem(req: WebhookRequest, secrets: Mapping[str, str]) -> str | None:
@@ -177,11 +232,43 @@ def _body_digest(body: bytes) -> str:
     return hashlib.sha256(body).hexdigest()[:32]
 
 
-def _identity(email: Any, phone: Any, fallback_anonymous: str | None, user_id: Any = None) -> dict:
-    """userId from the brand's own id, else the email (lower-cased), else the phone; else an anonymous id."""
-    for candidate in (user_id, email.strip().lower() if isinstance(email, str) else None, phone):
-        if isinstance(candidate, str | int) and not isinstance(candidate, bool) and str(candidate).strip():
-            return {"userId": str(candidate).strip()}
+_DELIVERY_HEADERS = {
+    "shopify": ("X-Shopify-Webhook-Id", "X-Shopify-Event-Id"),
+    "razorpay": ("X-Razorpay-Event-Id",),
+    "generic": ("X-Livora-Webhook-Id",),
+}
+
+
+def _delivery_id(req: WebhookRequest) -> str | None:
+    """The provider's delivery id header: unsigned, so only ever informational."""
+    for header in _DELIVERY_HEADERS.get(req.provider, ()):
+        value = (req.headers.get(header) or "").strip()
+        if value:
+            return value
+    return None
+
+
+def _parse_time(value: Any) -> dt.datetime | None:
+    """An ISO-8601 time (naive = UTC) or unix seconds as an aware datetime; None when absent or unreadable."""
+    try:
+        if isinstance(value, str) and value.strip():
+            parsed = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+            return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return dt.datetime.fromtimestamp(value, dt.UTC)
+    except (ValueError, OverflowError, OSError):
+        return None
+    return None
+
+
+def _identity(user_id: Any, fallback_anonymous: str | None) -> dict:
+    """userId from an id (the provider's customer id, the brand's own id), else an anonymous id.
+
+    Never an email or a phone: ids are stored in clear and join everything, while contact details go to
+    ``traits`` where the PII policy hashes them (``traits.email``/``traits.phone`` by default).
+    """
+    if isinstance(user_id, str | int) and not isinstance(user_id, bool) and str(user_id).strip():
+        return {"userId": str(user_id).strip()}
     return {"anonymousId": fallback_anonymous or "webhook:unknown"}
 
 
@@ -194,9 +281,12 @@ def _envelope(req: WebhookRequest, *, message_id: str, source: str, fields: dict
     }
     context = event.setdefault("context", {})
     context["library"] = dict(LIBRARY)
-    traits = _compact(traits or {})
+    delivery_id = _delivery_id(req)
+    if delivery_id:
+        context["webhook"] = {"delivery_id": delivery_id}  # unsigned: informational only, never a key
+    traits = {k: v for k, v in (traits or {}).items() if v is not None and v != ""}
     if traits:
-        context["traits"] = traits
+        event["traits"] = {**traits, **(event.get("traits") or {})}
     if req.received_at is not None:
         received = req.received_at if req.received_at.tzinfo else req.received_at.replace(tzinfo=dt.UTC)
         event["receivedAt"] = received.isoformat()
@@ -294,13 +384,14 @@ def _shopify_order_properties(order: dict) -> dict:
 
 
 def _shopify_person(resource: dict) -> tuple[dict, dict]:
+    """userId = Shopify's customer id; a guest (no customer) stays anonymous. Email/phone only as traits."""
     customer = resource.get("customer") if isinstance(resource.get("customer"), dict) else {}
     email = resource.get("email") or resource.get("contact_email") or customer.get("email")
     phone = resource.get("phone") or customer.get("phone")
     customer_id = _id(customer.get("id"))
-    fallback = f"shopify:customer:{customer_id}" if customer_id else f"shopify:{_id(resource.get('id')) or 'unknown'}"
+    fallback = f"shopify:{_id(resource.get('id')) or 'unknown'}"
     traits = {"email": email, "phone": phone, "shopify_customer_id": customer_id}
-    return _identity(email, phone, fallback), traits
+    return _identity(customer_id, fallback), traits
 
 
 def _shopify_order_event(name: str, time_key: str) -> Callable[[dict], dict]:
@@ -398,7 +489,7 @@ def _shopify_customer(customer: dict) -> dict:
     )
     return {
         "type": "identify",
-        **_identity(email, phone, f"shopify:customer:{customer_id or 'unknown'}"),
+        **_identity(customer_id, "shopify:customer:unknown"),
         "timestamp": customer.get("created_at"),
         "traits": traits,
     }
@@ -413,8 +504,69 @@ SHOPIFY_TOPICS: dict[str, Callable[[dict], dict]] = {
 }
 """X-Shopify-Topic → converter of the webhook's JSON resource."""
 
+# Topic → (resource the body must be, the body's id field, what happened: the messageId's last part).
+_SHOPIFY_KEYS: dict[str, tuple[str, tuple[str, ...], str | None]] = {
+    "orders/create": ("order", ("id",), "completed"),
+    "orders/cancelled": ("order", ("id",), "cancelled"),
+    "refunds/create": ("refund", ("id",), None),
+    "checkouts/create": ("checkout", ("token", "id"), "started"),
+    "customers/create": ("customer", ("id",), "created"),
+}
+_SHOPIFY_TIMES = ("updated_at", "created_at", "cancelled_at", "processed_at")
 
-def _convert_shopify(req: WebhookRequest, body: Any, source_ref: str | None) -> list[RawEvent | FailedEvent]:
+
+def _shopify_resource(body: dict) -> str | None:
+    """What the (signed) body is, from fields only that resource has; None when it does not say."""
+    if "refund_line_items" in body or ("order_id" in body and "transactions" in body and "line_items" not in body):
+        return "refund"
+    if "abandoned_checkout_url" in body:
+        return "checkout"
+    if "line_items" in body and ("order_number" in body or "financial_status" in body):
+        return "order"
+    if "orders_count" in body or "email_marketing_consent" in body or "default_address" in body:
+        return "customer"
+    return None
+
+
+def _shopify_topic_problem(topic: str, body: dict) -> str | None:
+    """Why the unsigned X-Shopify-Topic disagrees with the signed body, or None.
+
+    The body wins over the header, but we do not re-label: a disagreeing delivery is either an attack
+    (a signed orders/create posted as orders/cancelled) or a bug upstream, and either deserves a look.
+    """
+    expected = _SHOPIFY_KEYS[topic][0]
+    shown = _shopify_resource(body)
+    if shown is not None and shown != expected:
+        return f"X-Shopify-Topic {topic!r} but the signed body is a {shown}"
+    if topic == "orders/cancelled" and not body.get("cancelled_at"):
+        return "X-Shopify-Topic 'orders/cancelled' but the signed order has no cancelled_at"
+    if topic == "orders/create" and body.get("cancelled_at"):
+        return f"X-Shopify-Topic 'orders/create' but the signed order was cancelled at {body['cancelled_at']}"
+    return None
+
+
+def _shopify_message_id(topic: str, body: dict, raw: bytes) -> str:
+    """``shopify:<resource>:<id>[:<what happened>]`` from the signed body (digest of the body without an id).
+
+    The key deliberately leaves out ``updated_at``: each supported topic happens once per resource, so
+    a later snapshot of the same order posted under the same topic must not book it a second time.
+    """
+    resource, id_fields, happened = _SHOPIFY_KEYS[topic]
+    resource_id = next((_id(body.get(f)) for f in id_fields if _id(body.get(f))), None)
+    if resource_id is None:
+        return f"shopify:{topic}:{_body_digest(raw)}"
+    return f"shopify:{resource}:{resource_id}" + (f":{happened}" if happened else "")
+
+
+def _shopify_time(body: dict) -> dt.datetime | None:
+    """The latest time the signed resource carries: how old this snapshot is."""
+    times = [t for t in map(_parse_time, (body.get(k) for k in _SHOPIFY_TIMES)) if t is not None]
+    return max(times) if times else None
+
+
+def _convert_shopify(
+    req: WebhookRequest, body: Any, config: WebhookConfig, source_ref: str | None
+) -> list[RawEvent | FailedEvent]:
     topic = (req.headers.get("X-Shopify-Topic") or "").strip().lower()
     convert = SHOPIFY_TOPICS.get(topic)
     if convert is None:
@@ -423,11 +575,21 @@ def _convert_shopify(req: WebhookRequest, body: Any, source_ref: str | None) -> 
         ]
     if not isinstance(body, dict):
         return [_fail(req, Reason.NOT_AN_OBJECT, "Shopify webhook body is not a JSON object", source_ref)]
-    webhook_id = req.headers.get("X-Shopify-Webhook-Id") or req.headers.get("X-Shopify-Event-Id")
-    message_id = f"shopify:{webhook_id.strip()}" if webhook_id else f"shopify:{topic}:{_body_digest(req.body)}"
+    shop = (req.headers.get("X-Shopify-Shop-Domain") or "").strip().lower()
+    problem = _binding_problem(req, config, shop, "shop domain (X-Shopify-Shop-Domain)")
+    if problem is not None:
+        return [_fail(req, Reason.TENANT_MISMATCH, problem, source_ref, "X-Shopify-Shop-Domain")]
+    problem = _shopify_topic_problem(topic, body)
+    if problem is not None:
+        return [_fail(req, Reason.TOPIC_MISMATCH, problem, source_ref, "X-Shopify-Topic")]
+    failure = _replay_failure(req, config, _shopify_time(body), "updated_at", source_ref)
+    if failure is not None:
+        return [failure]
+    message_id = _shopify_message_id(topic, body, req.body)
     fields = convert(body)
     traits = fields.pop("_traits", None)
-    return [_event(req, message_id, "shopify", fields, traits, source_ref or f"webhook:shopify:{webhook_id}")]
+    ref = source_ref or f"webhook:shopify:{_delivery_id(req) or message_id}"
+    return [_event(req, message_id, "shopify", fields, traits, ref)]
 
 
 # --- Razorpay -------------------------------------------------------------------------------------
@@ -475,8 +637,9 @@ def _razorpay_person(payment: dict, *others: dict) -> tuple[dict, dict]:
     email = payment.get("email") or notes.get("email")
     phone = payment.get("contact") or notes.get("phone") or notes.get("contact")
     user_id = notes.get("user_id") or notes.get("userId") or notes.get("customer_id")
-    anchor = payment.get("customer_id") or payment.get("contact") or payment.get("id") or "unknown"
-    return _identity(email, phone, f"razorpay:{anchor}", user_id=user_id), {"email": email, "phone": phone}
+    # The anonymous anchor is Razorpay's customer id or the payment id, never the contact (a phone number).
+    anchor = _id(payment.get("customer_id")) or _id(payment.get("id")) or "unknown"
+    return _identity(user_id, f"razorpay:{anchor}"), {"email": email, "phone": phone}
 
 
 def _razorpay_payment_event(name: str) -> Callable[[dict], dict]:
@@ -550,21 +713,103 @@ RAZORPAY_EVENTS: dict[str, Callable[[dict], dict]] = {
 }
 """Razorpay ``event`` → converter of the webhook body."""
 
+# The entity whose id, with the event name, identifies what happened (each happens once per entity).
+_RAZORPAY_KEY_ENTITY = {
+    "payment.captured": "payment",
+    "payment.failed": "payment",
+    "payment.authorized": "payment",
+    "order.paid": "order",
+    "refund.processed": "refund",
+}
 
-def _convert_razorpay(req: WebhookRequest, body: Any, source_ref: str | None) -> list[RawEvent | FailedEvent]:
+
+def _razorpay_message_id(kind: str, body: dict, raw: bytes) -> str:
+    """``razorpay:<event>:<entity id>`` from the signed body (a digest of the body without an id).
+
+    Without the envelope's ``created_at``: a payment is captured once, so a re-emitted copy of the
+    same capture with another time must still count once.
+    """
+    entity_id = _id(_entity(body, _RAZORPAY_KEY_ENTITY[kind]).get("id"))
+    return f"razorpay:{kind}:{entity_id}" if entity_id else f"razorpay:{kind}:{_body_digest(raw)}"
+
+
+def _convert_razorpay(
+    req: WebhookRequest, body: Any, config: WebhookConfig, source_ref: str | None
+) -> list[RawEvent | FailedEvent]:
     if not isinstance(body, dict):
         return [_fail(req, Reason.NOT_AN_OBJECT, "Razorpay webhook body is not a JSON object", source_ref)]
     kind = body.get("event")
     convert = RAZORPAY_EVENTS.get(kind) if isinstance(kind, str) else None
     if convert is None:
         return [_fail(req, Reason.UNKNOWN_WEBHOOK, f"unsupported Razorpay event {kind!r}", source_ref, "event")]
-    event_id = req.headers.get("X-Razorpay-Event-Id")
-    message_id = f"razorpay:{event_id.strip()}" if event_id else f"razorpay:{kind}:{_body_digest(req.body)}"
+    account = body.get("account_id")
+    problem = _binding_problem(req, config, account.strip().lower() if isinstance(account, str) else "", "account_id")
+    if problem is not None:
+        return [_fail(req, Reason.TENANT_MISMATCH, problem, source_ref, "account_id")]
+    failure = _replay_failure(req, config, _parse_time(body.get("created_at")), "created_at", source_ref)
+    if failure is not None:
+        return [failure]
+    message_id = _razorpay_message_id(kind, body, req.body)
     fields = convert(body)
     fields["timestamp"] = _iso_from_unix(body.get("created_at"))
     fields = _compact(fields)
     traits = fields.pop("_traits", None)
-    return [_event(req, message_id, "razorpay", fields, traits, source_ref or f"webhook:razorpay:{event_id}")]
+    ref = source_ref or f"webhook:razorpay:{_delivery_id(req) or message_id}"
+    return [_event(req, message_id, "razorpay", fields, traits, ref)]
+
+
+# --- tenant binding and replay window -------------------------------------------------------------
+
+
+def _binding_problem(req: WebhookRequest, config: WebhookConfig, claimed: str, what: str) -> str | None:
+    """Why this delivery may not belong to the tenant it was posted for, or None.
+
+    ``claimed`` is the shop domain header (Shopify, unsigned) or the body's account id (Razorpay,
+    signed). A tenant with its own secret is proven by the signature; with a provider-wide secret any
+    installed shop can sign, so the tenant must be bound to its shops/accounts.
+    """
+    allowed = config.bindings.get(f"{req.provider}:{req.tenant_id}")
+    if allowed is None:
+        if _app_wide_secret(req, config.secrets):
+            return (
+                f"the {req.provider} secret is app-wide and no {what} is bound to tenant {req.tenant_id!r} "
+                f"(WebhookConfig.bindings[{req.provider + ':' + req.tenant_id!r}])"
+            )
+        return None
+    if claimed and claimed in {a.strip().lower() for a in allowed}:
+        return None
+    return f"{what} {claimed or '(absent)'!r} is not bound to tenant {req.tenant_id!r}"
+
+
+def _replay_failure(
+    req: WebhookRequest, config: WebhookConfig, body_time: dt.datetime | None, time_field: str, source_ref: str | None
+) -> FailedEvent | None:
+    """A stale (or undatable) delivery as a failure; None when fresh or the window is disabled.
+
+    The age is the arrival time (the request's ``received_at``, else ``config.now``, else the clock)
+    minus the newest time the *signed* body carries; the unsigned X-Shopify-Triggered-At is not used.
+    """
+    window = config.replay_window_seconds
+    if window is None:
+        return None
+    if body_time is None:
+        return _fail(
+            req, Reason.MISSING_FIELD, "no time in the signed body to check the replay window", source_ref, time_field
+        )
+    arrived = req.received_at or config.now or dt.datetime.now(dt.UTC)
+    if arrived.tzinfo is None:
+        arrived = arrived.replace(tzinfo=dt.UTC)
+    age = arrived - body_time
+    if age > dt.timedelta(seconds=window):
+        return _fail(
+            req,
+            Reason.STALE_DELIVERY,
+            f"body time {body_time.isoformat()} is {age} before arrival {arrived.isoformat()} "
+            f"(replay window {dt.timedelta(seconds=window)})",
+            source_ref,
+            time_field,
+        )
+    return None
 
 
 # --- generic --------------------------------------------------------------------------------------
@@ -574,9 +819,10 @@ def _convert_generic(req: WebhookRequest, source_ref: str | None) -> list[RawEve
     """A signed body of Segment-style events (object, array, NDJSON or batch), forced to the request's tenant."""
     from transforms.decode import decode_record
 
-    delivery = req.headers.get("X-Livora-Webhook-Id")
+    delivery = _delivery_id(req)
+    digest = _body_digest(req.body)  # ids of events without their own come from the signed body, not the header
     out: list[RawEvent | FailedEvent] = []
-    ref = source_ref or f"webhook:generic:{delivery or _body_digest(req.body)}"
+    ref = source_ref or f"webhook:generic:{delivery or digest}"
     for index, item in enumerate(decode_record(req.body, source_ref=ref)):
         if isinstance(item, FailedEvent):
             out.append(item.model_copy(update={"stage": Stage.WEBHOOK, "tenant_id": req.tenant_id}))
@@ -589,7 +835,7 @@ def _convert_generic(req: WebhookRequest, source_ref: str | None) -> list[RawEve
         data["tenantId"] = req.tenant_id
         data.setdefault("source", "webhook")
         if "messageId" not in data and "message_id" not in data:
-            data["messageId"] = f"webhook:{delivery or _body_digest(req.body)}:{index}"
+            data["messageId"] = f"webhook:{digest}:{index}"
         if req.received_at is not None and "receivedAt" not in data and "received_at" not in data:
             data["receivedAt"] = req.received_at.isoformat()
         out.append(RawEvent(orjson.dumps(data), data, item.source_ref))
@@ -607,18 +853,23 @@ def _event(
 
 
 def verify_and_convert(
-    req: WebhookRequest, secrets: Mapping[str, str], *, source_ref: str | None = None
+    req: WebhookRequest, config: WebhookConfig | Mapping[str, str] | None, *, source_ref: str | None = None
 ) -> list[RawEvent | FailedEvent]:
     """Authenticate one delivery and convert it to events; every problem is a FailedEvent (stage ``webhook``).
 
+    Order: signature over the raw bytes, parse, known topic/event, tenant binding, topic against body,
+    replay window, conversion.
+
     Args:
         req: the delivery.
-        secrets: ``"provider:tenant"`` (or ``"provider"``) → signing secret.
+        config: a :class:`WebhookConfig`, or just its ``secrets`` (``"provider:tenant"`` or ``"provider"``
+            → signing secret) with the default replay window and no bindings.
         source_ref: where the delivery came from (defaults to ``webhook:<provider>:<delivery id>``).
     """
+    config = WebhookConfig.of(config)
     if req.provider not in PROVIDERS:
         return [_fail(req, Reason.UNKNOWN_WEBHOOK, f"unknown webhook provider {req.provider!r}", source_ref)]
-    problem = _signature_problem(req, secrets or {})
+    problem = _signature_problem(req, config.secrets)
     if problem is not None:
         return [_fail(req, Reason.BAD_SIGNATURE, problem, source_ref, SIGNATURE_HEADERS[req.provider])]
     if req.provider == "generic":
@@ -629,8 +880,8 @@ def verify_and_convert(
         return [_fail(req, Reason.MALFORMED_JSON, f"webhook body: {exc}", source_ref)]
     try:
         if req.provider == "shopify":
-            return _convert_shopify(req, body, source_ref)
-        return _convert_razorpay(req, body, source_ref)
+            return _convert_shopify(req, body, config, source_ref)
+        return _convert_razorpay(req, body, config, source_ref)
     except (ArithmeticError, InvalidOperation, TypeError, ValueError, AttributeError, KeyError) as exc:
         # An authentic body we cannot read (a field of an unexpected type): keep it for a fixed converter.
         return [
