@@ -33,6 +33,7 @@ from transforms.normalize import normalize_event
 from transforms.rows import to_lake_row
 from transforms.sessions import sessionize_table
 from transforms.validate import ValidEvent, validate_event
+from transforms.webhooks import WebhookConfig
 
 
 class ProcessConfig(BaseModel):
@@ -52,7 +53,10 @@ class ProcessConfig(BaseModel):
     now: dt.datetime | None = Field(
         default=None, description="Ingest time for events without receivedAt (default: wall clock)."
     )
-    webhook_secrets: dict[str, str] = Field(default_factory=dict, description="provider:tenant -> webhook secret.")
+    webhooks: WebhookConfig = Field(
+        default_factory=WebhookConfig,
+        description="Webhook secrets (provider:tenant -> secret), shop/account bindings and the replay window.",
+    )
     sdk_timestamp_is_original: bool = Field(
         default=True,
         description="Treat an SDK's `timestamp` (sent with `sentAt`) as the device time and skew-correct it, as Segment's API does.",
@@ -67,7 +71,7 @@ class EventParser:
         self._plans = None
         self._enricher = None
         self._max_future = dt.timedelta(seconds=config.max_future_seconds)
-        self._secrets = config.webhook_secrets or None
+        self._secrets = config.webhooks if config.webhooks.secrets else None
 
     def _setup(self) -> None:
         if self._enricher is None:
