@@ -32,7 +32,14 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.transforms import window as beam_window
 
-from connectors.checkpoints import CheckpointStore, CommitCheckpoints, checkpoint_table_name
+from connectors.checkpoints import (
+    CheckpointStore,
+    CommitCheckpoints,
+    ConsumerLease,
+    LeaseHeldError,
+    LeaseLostError,
+    checkpoint_table_name,
+)
 from connectors.dedupe_store import DropSeenDuplicates
 from connectors.kinesis import (
     ReadConfig,
@@ -133,6 +140,22 @@ class StreamEventsOptions(ProcessingOptions, AwsOptions):
             dest="checkpoint_table",
             default=None,
             help="DynamoDB checkpoint table (default livora-checkpoints-<consumer-app>).",
+        )
+        parser.add_argument(
+            "--lease-seconds",
+            dest="lease_seconds",
+            type=float,
+            default=30.0,
+            help="Consumer lease length: one consumer per (application, stream) holds it, renewed every third "
+            "of it; a crashed consumer's lease is taken over after it expires (default 30).",
+        )
+        parser.add_argument(
+            "--lease-wait",
+            dest="lease_wait",
+            type=float,
+            default=None,
+            help="How long to wait for another consumer of the same application to finish or expire before "
+            "giving up with exit code 3 (default: twice --lease-seconds; with --follow, forever).",
         )
         parser.add_argument(
             "--dedupe-table",
@@ -328,16 +351,26 @@ def require_balance(tag: str, parsed: int, lake_rows: int, failed: int, duplicat
 
 
 def build_pass(
-    pipeline, opts: StreamEventsOptions, aws, tasks: list[ShardTask], tag: str, summary_path: str, config: ReadConfig
+    pipeline,
+    opts: StreamEventsOptions,
+    aws,
+    tasks: list[ShardTask],
+    tag: str,
+    summary_path: str,
+    config: ReadConfig,
+    lease: ConsumerLease | None = None,
 ) -> None:
+    """One pass. Files are named ``part-<tag>-<lease token>-…``: a rerun of the pass by a later lease
+    holder writes other names and first removes the leftovers (:func:`remove_attempt_leftovers`)."""
+    file_tag = f"{tag}-{lease.token[:8]}" if lease is not None and lease.token else tag
     read = pipeline | "ShardTasks" >> beam.Create(tasks) | "ReadKinesis" >> ReadKinesisShards(aws, config)
     processed = read.records | "ProcessEvents" >> ProcessEvents(opts.process_config())
     sinks = write_sinks(
         processed,
         opts,
         aws,
-        WriteLakePartitions(opts.lake, tag),
-        WriteDeadLetters(opts.dead_letters_path(), tag),
+        WriteLakePartitions(opts.lake, file_tag),
+        WriteDeadLetters(opts.dead_letters_path(), file_tag),
     )
     totals = {
         "records_read": total(read.records, "Records"),
@@ -359,7 +392,11 @@ def build_pass(
         )
     )
     committed = read.progress | "CommitCheckpoints" >> CommitCheckpoints(
-        aws, opts.checkpoint_table_name(), after=[*sinks.done, balanced]
+        aws,
+        opts.checkpoint_table_name(),
+        after=[*sinks.done, balanced],
+        owner=lease.owner if lease is not None else None,
+        fence=lease.fence() if lease is not None else None,
     )
     (
         pipeline
@@ -450,15 +487,19 @@ def _progress_line(summary: PassSummary) -> str:
     )
 
 
-def _one_pass(options, opts: StreamEventsOptions, aws, client, store, config: ReadConfig) -> PassSummary:
+def _one_pass(
+    options, opts: StreamEventsOptions, aws, client, store, config: ReadConfig, lease: ConsumerLease
+) -> PassSummary:
+    lease.ensure()  # plan and clean up only while this consumer owns the stream
     tasks = plan_pass(opts, client, store)
     tag = pass_tag(opts.stream, tasks, config)
     started = time.monotonic()
     this = PassSummary(tag)
     if tasks and has_work(client, tasks, config):
+        lease.ensure()
         remove_attempt_leftovers(opts.lake, opts.dead_letters_path(), tag)
         summary_path = run_summary_path(opts.lake, f"stream-{opts.stream}-{tag}")
-        run_pipeline(lambda p: build_pass(p, opts, aws, tasks, tag, summary_path, config), options)
+        run_pipeline(lambda p: build_pass(p, opts, aws, tasks, tag, summary_path, config, lease), options)
         this = PassSummary(tag, **read_run_summary(summary_path))
     this.seconds = round(time.monotonic() - started, 2)
     return this
@@ -474,9 +515,12 @@ def run_incremental(options: PipelineOptions, opts: StreamEventsOptions, out=sys
     if config.start_position == StartPosition.LATEST:
         # pin "latest" to when this run started, or every pass would skip what arrived since the last one
         config = config._replace(start_position=StartPosition.AT_TIMESTAMP, at_timestamp=dt.datetime.now(dt.UTC))
+    lease = ConsumerLease(store, opts.stream, seconds=opts.lease_seconds)
+    wait = opts.lease_wait if opts.lease_wait is not None else (float("inf") if opts.follow else 2 * opts.lease_seconds)
+    lease.acquire(wait, say=lambda fmt, *args: print(fmt % args, file=out, flush=True))
     try:
         while True:
-            this = _one_pass(options, opts, aws, client, store, config)
+            this = _one_pass(options, opts, aws, client, store, config, lease)
             summary.passes.append(this)
             print(_progress_line(this), file=out, flush=True)
             caught_up = this.records_read == 0 and not any(s["shard_end"] for s in this.shards)
@@ -488,6 +532,8 @@ def run_incremental(options: PipelineOptions, opts: StreamEventsOptions, out=sys
                 break
     except KeyboardInterrupt:  # --follow is stopped with Ctrl-C; an interrupted pass is redone on restart
         print("stopped; a pass that did not commit is read again on the next start", file=out, flush=True)
+    finally:
+        lease.release()
     return summary
 
 
@@ -635,7 +681,14 @@ def quiet_option_warnings() -> None:
 def main(argv: list[str] | None = None) -> None:
     setup_logging()
     quiet_option_warnings()
-    summary = run(argv if argv is not None else sys.argv[1:])
+    try:
+        summary = run(argv if argv is not None else sys.argv[1:])
+    except LeaseHeldError as err:  # a scheduler may simply try again later
+        print(f"stream_events: {err}", file=sys.stderr)
+        raise SystemExit(3) from None
+    except LeaseLostError as err:
+        print(f"stream_events: {err}; nothing was committed, the next holder reads the pass again", file=sys.stderr)
+        raise SystemExit(4) from None
     if summary is not None:
         last = asdict(summary.passes[-1]) if summary.passes else None
         print(json.dumps({**summary.as_dict(), "last_pass": last}, indent=2, default=str))

@@ -84,3 +84,59 @@ def test_commit_step_runs_after_the_sinks_and_commits_progress(aws):
         "shard-a": Checkpoint("12"),
         "shard-c": Checkpoint("9", shard_end=True),
     }
+
+
+def test_one_lease_holder_per_stream_and_a_fenced_commit(aws):
+    """A second consumer cannot take a live lease; it takes an expired one; the old holder can then
+    neither commit nor free the new holder's lease."""
+    import time
+
+    from connectors.checkpoints import ConsumerLease, LeaseHeldError, LeaseLostError
+
+    table = checkpoint_table_name("leases")
+    create_checkpoint_table(aws, table)
+    store = CheckpointStore(aws, table)
+    a = ConsumerLease(store, "events", owner="A", seconds=60)
+    b = ConsumerLease(store, "events", owner="B", seconds=60)
+    assert a.try_acquire() and not b.try_acquire()
+    with pytest.raises(LeaseHeldError, match="consumed by A"):
+        b.acquire(wait_seconds=0.3, poll_seconds=0.1)
+    assert ConsumerLease(store, "other-stream", owner="B").try_acquire()  # leases are per stream
+    assert store.load("events") == {}  # the lease row is not a shard checkpoint
+
+    progress = [ShardProgress("events", "shardId-000000000000", None, Checkpoint("100"), 1, None)]
+    assert store.commit_progress(progress, "A", a.fence()) == progress
+
+    a_short = ConsumerLease(store, "events", owner="A", seconds=0.2)  # A again, with a short lease
+    assert a_short.try_acquire()
+    time.sleep(0.4)  # ... which expires without heartbeats
+    assert b.try_acquire() and b.holder()["owner"] == "B"
+    later = [ShardProgress("events", "shardId-000000000000", None, Checkpoint("200"), 1, None)]
+    with pytest.raises(LeaseLostError, match="held by B"):
+        store.commit_progress(later, "A", a_short.fence())
+    assert store.load("events")["shardId-000000000000"] == Checkpoint("100")
+    with pytest.raises(LeaseLostError):
+        a_short.ensure()
+    a_short.release()  # releasing a lease that is no longer ours leaves the new holder alone
+    assert b.holder()["owner"] == "B" and not a.try_acquire()
+    assert store.commit_progress(later, "B", b.fence()) == later
+    b.release()
+    assert a.try_acquire()  # released: the next consumer starts at once
+
+
+def test_heartbeats_keep_a_lease_past_its_length(aws):
+    import time
+
+    from connectors.checkpoints import ConsumerLease
+
+    table = checkpoint_table_name("beats")
+    create_checkpoint_table(aws, table)
+    store = CheckpointStore(aws, table)
+    a = ConsumerLease(store, "events", owner="A", seconds=0.9)
+    a.acquire(wait_seconds=0)
+    try:
+        time.sleep(2.0)  # more than twice the lease length
+        assert not ConsumerLease(store, "events", owner="B", seconds=1).try_acquire()
+        a.ensure()
+    finally:
+        a.release()

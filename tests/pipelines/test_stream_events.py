@@ -152,7 +152,12 @@ def test_kill_before_checkpoint_commit_then_restart_loses_and_doubles_nothing(aw
         "PYTHONPATH": ROOT,
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pipelines.stream_events", *_argv(aws, res, lake, warehouse, "--once")],
+        [
+            sys.executable,
+            "-m",
+            "pipelines.stream_events",
+            *_argv(aws, res, lake, warehouse, "--once", "--lease-seconds=4"),
+        ],
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -181,6 +186,7 @@ def test_kill_before_checkpoint_commit_then_restart_loses_and_doubles_nothing(aw
     put_records(kinesis, res.stream, second)
     # ... and the operator restarts with another bucket count: rows land in other files than before,
     # so the crashed attempt's files must go (not merely be overwritten)
+    # (the killed consumer's lease expires after 4 s: the restart waits for it, then takes over)
     summary = stream_events.run(_argv(aws, res, lake, warehouse, "--buckets=3"), out=io.StringIO())
 
     records = first + second
@@ -195,6 +201,95 @@ def test_kill_before_checkpoint_commit_then_restart_loses_and_doubles_nothing(aw
     wh = _warehouse_keys(warehouse)
     assert len(wh) == len(set(wh)) and sorted(wh) == sorted(keys)
     _assert_profiles_match_lake(aws, res, lake)
+
+
+def _consumer(aws, res, lake, warehouse, env, *extra) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipelines.stream_events", *_argv(aws, res, lake, warehouse, *extra)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": ROOT, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+
+
+def _lake_files(tmp_path) -> dict[str, int]:
+    return {str(p): p.stat().st_mtime_ns for p in (tmp_path / "lake").rglob("*") if p.is_file()}
+
+
+def test_two_consumers_at_once_lose_and_double_nothing(aws, tmp_path):
+    """Consumer A has written a pass and not committed. B starts: it must neither delete A's files nor
+    read A's records again; with new records arriving meanwhile, B reads only those, after A."""
+    res = _resources(aws, shards=2)
+    lake, warehouse = str(tmp_path / "lake"), f"duckdb:///{tmp_path}/wh.duckdb"
+    kinesis = aws.client("kinesis")
+    first = list(generate_events(400, seed=31, bad_fraction=0.04, duplicate_fraction=0.03))
+    put_records(kinesis, res.stream, first)
+    marker = tmp_path / "holding"
+    hold = {CommitCheckpoints.HOLD_ENV: "8", CommitCheckpoints.HOLD_ENV + "_MARKER": str(marker)}
+    a = _consumer(aws, res, lake, warehouse, hold, "--once", "--lease-seconds=3")
+    b = c = None
+    try:
+        deadline = time.monotonic() + 180
+        while not marker.exists():
+            assert a.poll() is None, a.stderr.read().decode()[-3000:]
+            assert time.monotonic() < deadline, "A never reached its checkpoint commit"
+            time.sleep(0.2)
+        a_files = _lake_files(tmp_path)
+        assert any(f.endswith(".parquet") for f in a_files)
+
+        # B with little patience: gives up with exit 3, one line, and touches nothing
+        b = _consumer(aws, res, lake, warehouse, {}, "--once", "--lease-wait=1")
+        assert b.wait(timeout=120) == 3
+        assert "being consumed by" in b.stderr.read().decode()
+        assert _lake_files(tmp_path) == a_files
+
+        # new records arrive while A still holds its pass; C waits for A, then reads only what is new
+        second = list(generate_events(150, seed=32, bad_fraction=0.04, duplicate_fraction=0.0))
+        put_records(kinesis, res.stream, second)
+        c = _consumer(aws, res, lake, warehouse, {}, "--lease-wait=120")
+        assert a.wait(timeout=180) == 0, a.stderr.read().decode()[-3000:]
+        assert c.wait(timeout=240) == 0, c.stderr.read().decode()[-3000:]
+    finally:
+        for proc in (a, b, c):
+            if proc is not None:
+                if proc.poll() is None:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=30)
+                proc.stderr.close()
+
+    records = first + second
+    keys = _lake_keys(lake)
+    dead = read_dead_letters(str(tmp_path / "lake" / "dead_letters"))
+    assert len(keys) == len(set(keys)), "a row was written twice"
+    assert len(keys) + len(dead) == len(set(records)), "a record was lost"
+    assert len({d.source_ref for d in dead}) == len(dead)
+    wh = _warehouse_keys(warehouse)
+    assert len(wh) == len(set(wh)) and sorted(wh) == sorted(keys)
+    ends = CheckpointStore(aws, res.checkpoint_table).load(res.stream)
+    assert len(ends) == 2
+
+
+def test_hostile_tenant_on_kinesis_is_a_dead_letter_and_the_stream_moves_on(aws, tmp_path):
+    """One record whose tenant id once crashed every pass (a NUL byte, 256 characters, a path)."""
+    res = _resources(aws, shards=1, sinks=False)
+    lake = str(tmp_path / "lake")
+    good = list(generate_events(30, seed=41))
+    hostile = [
+        json.dumps({**json.loads(good[0]), "tenantId": tenant, "messageId": f"evil-{i}"}).encode()
+        for i, tenant in enumerate(["acme\u0000in", "a" * 256, "x/../../ESCAPED", "acme-in/evil", "\ud83d" * 3])
+    ]
+    put_records(aws.client("kinesis"), res.stream, good[:10] + hostile + good[10:])
+    summary = stream_events.run(_argv(aws, res, lake), out=io.StringIO())
+    dead = read_dead_letters(summary.dead_letters_path)
+    assert collections.Counter(d.reason.value for d in dead)["invalid_tenant"] >= 4
+    assert {d.message_id for d in dead if d.reason.value == "invalid_tenant"} >= {"evil-0", "evil-1", "evil-2"}
+    assert len(_lake_keys(lake)) + len(dead) + summary.total("duplicates") == len(good) + len(hostile)
+    assert not list(tmp_path.rglob("ESCAPED"))
+    # the stream moved on: checkpoint at the last record, the next pass reads nothing again
+    again = stream_events.run(_argv(aws, res, lake), out=io.StringIO())
+    assert again.total("records_read") == 0
 
 
 def _assert_profiles_match_lake(aws, res: StreamingResources, lake: str) -> None:
