@@ -77,7 +77,7 @@ class IngestSummary:
 
 def build(pipeline: beam.Pipeline, opts: IngestBatchOptions, tag: str, summary_path: str) -> None:
     batches = pipeline | "ReadInput" >> ReadRecordBatches(opts.inputs, opts.batch_size)
-    processed = batches | "ProcessEvents" >> ProcessEvents(opts.process_config(), batched=True)
+    processed = batches | "ProcessEvents" >> ProcessEvents(opts.process_config(opts.lake), batched=True)
     written = processed.lake_files | "WriteLake" >> WriteLakePartitions(opts.lake, tag)
     dead = processed.failures | "WriteDeadLetters" >> WriteDeadLetters(opts.dead_letters, tag)
     events_dir = table_path(opts.lake, EVENTS_TABLE)

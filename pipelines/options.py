@@ -22,8 +22,10 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from connectors.aws import AwsSettings
+from connectors.secrets import pii_secret
 from transforms.composites import ProcessConfig
 from transforms.enrich import EnrichConfig, PiiPolicy
+from transforms.pii import check_salt
 
 DEFAULT_LOCAL_RUNNER = "FnApiRunner"
 
@@ -49,8 +51,10 @@ class ProcessingOptions(PipelineOptions):
         parser.add_argument(
             "--pii-salt",
             dest="pii_salt",
-            default=os.environ.get("LIVORA_PII_SALT", ""),
-            help="Salt for SHA-256 PII hashing (default $LIVORA_PII_SALT); per-tenant salts go in --pii-config.",
+            default=os.environ.get("LIVORA_PII_SALT"),
+            help="Master secret (16+ characters) of the per-tenant PII salts (default $LIVORA_PII_SALT; when "
+            "neither is given, a random secret kept with the lake: LAKE/_secrets/pii_salt or AWS Secrets "
+            "Manager); per-tenant salts go in --pii-config.",
         )
         parser.add_argument(
             "--pii-config",
@@ -95,7 +99,15 @@ class ProcessingOptions(PipelineOptions):
             help="Records per batch inside the pipeline (default 2000).",
         )
 
-    def process_config(self) -> ProcessConfig:
+    def process_config(self, lake: str | None = None) -> ProcessConfig:
+        """The processing config; without --pii-salt, the PII master secret is the one kept with ``lake``
+        (created on first use), read here on the driver and shipped to the workers inside the config."""
+        secret = self.pii_salt
+        if secret is None:
+            if lake is None:
+                raise ValueError("no --pii-salt and no lake to keep a PII secret with")
+            secret = pii_secret(lake, self.view_as(AwsOptions).settings())
+        check_salt(secret, "--pii-salt / $LIVORA_PII_SALT")
         pii: dict[str, PiiPolicy] = {}
         if self.pii_config:
             with FileSystems.open(self.pii_config) as handle:
@@ -103,7 +115,7 @@ class ProcessingOptions(PipelineOptions):
         plans = None if (self.tracking_plans or "none") == "none" else self.tracking_plans
         return ProcessConfig(
             tracking_plans_dir=plans,
-            enrich=EnrichConfig(geoip_db=self.geoip_db, pii=pii, default_pii=PiiPolicy(salt=self.pii_salt)),
+            enrich=EnrichConfig(geoip_db=self.geoip_db, pii=pii, pii_secret=secret),
             max_future_seconds=self.max_future_hours * 3600,
             session_gap_seconds=self.session_gap_minutes * 60,
             buckets=self.buckets,

@@ -190,7 +190,9 @@ class _DropExistingFn(beam.DoFn):
 
 def build(pipeline, opts: ReplayOptions, records: list[SourceRecord], tag: str, summary_path: str) -> None:
     processed = (
-        pipeline | "DeadLetterRecords" >> beam.Create(records) | "ProcessEvents" >> ProcessEvents(opts.process_config())
+        pipeline
+        | "DeadLetterRecords" >> beam.Create(records)
+        | "ProcessEvents" >> ProcessEvents(opts.process_config(opts.lake))
     )
     split = processed.row_batches | "DropRowsAlreadyInLake" >> beam.ParDo(_DropExistingFn(opts.lake)).with_outputs(
         _DropExistingFn.ALREADY, main="new"

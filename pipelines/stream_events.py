@@ -364,7 +364,7 @@ def build_pass(
     holder writes other names and first removes the leftovers (:func:`remove_attempt_leftovers`)."""
     file_tag = f"{tag}-{lease.token[:8]}" if lease is not None and lease.token else tag
     read = pipeline | "ShardTasks" >> beam.Create(tasks) | "ReadKinesis" >> ReadKinesisShards(aws, config)
-    processed = read.records | "ProcessEvents" >> ProcessEvents(opts.process_config())
+    processed = read.records | "ProcessEvents" >> ProcessEvents(opts.process_config(opts.lake))
     sinks = write_sinks(
         processed,
         opts,
@@ -639,7 +639,7 @@ def build_streaming(pipeline, opts: StreamEventsOptions, aws) -> None:
     read = tasks | "ReadKinesis" >> ReadKinesisShards(aws, opts.read_config(bounded=False))
     windowing = beam_window.FixedWindows(opts.window_seconds)
     records = read.records | "Window" >> beam.WindowInto(windowing)
-    processed = records | "ProcessEvents" >> ProcessEvents(opts.process_config())
+    processed = records | "ProcessEvents" >> ProcessEvents(opts.process_config(opts.lake))
     sinks = write_sinks(processed, opts, aws, _WindowedLake(opts.lake), _WindowedDeadLetters(opts.dead_letters_path()))
     progress = read.progress | "WindowProgress" >> beam.WindowInto(windowing)
     progress | "CommitCheckpoints" >> CommitCheckpoints(aws, opts.checkpoint_table_name(), after=sinks.done)

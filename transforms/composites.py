@@ -39,6 +39,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from schemas.records import SourceRecord
 from transforms.dedupe import dedupe_table
+from transforms.enrich import Enricher
 from transforms.event_tables import (
     ATTRIBUTE_COLUMNS,
     KEY_COLUMNS,
@@ -248,6 +249,7 @@ class ProcessEvents(beam.PTransform):
         super().__init__()
         if not isinstance(config, ProcessConfig):
             raise TypeError("ProcessEvents needs a ProcessConfig")
+        Enricher(config.enrich, check_files=False)  # fail when the graph is built: no PII secret, a short salt
         self.config = config
         self.batched = batched
 

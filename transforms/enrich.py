@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import apache_beam as beam
 import orjson
 from apache_beam.metrics import Metrics
-from pydantic import BaseModel
+from pydantic import BaseModel, SecretStr
 
 from schemas.events import EventType
 from schemas.failures import FailedEvent, Reason, Stage
@@ -40,7 +40,15 @@ from transforms.currency import (
     to_decimal,
 )
 from transforms.geoip import NO_GEO, GeoIpLookup
-from transforms.pii import CompiledPolicy, PiiPolicy, apply_policy, hash_value
+from transforms.pii import (
+    CompiledPolicy,
+    PiiPolicy,
+    apply_policy,
+    check_salt,
+    compile_policy,
+    hash_identifier,
+    hash_value,
+)
 from transforms.useragent import UserAgentParser
 
 if TYPE_CHECKING:
@@ -52,6 +60,9 @@ ROWS, FAILURES = "rows", "failures"
 """Output tags of :class:`EnrichEvents`."""
 
 ENRICH_COLUMNS = (
+    "user_id",
+    "anonymous_id",
+    "previous_id",
     "ip",
     "user_agent",
     "ua_browser",
@@ -85,7 +96,7 @@ ENRICH_COLUMNS = (
     "properties",
     "traits",
 )
-"""The LakeEvent columns :meth:`Enricher.enrich` returns, in LakeEvent order."""
+"""The LakeEvent columns :meth:`Enricher.enrich` returns, in LakeEvent order (the ids: PII policy applied)."""
 
 _PAGE, _IDENTIFY, _GROUP = EventType.PAGE, EventType.IDENTIFY, EventType.GROUP
 
@@ -98,7 +109,11 @@ class EnrichConfig(BaseModel):
     pii: dict[str, PiiPolicy] = {}
     """Tenant id -> PII policy."""
     default_pii: PiiPolicy = PiiPolicy()
-    """Policy for tenants not in ``pii``."""
+    """Policy for tenants not in ``pii`` (leave its salt None: a salt set here would be shared by them all)."""
+    pii_secret: SecretStr | None = None
+    """Master secret of the tenants' salts (:func:`transforms.pii.tenant_salt`) for policies without a salt
+    of their own; resolved by the driver (:func:`connectors.secrets.pii_secret`) and shipped to workers
+    inside this config. Required unless every policy, ``default_pii`` included, has its own salt."""
     base_currency: str = "INR"
     """Currency of ``revenue_inr``."""
     ua_cache_size: int = 10_000
@@ -174,7 +189,7 @@ class _Resources:
         self.row_template: dict[str, Any] = {**dict.fromkeys(ENRICH_COLUMNS), "is_bot": False, "channel": "direct"}
         self._fx: FxTable | None = None
         self.policies: dict[str, CompiledPolicy] = {}
-        self._default_policy = CompiledPolicy(config.default_pii)
+        self.hash_id = functools.lru_cache(maxsize=config.geo_cache_size)(hash_identifier)
 
     def _ua(self, user_agent: str | None) -> dict[str, Any]:
         return self.ua_parser.parse(user_agent)._asdict()
@@ -215,10 +230,26 @@ class _Resources:
     def policy(self, tenant_id: str) -> CompiledPolicy:
         compiled = self.policies.get(tenant_id)
         if compiled is None:
-            source = self.config.pii.get(tenant_id)
-            compiled = CompiledPolicy(source) if source is not None else self._default_policy
+            compiled = _compile(self.config, tenant_id)
             self.policies[tenant_id] = compiled
         return compiled
+
+
+def _compile(config: EnrichConfig, tenant_id: str) -> CompiledPolicy:
+    """The tenant's policy with its salt: configured, else derived from the master secret."""
+    secret = config.pii_secret.get_secret_value() if config.pii_secret is not None else None
+    return compile_policy(config.pii.get(tenant_id, config.default_pii), tenant_id, secret)
+
+
+def _check_pii(config: EnrichConfig) -> None:
+    """Refuse, when the graph is built, a configuration that would hash with an empty or short salt."""
+    if config.pii_secret is not None:
+        check_salt(config.pii_secret.get_secret_value(), "PII master secret")
+    elif config.default_pii.salt is None or any(policy.salt is None for policy in config.pii.values()):
+        raise ValueError(
+            "no PII master secret: policies without a salt of their own derive their tenant's salt from "
+            "EnrichConfig.pii_secret (pipelines resolve one per lake with connectors.secrets.pii_secret)"
+        )
 
 
 class Enricher:
@@ -232,6 +263,7 @@ class Enricher:
     def __init__(self, config: EnrichConfig, check_files: bool = True) -> None:
         if check_files and config.geoip_db and not os.path.isfile(config.geoip_db):
             raise FileNotFoundError(f"GeoIP database not found: {config.geoip_db}")
+        _check_pii(config)
         self.config = config
         self._r: _Resources | None = None
 
@@ -312,6 +344,17 @@ class Enricher:
         has_traits = bool(traits) or event_type is _IDENTIFY or event_type is _GROUP
         traits_json = dumps_json(apply_policy(traits, "traits", policy)) if has_traits else None
         row = r.row_template.copy()  # all keys in LakeEvent order: updates below never resize the dict
+        if policy.hash_ids:  # an email or phone sent as an id: hashed like traits.email, so stitching still joins
+            salt, hash_id = policy.salt, r.hash_id
+            row["user_id"] = hash_id(salt, fields["user_id"])
+            row["anonymous_id"] = hash_id(salt, fields["anonymous_id"])
+            row["previous_id"] = hash_id(salt, fields["previous_id"])
+        else:
+            row["user_id"], row["anonymous_id"], row["previous_id"] = (
+                fields["user_id"],
+                fields["anonymous_id"],
+                fields["previous_id"],
+            )
         row.update(r.device(policy, ctx["ip"], ctx["user_agent"]))
         row.update(r.attribution(url, path, referrer, campaign))
         row["locale"] = ctx["locale"]

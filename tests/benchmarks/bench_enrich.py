@@ -176,7 +176,7 @@ def test_enrich_throughput(tmp_path):
     db = build_sample_city_db(tmp_path / "city.mmdb")
     events = _realistic_events(N_EVENTS)
     enricher = Enricher(
-        EnrichConfig(geoip_db=str(db), pii={"acme-in": PiiPolicy(salt="a"), "bloom-in": PiiPolicy(salt="b")})
+        EnrichConfig(geoip_db=str(db), pii={"acme-in": PiiPolicy(salt="a" * 16), "bloom-in": PiiPolicy(salt="b" * 16)})
     )
     enricher.setup()
 

@@ -410,6 +410,7 @@ def test_streaming_windows_write_one_file_set_per_window(tmp_path):
 
     from schemas.records import SourceRecord
     from transforms.composites import ProcessConfig, ProcessEvents
+    from transforms.enrich import EnrichConfig
 
     records = list(generate_events(40, seed=41, bad_fraction=0.0, duplicate_fraction=0.0))
     base = dt.datetime(2026, 11, 25, 10, 0, tzinfo=dt.UTC)
@@ -429,7 +430,10 @@ def test_streaming_windows_write_one_file_set_per_window(tmp_path):
             p
             | stream
             | "Window" >> beam.WindowInto(window.FixedWindows(60))
-            | "ProcessEvents" >> ProcessEvents(ProcessConfig(buckets=1, tracking_plans_dir=None))
+            | "ProcessEvents"
+            >> ProcessEvents(
+                ProcessConfig(buckets=1, tracking_plans_dir=None, enrich=EnrichConfig(pii_secret="c0" * 32))
+            )
         )
         _ = processed.row_batches | "WriteLake" >> stream_events._WindowedLake(lake)
     files = sorted(str(p.name) for p in (tmp_path / "lake").rglob("*.parquet"))

@@ -15,8 +15,9 @@ from apache_beam.transforms import window
 from schemas.records import SourceRecord
 from tests.pipelines.corpus import dumps, event
 from transforms.composites import ProcessConfig, ProcessEvents
+from transforms.enrich import EnrichConfig
 
-CONFIG = ProcessConfig(tracking_plans_dir=None, buckets=4)
+CONFIG = ProcessConfig(tracking_plans_dir=None, buckets=4, enrich=EnrichConfig(pii_secret="c0" * 32))
 ENRICHED = ("ua_browser", "ua_os", "channel", "utm_source", "revenue_inr", "person_id", "session_id", "event_date")
 
 

@@ -6,6 +6,7 @@ import csv
 import datetime as dt
 import functools
 import hashlib
+import hmac
 import io
 import json
 import pickle
@@ -23,6 +24,7 @@ from schemas.events import Event
 from schemas.failures import FailedEvent, Reason, Stage
 from schemas.lake import LakeEvent
 from transforms.enrich import ENRICH_COLUMNS, EnrichConfig, Enricher, PiiPolicy, dumps_json
+from transforms.rows import to_lake_row
 from transforms.validate import ValidEvent
 
 IPHONE = (
@@ -31,10 +33,17 @@ IPHONE = (
 )
 GOOGLEBOT = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"
 MUMBAI_IP = "49.36.101.7"
+SECRET = "5a" * 32
+"""The PII master secret of these tests (what connectors.secrets generates: 64 hex)."""
 
 
 def sha(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def derived(tenant: str) -> str:
+    """A tenant's salt without a configured one: HMAC-SHA256(master secret, tenant id), computed here."""
+    return hmac.new(SECRET.encode(), tenant.encode(), hashlib.sha256).hexdigest()
 
 
 @functools.cache
@@ -75,10 +84,12 @@ def enricher(city_db) -> Enricher:
         EnrichConfig(
             geoip_db=city_db,
             pii={
-                "acme-in": PiiPolicy(salt="acme-salt"),
-                "open-in": PiiPolicy(salt="o", hash_fields=["traits.email"], drop_fields=["properties.card_last4"]),
+                "acme-in": PiiPolicy(salt="acme-salt-0123456789"),
+                "open-in": PiiPolicy(
+                    salt="open-salt-0123456789", hash_fields=["traits.email"], drop_fields=["properties.card_last4"]
+                ),
             },
-            default_pii=PiiPolicy(salt="default-salt"),
+            pii_secret=SECRET,
         )
     )
 
@@ -116,7 +127,7 @@ def test_order_in_usd_full_row(enricher):
     # geo from the raw IP, IP column hashed with the tenant's salt
     assert (row["geo_country"], row["geo_region"], row["geo_city"]) == ("IN", "Maharashtra", "Mumbai")
     assert (row["geo_latitude"], row["geo_longitude"]) == (19.0728, 72.8826)
-    assert row["ip"] == sha("acme-salt" + MUMBAI_IP)
+    assert row["ip"] == sha("acme-salt-0123456789" + MUMBAI_IP)
     # attribution
     assert (row["page_path"], row["referrer_host"]) == ("/checkout/thank-you", "www.google.co.in")
     assert (row["utm_source"], row["utm_medium"], row["utm_campaign"]) == ("google", "cpc", "holi")
@@ -130,7 +141,9 @@ def test_order_in_usd_full_row(enricher):
     assert row["fx_rate_date"] == dt.date(2024, 3, 4)
     # properties JSON: compact, sorted, PII hashed, numbers kept as numbers
     assert row["properties"] == (
-        '{"currency":"usd","email":"' + sha("acme-saltpriya@example.in") + '","order_id":5001,"revenue":19.99}'
+        '{"currency":"usd","email":"'
+        + sha("acme-salt-0123456789priya@example.in")
+        + '","order_id":5001,"revenue":19.99}'
     )
     assert row["traits"] is None
 
@@ -234,7 +247,7 @@ def test_bot_and_no_geo_for_private_ip(enricher):
     assert row["is_bot"] is True
     assert row["ua_device"] == "Spider"
     assert row["geo_country"] is None and row["geo_city"] is None
-    assert row["ip"] == sha("acme-salt10.0.0.7")
+    assert row["ip"] == sha("acme-salt-012345678910.0.0.7")
 
 
 def test_page_call_takes_url_from_properties(enricher):
@@ -280,14 +293,14 @@ def test_identify_traits_hashed_and_other_tenant_defaults(enricher):
     )
     row = enricher.enrich(ev)
     assert json.loads(row["traits"]) == {
-        "email": sha("acme-saltasha@example.in"),
-        "phone": sha("acme-salt+919800000003"),
-        "name": "Asha",
+        "email": sha("acme-salt-0123456789asha@example.in"),
+        "phone": sha("acme-salt-0123456789+919800000003"),
+        "name": sha("acme-salt-0123456789Asha"),
     }
     other = valid(
         {"type": "identify", "tenantId": "unknown-in", "userId": "u-1", "traits": {"email": "asha@example.in"}}
     )
-    assert json.loads(enricher.enrich(other)["traits"]) == {"email": sha("default-saltasha@example.in")}
+    assert json.loads(enricher.enrich(other)["traits"]) == {"email": sha(derived("unknown-in") + "asha@example.in")}
     empty = valid({"type": "identify", "userId": "u-1"})
     assert enricher.enrich(empty)["traits"] == "{}"
 
@@ -325,9 +338,48 @@ def test_dumps_json_edge_cases():
 
 
 def test_no_geoip_database_gives_null_geo():
-    row = Enricher(EnrichConfig()).enrich(valid({"event": "X", "context": {"ip": MUMBAI_IP}}))
+    row = Enricher(EnrichConfig(pii_secret=SECRET)).enrich(valid({"event": "X", "context": {"ip": MUMBAI_IP}}))
     assert row["geo_country"] is None
-    assert row["ip"] == sha(MUMBAI_IP)  # default policy: empty salt, IP hashed
+    assert row["ip"] == sha(derived("acme-in") + MUMBAI_IP)  # default policy: IP hashed with the tenant's salt
+    assert row["ip"] != sha(MUMBAI_IP)
+
+
+def test_no_master_secret_and_no_salt_is_refused_at_construction():
+    """The old default hashed with the empty salt: sha256(ip) is reversed by trying a /16 in milliseconds."""
+    with pytest.raises(ValueError, match="no PII master secret"):
+        Enricher(EnrichConfig())
+    with pytest.raises(ValueError, match="no PII master secret"):  # a listed tenant without its own salt
+        Enricher(EnrichConfig(pii={"acme-in": PiiPolicy()}, default_pii=PiiPolicy(salt="x" * 16)))
+    with pytest.raises(ValueError, match="reversed by hashing guesses"):
+        Enricher(EnrichConfig(pii_secret="short"))
+    Enricher(EnrichConfig(default_pii=PiiPolicy(salt="configured-salt-123")))  # every policy salted: no secret needed
+
+
+def test_email_or_phone_ids_are_hashed_like_traits(enricher):
+    """Customers send the email as userId: hashed (deterministically) like traits.email, so ids still join."""
+    ev = valid(
+        {
+            "type": "alias",
+            "userId": " Asha@Example.in",
+            "anonymousId": "+91 98000 00003",
+            "previousId": "anon-7",
+            "context": {"ip": MUMBAI_IP},
+        }
+    )
+    row = enricher.enrich(ev)
+    assert row["user_id"] == sha("acme-salt-0123456789asha@example.in")
+    assert row["anonymous_id"] == sha("acme-salt-0123456789+919800000003")
+    assert row["previous_id"] == "anon-7"  # an opaque id stays as sent
+    identify = valid({"type": "identify", "userId": "u-1", "traits": {"email": "asha@example.in"}})
+    assert json.loads(enricher.enrich(identify)["traits"])["email"] == row["user_id"]
+    lake_row = to_lake_row(ev, row)
+    assert (lake_row["user_id"], lake_row["anonymous_id"]) == (row["user_id"], row["anonymous_id"])
+
+
+def test_tenant_can_keep_contact_ids():
+    config = EnrichConfig(pii_secret=SECRET, default_pii=PiiPolicy(hash_identifiers=False))
+    row = Enricher(config).enrich(valid({"userId": "asha@example.in", "event": "X"}))
+    assert row["user_id"] == "asha@example.in"
 
 
 def test_missing_geoip_file_fails_at_construction(tmp_path):
@@ -357,14 +409,16 @@ def test_same_device_in_two_tenants_is_hashed_per_tenant(enricher):
     acme = enricher.enrich(valid({"event": "X", "context": context}))
     open_ = enricher.enrich(valid({"event": "X", "tenantId": "open-in", "context": context}))
     other = enricher.enrich(valid({"event": "X", "tenantId": "unlisted-in", "context": context}))
-    assert acme["ip"] == sha("acme-salt" + MUMBAI_IP)
+    assert acme["ip"] == sha("acme-salt-0123456789" + MUMBAI_IP)
     assert open_["ip"] == MUMBAI_IP
-    assert other["ip"] == sha("default-salt" + MUMBAI_IP)
+    assert other["ip"] == sha(derived("unlisted-in") + MUMBAI_IP)
     assert acme["geo_city"] == open_["geo_city"] == other["geo_city"] == "Mumbai"
 
 
 def test_dropped_ip_still_gives_geo(city_db):
-    enricher = Enricher(EnrichConfig(geoip_db=city_db, default_pii=PiiPolicy(drop_fields=["context.ip"])))
+    enricher = Enricher(
+        EnrichConfig(geoip_db=city_db, pii_secret=SECRET, default_pii=PiiPolicy(drop_fields=["context.ip"]))
+    )
     row = enricher.enrich(valid({"event": "X", "context": {"ip": "106.51.3.4", "userAgent": IPHONE}}))
     assert row["ip"] is None
     assert (row["geo_country"], row["geo_city"]) == ("IN", "Bengaluru")
@@ -409,7 +463,7 @@ def test_money_with_a_non_code_currency_fails(enricher, currency):
 
 
 def test_cache_stats_count_repeat_visitors(city_db):
-    enricher = Enricher(EnrichConfig(geoip_db=city_db))
+    enricher = Enricher(EnrichConfig(geoip_db=city_db, pii_secret=SECRET))
     assert enricher.cache_stats() == {}
     ev = valid({"event": "X", "context": {"ip": MUMBAI_IP, "userAgent": IPHONE, "page": {"url": "https://acme.in/"}}})
     for _ in range(3):
@@ -434,7 +488,11 @@ def test_enrich_events_on_the_fnapi_runner(city_db):
         valid({"type": "page", "messageId": "m-3", "context": {"ip": "106.51.0.1", "userAgent": GOOGLEBOT}}),
     ]
     with beam.Pipeline(options=PipelineOptions(runner="FnApiRunner")) as p:
-        out = p | "Events" >> beam.Create(events) | "Enrich" >> EnrichEvents(EnrichConfig(geoip_db=city_db))
+        out = (
+            p
+            | "Events" >> beam.Create(events)
+            | "Enrich" >> EnrichEvents(EnrichConfig(geoip_db=city_db, pii_secret=SECRET))
+        )
         rows = out.rows | "Key" >> beam.Map(lambda r: (r["message_id"], r["geo_city"], r["revenue_inr"], r["is_bot"]))
         assert_that(
             rows,
