@@ -23,7 +23,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from connectors.analytics_io import write_bytes_atomically
+from connectors.analytics_io import arrow_input, read_parquet, write_bytes_atomically
 from connectors.lake import delete_unlisted, partition_path, write_partition_file
 from schemas.features import FEATURES_TABLE, OFFLINE_FILE_SCHEMA, OFFLINE_SCHEMA
 
@@ -79,15 +79,19 @@ def read_features(lake: str, as_of_date: dt.date | None = None, tenant: str | No
 
 
 def read_spine(path: str, columns: list[str] | None = None) -> pa.Table:
-    """An entity spine from Parquet or CSV (by extension; local or s3:// through Beam's FileSystems)."""
-    with FileSystems.open(path) as handle:
+    """An entity spine from Parquet or CSV (by extension; local or s3:// through Beam's FileSystems).
+
+    Both go through :mod:`connectors.analytics_io`'s readers, which never hand Arrow a Python file object
+    (a process abort at exit otherwise).
+    """
+    if not path.lower().endswith((".csv", ".csv.gz")):
+        return read_parquet(path, columns)
+    with FileSystems.open(path) as handle:  # decompresses .csv.gz by extension
         data = handle.read()
-    if path.lower().endswith((".csv", ".csv.gz")):
-        options = pacsv.ConvertOptions(
-            column_types={"tenant_id": pa.string(), "person_id": pa.string()}, include_columns=columns
-        )
-        return pacsv.read_csv(io.BytesIO(data), convert_options=options)
-    return pq.read_table(io.BytesIO(data), columns=columns)
+    options = pacsv.ConvertOptions(
+        column_types={"tenant_id": pa.string(), "person_id": pa.string()}, include_columns=columns
+    )
+    return pacsv.read_csv(arrow_input(data), convert_options=options)
 
 
 def write_training_set(path: str, table: pa.Table) -> str:

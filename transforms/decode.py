@@ -8,10 +8,13 @@ Nothing escapes as an exception and nothing vanishes: every non-empty record yie
 output, each a :class:`RawEvent` or a :class:`~schemas.failures.FailedEvent` that keeps the
 offending bytes for replay. JSON is parsed with ``orjson`` (several times faster than ``json``
 and it rejects lone surrogates, NaN and Infinity, which would break the Parquet and Avro writers).
+orjson reads an integer outside the 64-bit range as a float (a 300-digit id would become ``1e+299``):
+such an event is failed with ``invalid_value`` and the path of the integer instead of losing digits.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import zlib
 from collections.abc import Mapping
@@ -48,6 +51,7 @@ WEBHOOK_KEY = "_webhook"
 """Key of the file/Kinesis wrapper of a webhook request (see :mod:`transforms.webhooks`)."""
 
 _BOM = b"\xef\xbb\xbf"
+_UTF16_32_BOMS = (b"\xff\xfe", b"\xfe\xff")  # UTF-32 LE/BE BOMs start with these or with NUL bytes
 _GZIP_MAGIC = b"\x1f\x8b"
 _WHITESPACE = b" \t\r\n"
 # Keys copied from a Segment /v1/batch envelope into each event that lacks them.
@@ -138,6 +142,56 @@ def json_depth_exceeds(value: Any, max_depth: int) -> bool:
     return False
 
 
+_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
+"""The integers orjson keeps exact; beyond them it returns a float."""
+_LONG_DIGITS = b"0" * 19
+_DIGITS_TO_ZERO = bytes.maketrans(b"123456789", b"000000000")
+
+
+def _may_hold_big_int(body: bytes) -> bool:
+    """Cheap pre-check: an integer beyond 64 bits needs a run of 19+ digits (found in C, ~1 µs per event)."""
+    return _LONG_DIGITS in body.translate(_DIGITS_TO_ZERO)
+
+
+def _exact(body: bytes) -> Any:
+    """``body`` parsed again by the standard library, whose integers are exact (only for bodies orjson took)."""
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):  # not expected after orjson accepted it; then nothing can be checked
+        return None
+
+
+def _big_int_path(value: Any, path: str = "") -> tuple[str, int] | None:
+    """(dotted path, value) of the first integer outside orjson's 64-bit range, in the validator's path style."""
+    stack = [(value, path)]
+    while stack:
+        node, where = stack.pop()
+        if isinstance(node, dict):
+            items = [(child, f"{where}.{key}" if where else str(key)) for key, child in node.items()]
+        elif isinstance(node, list):
+            items = [(child, f"{where}[{i}]") for i, child in enumerate(node)]
+        else:
+            if type(node) is int and not _INT_MIN <= node <= _INT_MAX:
+                return where, node
+            continue
+        stack.extend(reversed(items))  # depth first, in document order
+    return None
+
+
+def _big_int_failure(payload: bytes, found: tuple[str, int], source_ref: str | None, data: Any) -> FailedEvent:
+    path, number = found
+    digits = len(str(abs(number)))
+    return _fail(
+        payload,
+        Reason.INVALID_VALUE,
+        f"{path or 'value'}: integer of {digits} digits is outside the 64-bit range and would lose precision "
+        "(send it as a string)",
+        source_ref,
+        data,
+        field_path=path or None,
+    )
+
+
 def _may_be_deep(body: bytes, max_depth: int) -> bool:
     """Cheap pre-check: nesting deeper than N needs more than N brackets (counted in C)."""
     return body.count(b"{") + body.count(b"[") > max_depth
@@ -185,6 +239,10 @@ def _parse(body: bytes) -> tuple[Any, Reason | None, str]:
         text = str(exc)
         if "depth limit" in text:
             return None, Reason.TOO_DEEP, f"JSON nesting deeper than the parser allows ({text})"
+        if body[:2] in _UTF16_32_BOMS or b"\x00" in body[:4]:
+            # RFC 8259 §8.1 / RFC 4627 §3: JSON text starts with ASCII, so NUL bytes among the first four (or
+            # a UTF-16/32 byte-order mark) mean UTF-16 or UTF-32, which is valid UTF-8 byte by byte when ASCII
+            return None, Reason.NOT_UTF8, "UTF-16 or UTF-32 text (byte-order mark or NUL bytes): send UTF-8"
         if "UTF-8" in text:
             try:
                 body.decode("utf-8")
@@ -222,7 +280,7 @@ def decode_record(
             value = _loads(record)
         except orjson.JSONDecodeError:
             value = None
-        if type(value) is dict and "batch" not in value and WEBHOOK_KEY not in value:
+        if type(value) is dict and "batch" not in value and WEBHOOK_KEY not in value and not _may_hold_big_int(record):
             if record.count(b"{") + record.count(b"[") > max_depth and json_depth_exceeds(value, max_depth):
                 return [_fail(record, Reason.TOO_DEEP, f"JSON nested deeper than {max_depth}", source_ref, value)]
             return [RawEvent(record, value, source_ref)]
@@ -302,20 +360,35 @@ def _decode_value(
     """A parsed JSON document (or its parse failure) → events and failures."""
     if reason is not None:
         return [_fail(body, reason, message, source_ref)]
+    exact = _exact(body) if _may_hold_big_int(body) else None
     if isinstance(value, list):
-        return _decode_items(value, {}, source_ref, max_event_bytes, max_depth, "array")
+        return _decode_items(value, {}, source_ref, max_event_bytes, max_depth, "array", exact)
     if not isinstance(value, dict):
         return [_fail(body, Reason.NOT_AN_OBJECT, f"JSON {type(value).__name__} is not an event object", source_ref)]
     if WEBHOOK_KEY in value:
         return _decode_webhook(body, value, source_ref, webhook_secrets)
     batch = value.get("batch")
     if isinstance(batch, list):
-        return _decode_items(batch, value, source_ref, max_event_bytes, max_depth, "batch")
+        return _decode_items(batch, value, source_ref, max_event_bytes, max_depth, "batch", exact)
     if len(body) > max_event_bytes:
         return [_fail(body, Reason.OVERSIZE, f"event of {len(body)} bytes > {max_event_bytes}", source_ref, value)]
     if _may_be_deep(body, max_depth) and json_depth_exceeds(value, max_depth):
         return [_fail(body, Reason.TOO_DEEP, f"JSON nested deeper than {max_depth}", source_ref, value)]
+    found = _big_int_path(exact) if exact is not None else None
+    if found is not None:
+        return [_big_int_failure(body, found, source_ref, value)]
     return [RawEvent(body, value, source_ref)]
+
+
+def _merged(item: dict, inherited: dict, batch_context: Any) -> dict:
+    """A batch item with the envelope fields it lacks (Segment's rules: the item's own keys win)."""
+    if not inherited and not isinstance(batch_context, dict):
+        return item
+    merged = {**inherited, **item}
+    if isinstance(batch_context, dict):
+        own = item.get("context")
+        merged["context"] = {**batch_context, **own} if isinstance(own, dict) else dict(batch_context)
+    return merged
 
 
 def _decode_items(
@@ -325,25 +398,40 @@ def _decode_items(
     max_event_bytes: int,
     max_depth: int,
     kind: str,
+    exact: Any = None,
 ) -> list[RawEvent | FailedEvent]:
-    """Items of a JSON array or a Segment batch; envelope fields are merged the way Segment does."""
+    """Items of a JSON array or a Segment batch; envelope fields are merged the way Segment does.
+
+    ``exact`` is the whole document again with exact integers (the array, or the batch envelope), None
+    when the record holds no run of digits long enough to be beyond 64 bits.
+    """
     if not items:
         body = _dumps(envelope) if envelope else b"[]"
         return [_fail(body, Reason.EMPTY, f"empty {kind}", source_ref, envelope or None)]
     inherited = {k: envelope[k] for k in _BATCH_INHERITED if k in envelope}
     batch_context = envelope.get("context")
+    exact_items = exact.get("batch") if isinstance(exact, dict) else exact
+    if not isinstance(exact_items, list) or len(exact_items) != len(items):
+        exact_items = None
     out: list[RawEvent | FailedEvent] = []
     for index, item in enumerate(items):
         ref = f"{source_ref}[{index}]" if source_ref else f"[{index}]"
         if not isinstance(item, dict):
             out.append(_fail(_dumps(item), Reason.NOT_AN_OBJECT, f"{kind} item {index} is not an object", ref))
             continue
-        if inherited or isinstance(batch_context, dict):
-            merged = {**inherited, **item}
-            if isinstance(batch_context, dict):
-                own = item.get("context")
-                merged["context"] = {**batch_context, **own} if isinstance(own, dict) else dict(batch_context)
-            item = merged
+        item = _merged(item, inherited, batch_context)
+        if exact_items is not None and isinstance(exact_items[index], dict):
+            exact_item = _merged(
+                exact_items[index],
+                {k: exact[k] for k in _BATCH_INHERITED if k in exact} if kind == "batch" else {},
+                exact.get("context") if kind == "batch" else None,
+            )
+            found = _big_int_path(exact_item)
+            if found is not None:
+                # the dead letter keeps the item with its digits (orjson's copy holds the float)
+                payload = json.dumps(exact_item, ensure_ascii=False, separators=(",", ":")).encode()
+                out.append(_big_int_failure(payload, found, ref, item))
+                continue
         payload = _dumps(item)
         if len(payload) > max_event_bytes:
             out.append(_fail(payload, Reason.OVERSIZE, f"event of {len(payload)} bytes > {max_event_bytes}", ref, item))

@@ -4,7 +4,9 @@ Time follows Segment: a device clock may be wrong, but the *difference* between 
 recorded the event (``originalTimestamp``) and when it sent it (``sentAt``) is right, so the event
 time is ``receivedAt - (sentAt - originalTimestamp)``. Events far in the future are rejected (a
 broken clock would otherwise plant them in tomorrow's dashboards); events years old are accepted
-(history imports are normal). Every datetime leaves here tz-aware UTC, microsecond precision.
+(history imports are normal). A ``sentAt`` before ``originalTimestamp`` (beyond ``max_future``) is not a
+clock offset but a wrong value (a zero ``sentAt`` of year 1): ``bad_timestamp`` on ``sentAt``, not a
+future timestamp. Every datetime leaves here tz-aware UTC, microsecond precision.
 """
 
 from __future__ import annotations
@@ -101,12 +103,25 @@ def normalize_event(
         own = _utc(event.timestamp) if event.timestamp is not None else None
         if sdk_timestamp_is_original and original is None and sent is not None and own is not None:
             original = own
+        if original is not None and sent is not None and original - sent > max_future:
+            # sent before it was recorded, on one device clock: one of the two is wrong (a zero-valued sentAt,
+            # year 1, is the usual culprit) and the correction would move the event that far past receivedAt
+            return _fail(
+                ev,
+                Reason.BAD_TIMESTAMP,
+                "sentAt",
+                f"sentAt {sent.isoformat()} is more than {max_future} before originalTimestamp {original.isoformat()}: "
+                "an event cannot be sent before it happened",
+            )
         if original is not None and sent is not None:
             timestamp = received - (sent - original)
         else:
             timestamp = own or original or received
     except OverflowError:
         return _fail(ev, Reason.BAD_TIMESTAMP, "timestamp", "clock-skew correction overflows the calendar")
+    if sent is not None and original is None and sent < EARLIEST:
+        # without originalTimestamp nothing cancels the device clock: a year-1 sentAt is a zero value, not a time
+        return _fail(ev, Reason.BAD_TIMESTAMP, "sentAt", f"sentAt {sent.isoformat()} is before 1990")
     if received < EARLIEST:
         return _fail(ev, Reason.BAD_TIMESTAMP, "receivedAt", f"receivedAt {received.isoformat()} is before 1990")
     if timestamp < EARLIEST:

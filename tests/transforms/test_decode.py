@@ -174,7 +174,15 @@ BOMB = gzip.compress(b"[" + b" " * (20 * 1024 * 1024) + b"]")
             GOOD.replace(b'"context"', b"x").replace(b"acme", b"ac\xe9me"), Reason.NOT_UTF8, id="latin1-inside"
         ),
         pytest.param(b'{"a": "\xed\xa0\x80"}', Reason.NOT_UTF8, id="utf8-encoded-surrogate"),
+        pytest.param('{"a": 1}'.encode("utf-16-le"), Reason.NOT_UTF8, id="utf16-le"),
+        pytest.param('{"a": 1}'.encode("utf-16-be"), Reason.NOT_UTF8, id="utf16-be"),
+        pytest.param('{"a": 1}'.encode("utf-16"), Reason.NOT_UTF8, id="utf16-bom"),
+        pytest.param('{"a": 1}'.encode("utf-32"), Reason.NOT_UTF8, id="utf32-bom"),
+        pytest.param(GOOD.decode().encode("utf-16-le"), Reason.NOT_UTF8, id="utf16-event"),
+        pytest.param('{"a": 1}\n{"b": 2}\n'.encode("utf-16-le"), Reason.NOT_UTF8, id="utf16-ndjson"),
+        pytest.param(gzip.compress('{"a": 1}'.encode("utf-16")), Reason.NOT_UTF8, id="gzip-of-utf16"),
         pytest.param(GOOD[:-7], Reason.MALFORMED_JSON, id="truncated"),
+        pytest.param(b'{"a": 1}\x00', Reason.MALFORMED_JSON, id="trailing-nul-is-not-utf16"),
         pytest.param(b'{"a": 1,}', Reason.MALFORMED_JSON, id="trailing-comma"),
         pytest.param(b'{"a": NaN}', Reason.MALFORMED_JSON, id="nan"),
         pytest.param(b'{"a": "\\ud800"}', Reason.MALFORMED_JSON, id="lone-surrogate-escape"),
@@ -205,6 +213,64 @@ def test_bad_input_kinds(record: bytes, reason: Reason):
     assert isinstance(failure.payload, bytes)
     # the dead letter survives its own serialisation
     assert FailedEvent.from_json_line(failure.to_json_line()).payload == failure.payload
+
+
+BIG = "1" + "0" * 299  # a 300-digit integer: orjson alone reads it as the float 1e+299
+
+
+@pytest.mark.parametrize(
+    ("record", "path"),
+    [
+        pytest.param(f'{{"type":"track","properties":{{"n":{BIG}}}}}'.encode(), "properties.n", id="fast-path-object"),
+        pytest.param(f'{{"properties": {{"n": -{BIG}}}}}\n'.encode(), "properties.n", id="negative-slow-path"),
+        pytest.param(f'{{"p":{{"items":[1,{{"q":{BIG}}}]}}}}'.encode(), "p.items[1].q", id="inside-a-list"),
+        pytest.param(b'{"n":18446744073709551616}', "n", id="2**64"),
+        pytest.param(b'{"n":-9223372036854775809}', "n", id="-2**63-1"),
+        pytest.param(gzip.compress(f'{{"n":{BIG}}}'.encode()), "n", id="gzip"),
+        pytest.param(b"\xef\xbb\xbf" + f'{{"n":{BIG}}}'.encode(), "n", id="utf8-bom"),
+    ],
+)
+def test_integer_beyond_64_bits_is_invalid_value_not_a_float(record: bytes, path: str):
+    failure = only_failure(decode_record(record, source_ref="file:big:1"))
+    assert (failure.reason, failure.field_path, failure.stage) == (Reason.INVALID_VALUE, path, Stage.DECODE)
+    assert "outside the 64-bit range" in failure.message
+
+
+def test_integer_beyond_64_bits_fails_its_own_item_only_with_its_digits_kept():
+    array = f'[{{"a":1}},{{"b":{{"n":{BIG}}}}},{{"c":3}}]'.encode()
+    outs = decode_record(array, source_ref="arr")
+    assert [type(o) for o in outs] == [RawEvent, FailedEvent, RawEvent]
+    assert (outs[1].field_path, outs[1].source_ref) == ("b.n", "arr[1]")
+    assert json.loads(outs[1].payload) == {"b": {"n": 10**299}}  # exact digits for the replay, not 1e+299
+    ndjson = f'{{"a":1}}\n{{"n":{BIG}}}\n'.encode()
+    outs = decode_record(ndjson, source_ref="nd")
+    assert [type(o) for o in outs] == [RawEvent, FailedEvent]
+    assert outs[1].payload == f'{{"n":{BIG}}}'.encode() and outs[1].source_ref == "nd#2"
+
+
+def test_integer_beyond_64_bits_in_a_batch_envelope_fails_every_item():
+    batch = f'{{"batch":[{{"a":1}},{{"b":2,"context":{{"ip":"1.2.3.4"}}}}],"context":{{"n":{BIG}}}}}'.encode()
+    outs = decode_record(batch)
+    assert [(type(o), o.field_path) for o in outs] == [(FailedEvent, "context.n"), (FailedEvent, "context.n")]
+    assert json.loads(outs[1].payload) == {"b": 2, "context": {"n": 10**299, "ip": "1.2.3.4"}}
+    item = f'{{"batch":[{{"a":1}},{{"b":{BIG}}}],"sentAt":"2024-01-01T00:00:00Z"}}'.encode()
+    outs = decode_record(item)
+    assert [type(o) for o in outs] == [RawEvent, FailedEvent] and outs[1].field_path == "b"
+
+
+@pytest.mark.parametrize("number", [2**64 - 1, -(2**63), 2**63, 9_999_999_999_999_999_999, 0, -1], ids=lambda n: f"{n}")
+def test_integers_within_64_bits_stay_exact_integers(number: int):
+    outs = decode_record(json.dumps(event(1, properties={"n": number})).encode())
+    assert isinstance(outs[0], RawEvent)
+    value = outs[0].data["properties"]["n"]
+    assert type(value) is int and value == number
+
+
+def test_long_digit_runs_in_strings_and_floats_are_kept():
+    digits = "1" * 40
+    data = event(1, properties={"id": digits, "x": float("1" * 30), "ratio": 0.12345678901234567890})
+    outs = decode_record(json.dumps(data).encode())
+    assert isinstance(outs[0], RawEvent) and outs[0].data == data
 
 
 def test_ids_are_read_from_undecodable_bytes():

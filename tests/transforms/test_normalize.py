@@ -172,12 +172,27 @@ def test_future_bound_is_inclusive_and_configurable():
     assert isinstance(tight, FailedEvent) and tight.reason is Reason.FUTURE_TIMESTAMP
 
 
-def test_future_after_skew_correction():
-    # recorded 2 days after it was sent: corrected time is 2 days after arrival
+def test_sent_before_recorded_is_a_bad_sent_at_not_a_future_event():
+    # recorded 2 days after it was sent: not a clock offset (one clock wrote both) but a wrong value; the
+    # correction would put the event 2 days after arrival, which used to be reported as future_timestamp
     out = norm(
         originalTimestamp="2024-05-03T10:00:00Z", sentAt="2024-05-01T10:00:00Z", receivedAt="2024-05-01T10:00:00Z"
     )
-    assert isinstance(out, FailedEvent) and out.reason is Reason.FUTURE_TIMESTAMP
+    assert isinstance(out, FailedEvent)
+    assert (out.reason, out.field_path) == (Reason.BAD_TIMESTAMP, "sentAt")
+    # within max_future of each other the pair is accepted (sub-second jitter of a device clock, say)
+    ok = norm(
+        originalTimestamp="2024-05-01T10:00:01Z", sentAt="2024-05-01T10:00:00Z", receivedAt="2024-05-01T10:00:00Z"
+    )
+    assert isinstance(ok, ValidEvent) and ok.event.timestamp == t("2024-05-01T10:00:01+00:00")
+
+
+def test_device_clock_reset_to_epoch_is_still_corrected():
+    # a dead RTC battery: the device believes it is 1970, both of its times are off by the same amount
+    out = norm(
+        originalTimestamp="1970-01-01T00:00:10Z", sentAt="1970-01-01T00:01:10Z", receivedAt="2024-05-01T10:00:00Z"
+    )
+    assert isinstance(out, ValidEvent) and out.event.timestamp == t("2024-05-01T09:59:00+00:00")
 
 
 def test_future_without_received_at_is_measured_from_now():
@@ -199,6 +214,25 @@ def test_historical_backfills_are_accepted(when: str):
         ({"timestamp": "0001-01-01T00:00:00Z"}, "timestamp"),
         ({"receivedAt": "1970-01-01T00:00:00Z"}, "receivedAt"),
         ({"originalTimestamp": "0001-01-01T00:00:00Z", "sentAt": "9999-12-31T00:00:00Z"}, "timestamp"),
+        # a zero-valued sentAt (Go's time.Time{}, .NET's DateTime.MinValue): used to come out as future_timestamp
+        pytest.param(
+            {"sentAt": "0001-01-01T00:00:00Z", "originalTimestamp": "2024-05-01T10:00:00Z"}, "sentAt", id="year1-sentAt"
+        ),
+        pytest.param(
+            {
+                "sentAt": "0001-01-01T00:00:00Z",
+                "timestamp": "2024-05-01T10:00:00Z",
+                "receivedAt": "2024-05-01T10:00:01Z",
+            },
+            "sentAt",
+            id="year1-sentAt-alone",
+        ),
+        pytest.param({"sentAt": "1970-01-01T00:00:00Z"}, "sentAt", id="epoch-sentAt-alone"),
+        pytest.param(
+            {"sentAt": "0001-01-01T00:00:00Z", "originalTimestamp": "9999-12-31T00:00:00Z"},
+            "sentAt",
+            id="year1-vs-9999",
+        ),
     ],
 )
 def test_bad_timestamps(fields: dict, path: str):

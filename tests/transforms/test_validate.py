@@ -328,3 +328,22 @@ def test_any_tenant_id_is_either_valid_or_an_invalid_tenant_dead_letter(tenant):
         assert isinstance(out, FailedEvent)
         assert out.reason is Reason.INVALID_TENANT and out.field_path == "tenantId"
         assert out.tenant_id is None
+
+
+# --- integers beyond 64 bits: decode rejects them before validation, the rest reach the lake exact -----
+
+
+def test_big_integer_never_reaches_validation_as_a_float():
+    from transforms.decode import decode_record
+    from transforms.enrich import dumps_json
+
+    body = json.dumps(track(properties={"n": 10**299})).encode()
+    (out,) = decode_record(body)
+    assert isinstance(out, FailedEvent)
+    assert (out.reason, out.field_path) == (Reason.INVALID_VALUE, "properties.n")
+    edge = json.dumps(track(properties={"n": 2**64 - 1, "m": -(2**63)})).encode()
+    (decoded,) = decode_record(edge)
+    valid = validate_event(decoded)
+    assert isinstance(valid, ValidEvent)
+    # the lake's properties text holds the same digits the sender sent
+    assert json.loads(dumps_json(valid.event.properties)) == {"n": 18446744073709551615, "m": -9223372036854775808}
