@@ -17,6 +17,7 @@ from typing import Any
 
 import apache_beam as beam
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -26,14 +27,17 @@ from apache_beam.metrics import Metrics
 from connectors import paths
 from schemas.failures import FailedEvent
 from schemas.lake import EVENTS_FILE_SCHEMA, EVENTS_SCHEMA, EVENTS_TABLE
-from transforms.event_tables import file_table, from_ipc
+from transforms.event_tables import file_table, from_ipc, source_path, to_ipc
 
 __all__ = [
+    "DropLakeDuplicates",
     "PruneRunFiles",
     "WriteDeadLetters",
     "WriteLakePartitions",
+    "content_fingerprint",
     "events_dataset",
     "input_fingerprint",
+    "lake_file_name",
     "partition_dirs",
     "read_events",
     "rows_to_table",
@@ -110,6 +114,15 @@ def partition_dirs(
 # --- writing -------------------------------------------------------------------------------
 
 
+def content_fingerprint(path: str, chunk_bytes: int = 8 << 20) -> str:
+    """A file's content tag: the same bytes under any name give the same lake file names."""
+    digest = hashlib.sha256()
+    with FileSystems.open(path, compression_type="uncompressed") as handle:
+        while chunk := handle.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
 def input_fingerprint(paths: Iterable[str]) -> str:
     """A short tag naming an input: the same files (path, size) give the same lake file names."""
     digest = hashlib.sha1()
@@ -166,10 +179,88 @@ class _WritePartitionBatchFn(beam.DoFn):
             self.table,
             {"tenant_id": tenant, "event_date": date},
             rows,
-            f"part-{self.tag}-{bucket:04d}.parquet",
+            lake_file_name(self.tag, bucket),
         )
         self.files.inc()
         yield path, len(rows)
+
+
+def lake_file_name(tag: str, shard: int | str) -> str:
+    """``part-<tag>-<NNNN>.parquet``; a text shard (``<input tag>-<NNNN>``) names its own input."""
+    return f"part-{shard}.parquet" if isinstance(shard, str) else f"part-{tag}-{shard:04d}.parquet"
+
+
+class _DropLakeDuplicatesFn(beam.DoFn):
+    """Rows whose ``(tenant_id, message_id)`` is already in their partition's other files are duplicates.
+
+    "Other files": every file of the partition but those named after this run's own tags (they are
+    being rewritten by it). Keys are read once per partition and bundle, message ids only.
+    """
+
+    def __init__(self, lake: str, own_tags: Sequence[str], table: str):
+        self.lake, self.own, self.table = lake, tuple(f"part-{t}-" for t in own_tags), table
+        self.dropped = Metrics.counter("livora", "lake_duplicates")
+
+    def start_bundle(self):
+        self._known: dict[tuple[str, str], set[str]] = {}
+
+    def _known_ids(self, tenant: str, date: str) -> set[str]:
+        key = (tenant, date)
+        if key not in self._known:
+            from connectors.analytics_io import read_parquet
+
+            directory = partition_path(self.lake, self.table, {"tenant_id": tenant, "event_date": date})
+            found: set[str] = set()
+            for meta in FileSystems.match([f"{directory}/*.parquet"])[0].metadata_list:
+                if not os.path.basename(meta.path).startswith(self.own):
+                    found.update(read_parquet(meta.path, columns=["message_id"]).column(0).to_pylist())
+            self._known[key] = found
+        return self._known[key]
+
+    def process(self, element):
+        (tenant, date, shard), rows = element
+        known = self._known_ids(tenant, date)
+        if not known:
+            yield element
+            return
+        rows = list(rows)
+        if rows and isinstance(rows[0], bytes):
+            table = from_ipc(rows)
+            seen = pc.is_in(table["message_id"], value_set=pa.array(list(known), pa.string()))
+            dups = table.filter(seen)["message_id"].to_pylist()
+            kept = [to_ipc(table.filter(pc.invert(seen)))] if len(dups) < table.num_rows else []
+        else:
+            dups = [r["message_id"] for r in rows if r["message_id"] in known]
+            kept = [r for r in rows if r["message_id"] not in known]
+        self.dropped.inc(len(dups))
+        for message_id in dups:
+            yield beam.pvalue.TaggedOutput("duplicates", (tenant, message_id))
+        if kept:
+            yield (tenant, date, shard), kept
+
+
+class DropLakeDuplicates(beam.PTransform):
+    """Keep ``(tenant_id, message_id)`` unique in the events table across runs, inputs and sources.
+
+    Input and main output: lake-file batches (:attr:`transforms.composites.ProcessedEvents.lake_files`
+    or row-dict batches); output ``duplicates``: ``(tenant_id, message_id)`` per row already in the lake.
+    The check reads the message ids of the partitions the run writes to (not the whole lake): the same
+    event sent again lands on the same UTC date, since its timestamp is the same.
+
+    Args:
+        lake: lake root.
+        own_tags: tags of the files this run (re)writes: their old contents are not "already there".
+    """
+
+    def __init__(self, lake: str, own_tags: Sequence[str], table: str = EVENTS_TABLE):
+        super().__init__()
+        if not own_tags:
+            raise ValueError("DropLakeDuplicates needs the run's own file tags")
+        self.lake, self.own_tags, self.table = lake, list(own_tags), table
+
+    def expand(self, batches):
+        fn = _DropLakeDuplicatesFn(self.lake, self.own_tags, self.table)
+        return batches | "DropKnownKeys" >> beam.ParDo(fn).with_outputs("duplicates", main="rows")
 
 
 class WriteLakePartitions(beam.PTransform):
@@ -213,24 +304,26 @@ def delete_unlisted(pattern: str, keep: Iterable[str]) -> list[str]:
 
 
 class PruneRunFiles(beam.PTransform):
-    """After a run's writes: delete the files of the same run tag that this run did not write.
+    """After a run's writes: delete the files of the same run tag(s) that this run did not write.
 
     A rerun of the same input replaces its files by name; this removes the ones a rerun no longer
     makes (fewer files per partition, events that now go to the dead letters, an emptied dead-letter
-    bucket), so a rerun never leaves stale rows behind. Input: ``(path, count)`` per file written.
+    bucket, files of an attempt killed mid-run), so a rerun never leaves stale rows behind.
+    Input: ``(path, count)`` per file written. ``pattern``: one glob or several.
     """
 
-    def __init__(self, pattern: str, label: str = "files"):
+    def __init__(self, pattern: str | Sequence[str], label: str = "files"):
         super().__init__()
-        self.pattern, self.label = pattern, label
+        self.patterns = [pattern] if isinstance(pattern, str) else list(pattern)
+        self.label = label
 
     def expand(self, written):
-        pattern, counter = self.pattern, Metrics.counter("livora", f"stale_{self.label}_deleted")
+        patterns, counter = self.patterns, Metrics.counter("livora", f"stale_{self.label}_deleted")
 
         def prune(paths):
-            deleted = delete_unlisted(pattern, paths)
-            counter.inc(len(deleted))
-            return len(deleted)
+            deleted = sum(len(delete_unlisted(pattern, paths)) for pattern in patterns)
+            counter.inc(deleted)
+            return deleted
 
         return (
             written
@@ -250,30 +343,36 @@ class _WriteDeadLetterFileFn(beam.DoFn):
         self.path, self.tag = path, tag
 
     def process(self, element):
-        bucket, lines = element
+        (tag, bucket), lines = element
         body = "".join(line + "\n" for line in sorted(lines))
-        target = paths.join_under(self.path, f"part-{self.tag}-{bucket:04d}.jsonl")
+        target = paths.join_under(self.path, f"part-{tag or self.tag}-{bucket:04d}.jsonl")
         paths.write_bytes_atomically(target, body.encode("utf-8"), self.path)
         yield target, len(lines)
 
 
 class WriteDeadLetters(beam.PTransform):
-    """All failures of a run into JSON-lines files ``PATH/part-<tag>-<bucket>.jsonl`` (atomic, rerun-safe)."""
+    """All failures of a run into JSON-lines files ``PATH/part-<tag>-<bucket>.jsonl`` (atomic, rerun-safe).
 
-    def __init__(self, path: str, tag: str, buckets: int = 4):
+    With ``input_tags`` (source file path -> content tag), the failures of each input file go to files
+    named after that file's tag, as its lake rows do.
+    """
+
+    def __init__(self, path: str, tag: str, buckets: int = 4, input_tags: Mapping[str, str] | None = None):
         super().__init__()
         if not path:
             raise ValueError("WriteDeadLetters needs a path")
-        self.path, self.tag, self.buckets = path, tag, buckets
+        self.path, self.tag, self.buckets, self.input_tags = path, tag, buckets, dict(input_tags or {})
 
     def expand(self, failures):
-        buckets = self.buckets
+        buckets, input_tags = self.buckets, self.input_tags
+
+        def key(failure: FailedEvent):
+            tag = input_tags.get(source_path(failure.source_ref) or "") if input_tags else None
+            return (tag, zlib.crc32((failure.source_ref or failure.message_id or "").encode()) % buckets)
+
         return (
             failures
-            | "DeadLetterLine"
-            >> beam.Map(
-                lambda f: (zlib.crc32((f.source_ref or f.message_id or "").encode()) % buckets, f.to_json_line())
-            )
+            | "DeadLetterLine" >> beam.Map(lambda f: (key(f), f.to_json_line()))
             | "GroupDeadLetters" >> beam.GroupByKey()
             | "WriteDeadLetterFiles" >> beam.ParDo(_WriteDeadLetterFileFn(self.path, self.tag))
         )

@@ -53,6 +53,7 @@ from connectors.kinesis import (
 )
 from connectors.lake import (
     DEAD_LETTERS_DIR,
+    DropLakeDuplicates,
     WriteDeadLetters,
     WriteLakePartitions,
     event_sort_key,
@@ -242,13 +243,21 @@ class Sinks:
     counts: dict = field(default_factory=dict)  # label -> PCollection of ints to sum for the summary
 
 
-def write_sinks(processed, opts: StreamEventsOptions, aws, lake_writer, dead_writer) -> Sinks:
-    """Cross-pass dedupe, then lake, DynamoDB, warehouse; every failure into the dead letters."""
+def write_sinks(
+    processed, opts: StreamEventsOptions, aws, lake_writer, dead_writer, own_tag: str | None = None
+) -> Sinks:
+    """Cross-pass dedupe, then lake, DynamoDB, warehouse; every failure into the dead letters.
+
+    ``own_tag``: in local incremental mode, the pass whose files (any attempt) are being rewritten;
+    rows whose key is in the lake's other files of their partition are then counted duplicates."""
     batches = processed.row_batches
     duplicates = [processed.duplicates]
     if (opts.dedupe_table or "none") != "none":
         seen = batches | "DropSeenDuplicates" >> DropSeenDuplicates(aws, opts.dedupe_table, batches=True)
         batches, duplicates = seen.rows, [*duplicates, seen.duplicates]
+    if own_tag is not None:  # a pass: events already in the lake (from any source) are duplicates
+        known = batches | "DropLakeDuplicates" >> DropLakeDuplicates(opts.lake, [own_tag])
+        batches, duplicates = known.rows, [*duplicates, known.duplicates]
     written = batches | "WriteLake" >> lake_writer
     rows = batches | "LakeRows" >> beam.FlatMap(lambda kv: kv[1])
     failures = [processed.failures]
@@ -371,6 +380,7 @@ def build_pass(
         aws,
         WriteLakePartitions(opts.lake, file_tag),
         WriteDeadLetters(opts.dead_letters_path(), file_tag),
+        own_tag=tag,
     )
     totals = {
         "records_read": total(read.records, "Records"),

@@ -107,7 +107,9 @@ class _ParseBatchFn(beam.DoFn):
         """Held full rows, split by lake file once per window (not per batch: small chunks cost per column)."""
         held, self._held, self._held_rows = self._held, defaultdict(list), 0
         for win, tables in held.items():
-            for file_key, part in split_by_lake_file(pa.concat_tables(tables), self.config.files_per_partition):
+            for file_key, part in split_by_lake_file(
+                pa.concat_tables(tables), self.config.files_per_partition, self.config.input_tags
+            ):
                 yield pvalue.TaggedOutput(
                     FULL_ROWS, WindowedValue((file_key, to_ipc(part)), win.max_timestamp(), [win])
                 )
@@ -186,7 +188,7 @@ class _DedupeAndSessionizeFn(beam.DoFn):
         for key in duplicates:
             yield pvalue.TaggedOutput("duplicates", key)
         ids = sessionize_table(unique, self.session_gap)
-        for file_key, part in split_by_lake_file(ids, self.config.files_per_partition):
+        for file_key, part in split_by_lake_file(ids, self.config.files_per_partition, self.config.input_tags):
             yield file_key, to_ipc(part.select(ATTRIBUTE_COLUMNS))
 
 
@@ -273,7 +275,7 @@ class ProcessEvents(beam.PTransform):
             | "AssignPersons" >> beam.ParDo(_AssignPersonsFn(buckets))
         )
         grouped = keyed | "GroupByPersonBucket" >> beam.GroupByKey()
-        dedupe = beam.ParDo(_DedupeAndSessionizeFn(self.config)).with_output_types(tuple[tuple[str, str, int], bytes])
+        dedupe = beam.ParDo(_DedupeAndSessionizeFn(self.config)).with_output_types(tuple[tuple[str, str, int | str], bytes])
         out = grouped | "DedupeAndSessionize" >> dedupe.with_outputs("duplicates", main="rows")
         lake_files = (
             {FULL_ROWS: parsed[FULL_ROWS], IDS: out.rows}

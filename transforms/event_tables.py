@@ -13,6 +13,7 @@ tie-break, lineage) and ``_node`` (the identity node the event belongs to before
 from __future__ import annotations
 
 import datetime as dt
+import re
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from itertools import repeat
@@ -37,10 +38,12 @@ __all__ = [
     "file_shards",
     "file_table",
     "from_ipc",
+    "input_tags_of",
     "key_buckets",
     "node_buckets",
     "person_buckets",
     "sort_for_file",
+    "source_path",
     "split_by_bucket",
     "split_by_lake_file",
     "split_by_partition",
@@ -196,11 +199,51 @@ def file_shards(table: pa.Table, files_per_partition: int) -> np.ndarray:
     return key_buckets(table["message_id"], _crc_bucket(files_per_partition))
 
 
-def split_by_lake_file(table: pa.Table, files_per_partition: int) -> Iterator[tuple[tuple[str, str, int], pa.Table]]:
-    """((tenant_id, event_date ISO, file shard), rows) for every lake file the rows belong to."""
+_REF_SUFFIX = r"(@[0-9]+)?(#[0-9]+|\[[0-9]+\])*$"
+"""What a file source ref adds after the path: ``@OFFSET`` of the line, ``#N`` / ``[I]`` inside it."""
+
+
+def source_path(ref: str | None) -> str | None:
+    """The file a ``file:PATH@OFFSET#N`` source ref points into (None for other sources)."""
+    if not ref or not ref.startswith("file:"):
+        return None
+    return re.sub(_REF_SUFFIX, "", ref[len("file:") :])
+
+
+def input_tags_of(table: pa.Table, input_tags: Mapping[str, str]) -> tuple[list[str | None], np.ndarray]:
+    """(tags, index per row): each row's input tag, looked up by the file its source ref points into.
+
+    Computed once per distinct source path (a batch holds a few files, not a path per row).
+    """
+    refs = table[SOURCE_REF]
+    paths = pc.replace_substring_regex(pc.fill_null(refs, ""), _REF_SUFFIX, "")
+    encoded = pc.dictionary_encode(paths).combine_chunks()
+    tags = [
+        input_tags.get(path.removeprefix("file:")) if path.startswith("file:") else None
+        for path in encoded.dictionary.to_pylist()
+    ]
+    return tags, encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def split_by_lake_file(
+    table: pa.Table, files_per_partition: int, input_tags: Mapping[str, str] | None = None
+) -> Iterator[tuple[tuple[str, str, int | str], pa.Table]]:
+    """((tenant_id, event_date ISO, file shard), rows) for every lake file the rows belong to.
+
+    With ``input_tags`` (source file path -> content tag) the rows of each input file go to files of
+    their own, and the shard is the text ``"<tag>-<NNNN>"`` that names them: re-reading a file, under
+    any name and with any other files beside it, rewrites the same lake files.
+    """
     for (tenant, date), part in split_by_partition(table):
-        for shard, rows in split_by_bucket(part, file_shards(part, files_per_partition)):
-            yield (tenant, date, shard), rows
+        if not input_tags:
+            for shard, rows in split_by_bucket(part, file_shards(part, files_per_partition)):
+                yield (tenant, date, shard), rows
+            continue
+        tags, index = input_tags_of(part, input_tags)
+        for tag_index, of_input in split_by_bucket(part, index):
+            tag = tags[tag_index]
+            for shard, rows in split_by_bucket(of_input, file_shards(of_input, files_per_partition)):
+                yield (tenant, date, f"{tag}-{shard:04d}" if tag else shard), rows
 
 
 def _row_keys(table: pa.Table) -> pa.Array:

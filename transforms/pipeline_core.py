@@ -53,6 +53,11 @@ class ProcessConfig(BaseModel):
     now: dt.datetime | None = Field(
         default=None, description="Ingest time for events without receivedAt (default: wall clock)."
     )
+    input_tags: dict[str, str] = Field(
+        default_factory=dict,
+        description="Source file path -> content tag: each input file's rows go to lake files named after "
+        "its content (idempotent reruns over growing or renamed inputs).",
+    )
     webhooks: WebhookConfig = Field(
         default_factory=WebhookConfig,
         description="Webhook secrets (provider:tenant -> secret), shop/account bindings and the replay window.",
@@ -158,6 +163,6 @@ def process_in_memory(
     return sessionize_table(unique, dt.timedelta(seconds=config.session_gap_seconds)), failures, duplicates
 
 
-def lake_files(table: pa.Table, config: ProcessConfig) -> Iterator[tuple[tuple[str, str, int], pa.Table]]:
+def lake_files(table: pa.Table, config: ProcessConfig) -> Iterator[tuple[tuple[str, str, int | str], pa.Table]]:
     """((tenant_id, event_date ISO, file shard), rows) for every lake file a processed table makes."""
-    return split_by_lake_file(table, config.files_per_partition)
+    return split_by_lake_file(table, config.files_per_partition, config.input_tags)

@@ -131,11 +131,15 @@ def test_order_revenue_is_converted_to_inr(ingested):
     assert 20 * 50 < float(usd) < 20 * 150  # USD→INR has stayed between 50 and 150 for decades
 
 
-def test_rerun_of_the_same_input_replaces_instead_of_duplicating(ingested, corpus):
+def test_rerun_of_the_same_input_skips_it_or_replaces_its_files(ingested, corpus):
     tmp, lake, first = ingested
     files_before = sorted(p for p, _, _ in os.walk(lake))
-    second = run(["--input", str(tmp / "*.ndjson"), "--input", str(tmp / "*.json"), "--lake", str(lake)])
-    assert second.input_tag == first.input_tag
+    argv = ["--input", str(tmp / "*.ndjson"), "--input", str(tmp / "*.json"), "--lake", str(lake)]
+    second = run(argv)  # the manifest holds every file: nothing to do
+    assert (second.files_ingested, second.files_skipped, second.events_parsed) == (0, first.files_matched, 0)
+    third = run([*argv, "--reprocess"])  # ingested again: the same files, rewritten in place
+    assert third.input_tag == first.input_tag and third.files_ingested == first.files_ingested
+    assert (third.lake_rows, third.dead_letters, third.lake_duplicates) == (first.lake_rows, first.dead_letters, 0)
     assert lake_rows(lake).num_rows == corpus.lake
     assert len(read_dead_letters(str(lake / "dead_letters"))) == sum(corpus.dead.values())
     assert sorted(p for p, _, _ in os.walk(lake)) == files_before
@@ -149,7 +153,7 @@ def test_a_rerun_that_writes_fewer_files_leaves_no_stale_ones(tmp_path, corpus):
     wide = run([*base, "--files-per-partition", "4"])
     shards = {name.rsplit("-", 1)[1] for _, _, names in os.walk(lake / "events") for name in names}
     assert len(shards) > 1  # the corpus has enough persons to fill several files per partition
-    narrow = run([*base, "--files-per-partition", "1"])
+    narrow = run([*base, "--files-per-partition", "1", "--reprocess"])
     files = [name for _, _, names in os.walk(lake / "events") for name in names]
     assert narrow.input_tag == wide.input_tag and len(files) == narrow.lake_files < wide.lake_files
     assert all(name.endswith("-0000.parquet") for name in files)
