@@ -22,7 +22,9 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from connectors.aws import AwsSettings
+from connectors.config_sources import load_webhook_config, load_write_keys
 from connectors.secrets import pii_secret
+from schemas.identifiers import check_tenant_id
 from transforms.composites import ProcessConfig
 from transforms.enrich import EnrichConfig, PiiPolicy
 from transforms.pii import check_salt
@@ -33,7 +35,22 @@ DEFAULT_LOCAL_RUNNER = "FnApiRunner"
 DEFAULT_PLANS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "schemas", "tracking_plans")
 
 
-class ProcessingOptions(PipelineOptions):
+class TenantOptions(PipelineOptions):
+    """One brand (the flag is shared: Beam's option parser allows each flag once)."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument(
+            "--tenant",
+            dest="tenant",
+            default=None,
+            help="The tenant (brand). Analytics and checks: only this tenant (default all). Ingest: the tenant of "
+            "events that carry no tenantId (backfill of one brand's raw Segment export); an event naming "
+            "another tenant becomes a dead letter tenant_mismatch.",
+        )
+
+
+class ProcessingOptions(TenantOptions):
     """How events are validated and enriched (shared by batch and streaming ingest)."""
 
     @classmethod
@@ -61,6 +78,21 @@ class ProcessingOptions(PipelineOptions):
             dest="pii_config",
             default=None,
             help="JSON file: tenant -> PII policy (salt, hash_fields, drop_fields).",
+        )
+        parser.add_argument(
+            "--write-keys",
+            dest="write_keys",
+            default=None,
+            help="JSON {writeKey: tenant} (file, s3://, env:VAR or secretsmanager:NAME): events with a writeKey "
+            "belong to its tenant; an unknown key is a dead letter unknown_tenant.",
+        )
+        parser.add_argument(
+            "--webhook-secrets",
+            dest="webhook_secrets",
+            default=None,
+            help='JSON {"<provider>:<tenant>": secret} or {"secrets":…, "bindings":…, "replay_window_seconds":…} '
+            "(file, s3://, env:VAR or secretsmanager:NAME; default $LIVORA_WEBHOOK_SECRETS). Without it every "
+            "webhook delivery is dead-lettered bad_signature.",
         )
         parser.add_argument(
             "--max-future-hours",
@@ -113,7 +145,11 @@ class ProcessingOptions(PipelineOptions):
             with FileSystems.open(self.pii_config) as handle:
                 pii = {tenant: PiiPolicy.model_validate(policy) for tenant, policy in json.loads(handle.read()).items()}
         plans = None if (self.tracking_plans or "none") == "none" else self.tracking_plans
+        aws = self.view_as(AwsOptions).settings()
         return ProcessConfig(
+            default_tenant=check_tenant_id(self.tenant, "--tenant") if self.tenant else None,
+            write_keys=load_write_keys(self.write_keys, aws),
+            webhooks=load_webhook_config(self.webhook_secrets, aws),
             tracking_plans_dir=plans,
             enrich=EnrichConfig(geoip_db=self.geoip_db, pii=pii, pii_secret=secret),
             max_future_seconds=self.max_future_hours * 3600,
@@ -153,7 +189,7 @@ class AwsOptions(PipelineOptions):
         return AwsSettings.from_profile(self.aws_profile, self.aws_endpoint_url, self.aws_region)
 
 
-class DateRangeOptions(PipelineOptions):
+class DateRangeOptions(TenantOptions):
     """The slice of the lake a batch pipeline reads (inclusive dates, UTC event_date partitions)."""
 
     @classmethod
@@ -168,7 +204,6 @@ class DateRangeOptions(PipelineOptions):
         parser.add_argument(
             "--end-date", dest="end_date", type=iso_date, default=None, help="Last event date (YYYY-MM-DD, inclusive)."
         )
-        parser.add_argument("--tenant", dest="tenant", default=None, help="Only this tenant (default: all tenants).")
 
     def check_range(self) -> None:
         if self.start_date and self.end_date and self.start_date > self.end_date:

@@ -275,7 +275,9 @@ class ProcessEvents(beam.PTransform):
             | "AssignPersons" >> beam.ParDo(_AssignPersonsFn(buckets))
         )
         grouped = keyed | "GroupByPersonBucket" >> beam.GroupByKey()
-        dedupe = beam.ParDo(_DedupeAndSessionizeFn(self.config)).with_output_types(tuple[tuple[str, str, int | str], bytes])
+        dedupe = beam.ParDo(_DedupeAndSessionizeFn(self.config)).with_output_types(
+            tuple[tuple[str, str, int | str], bytes]
+        )
         out = grouped | "DedupeAndSessionize" >> dedupe.with_outputs("duplicates", main="rows")
         lake_files = (
             {FULL_ROWS: parsed[FULL_ROWS], IDS: out.rows}

@@ -32,6 +32,7 @@ from transforms.identity import identity_edges, resolve_components
 from transforms.normalize import normalize_event
 from transforms.rows import to_lake_row
 from transforms.sessions import sessionize_table
+from transforms.tenancy import TenantAssigner
 from transforms.validate import ValidEvent, validate_event
 from transforms.webhooks import WebhookConfig
 
@@ -52,6 +53,12 @@ class ProcessConfig(BaseModel):
     batch_size: int = Field(default=2000, ge=1, description="Records per batch between sources and the core.")
     now: dt.datetime | None = Field(
         default=None, description="Ingest time for events without receivedAt (default: wall clock)."
+    )
+    default_tenant: str | None = Field(
+        default=None, description="Tenant of events that carry no tenantId (backfills of a brand's raw export)."
+    )
+    write_keys: dict[str, str] = Field(
+        default_factory=dict, description="Segment writeKey -> tenant, for events that carry a writeKey."
     )
     input_tags: dict[str, str] = Field(
         default_factory=dict,
@@ -77,6 +84,7 @@ class EventParser:
         self._enricher = None
         self._max_future = dt.timedelta(seconds=config.max_future_seconds)
         self._secrets = config.webhooks if config.webhooks.secrets else None
+        self._tenants = TenantAssigner(config.default_tenant, config.write_keys) or None
 
     def _setup(self) -> None:
         if self._enricher is None:
@@ -95,6 +103,7 @@ class EventParser:
         if self._enricher is None:
             self._setup()
         max_future, secrets, plans, enrich = self._max_future, self._secrets, self._plans, self._enricher.enrich
+        tenants = self._tenants
         sdk_original = self.config.sdk_timestamp_is_original
         add_row, add_failure = rows.append, failures.append
         for record in records:
@@ -102,6 +111,11 @@ class EventParser:
                 if isinstance(raw, FailedEvent):
                     add_failure(raw)
                     continue
+                if tenants is not None:
+                    raw = tenants.assign(raw)
+                    if isinstance(raw, FailedEvent):
+                        add_failure(raw)
+                        continue
                 if record.received_at is not None and "receivedAt" not in raw.data:
                     data = {**raw.data, "receivedAt": record.received_at.isoformat()}
                     raw = RawEvent(raw.payload, data, raw.source_ref)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import glob
+import json
 import os
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from connectors.files import read_file_records
 from connectors.lake import read_dead_letters
 from pipelines.ingest_batch import IngestBatchOptions, run
 from pipelines.options import parse_options
-from tests.pipelines.corpus import build_corpus
+from tests.pipelines.corpus import build_corpus, event
 from transforms.event_tables import file_table
 from transforms.pipeline_core import lake_files, process_in_memory
 
@@ -199,3 +200,47 @@ def test_help_explains_the_flags():
         "--runner",
     ):
         assert flag in out.stdout
+
+
+def test_backfill_of_a_raw_export_and_signed_webhooks_with_configured_secrets(tmp_path):
+    """A brand's Segment export has no tenantId (--tenant fills it; an event naming another tenant is
+    refused), and a correctly signed Shopify delivery needs its secret (--webhook-secrets)."""
+    import base64
+    import datetime as dt
+    import hashlib
+    import hmac
+    import json as jsonlib
+    from pathlib import Path
+
+    from transforms.webhooks import WebhookRequest, wrap_webhook
+
+    secret = "shpss_backfill_secret"
+    body = (Path(__file__).resolve().parents[1] / "cases" / "webhooks" / "shopify_orders_create.json").read_bytes()
+    headers = {
+        "X-Shopify-Topic": "orders/create",
+        "X-Shopify-Shop-Domain": "acme-in.myshopify.com",
+        "X-Shopify-Hmac-Sha256": base64.b64encode(hmac.new(secret.encode(), body, hashlib.sha256).digest()).decode(),
+    }
+    received = dt.datetime(2026, 10, 14, 14, 15, tzinfo=dt.UTC)
+    delivery = wrap_webhook(WebhookRequest("shopify", "acme-in", headers, body, received))
+    export = [{k: v for k, v in event(i).items() if k != "tenantId"} for i in range(5)]  # what Segment's export holds
+    export.append(event(99, tenantId="bloom-in"))  # someone else's event mixed in
+    with open(tmp_path / "export.ndjson", "wb") as handle:
+        for item in export:
+            handle.write(jsonlib.dumps(item).encode() + b"\n")
+        handle.write(delivery + b"\n")
+    (tmp_path / "secrets.json").write_text(jsonlib.dumps({"shopify:acme-in": secret}))
+    argv = ["--input", str(tmp_path / "export.ndjson"), "--lake", str(tmp_path / "lake"), "--tenant", "acme-in"]
+
+    without = run([*argv, "--dead-letters", str(tmp_path / "dead0")])
+    reasons = collections.Counter(f.reason.value for f in read_dead_letters(str(tmp_path / "dead0")))
+    assert reasons == {"tenant_mismatch": 1, "bad_signature": 1} and without.lake_rows == 5
+
+    with_secrets = run([*argv, "--lake", str(tmp_path / "lake2"), "--webhook-secrets", str(tmp_path / "secrets.json")])
+    rows = lake_rows(tmp_path / "lake2")
+    assert with_secrets.lake_rows == rows.num_rows == 6
+    assert set(rows.column("tenant_id").to_pylist()) == {"acme-in"}
+    assert "Order Completed" in rows.column("event").to_pylist()
+    dead = read_dead_letters(str(tmp_path / "lake2" / "dead_letters"))
+    assert [d.reason.value for d in dead] == ["tenant_mismatch"]
+    assert secret not in json.dumps(with_secrets.__dict__)
