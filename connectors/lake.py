@@ -202,36 +202,40 @@ class _DropLakeDuplicatesFn(beam.DoFn):
         self.dropped = Metrics.counter("livora", "lake_duplicates")
 
     def start_bundle(self):
-        self._known: dict[tuple[str, str], set[str]] = {}
+        self._known: dict[tuple[str, str], pa.Array] = {}
 
-    def _known_ids(self, tenant: str, date: str) -> set[str]:
+    def _known_ids(self, tenant: str, date: str) -> pa.Array:
+        """The partition's message ids outside this run's own files (one Arrow array: no Python set)."""
         key = (tenant, date)
         if key not in self._known:
             from connectors.analytics_io import read_parquet
 
             directory = partition_path(self.lake, self.table, {"tenant_id": tenant, "event_date": date})
-            found: set[str] = set()
-            for meta in FileSystems.match([f"{directory}/*.parquet"])[0].metadata_list:
-                if not os.path.basename(meta.path).startswith(self.own):
-                    found.update(read_parquet(meta.path, columns=["message_id"]).column(0).to_pylist())
-            self._known[key] = found
+            columns = [
+                read_parquet(meta.path, columns=["message_id"]).column(0)
+                for meta in FileSystems.match([f"{directory}/*.parquet"])[0].metadata_list
+                if not os.path.basename(meta.path).startswith(self.own)
+            ]
+            ids = pa.chunked_array(columns, pa.string()).combine_chunks() if columns else pa.array([], pa.string())
+            self._known[key] = ids
         return self._known[key]
 
     def process(self, element):
         (tenant, date, shard), rows = element
         known = self._known_ids(tenant, date)
-        if not known:
+        if not len(known):
             yield element
             return
         rows = list(rows)
         if rows and isinstance(rows[0], bytes):
             table = from_ipc(rows)
-            seen = pc.is_in(table["message_id"], value_set=pa.array(list(known), pa.string()))
+            seen = pc.is_in(table["message_id"], value_set=known)
             dups = table.filter(seen)["message_id"].to_pylist()
             kept = [to_ipc(table.filter(pc.invert(seen)))] if len(dups) < table.num_rows else []
         else:
-            dups = [r["message_id"] for r in rows if r["message_id"] in known]
-            kept = [r for r in rows if r["message_id"] not in known]
+            seen = pc.is_in(pa.array([r["message_id"] for r in rows], pa.string()), value_set=known).to_pylist()
+            dups = [r["message_id"] for r, hit in zip(rows, seen, strict=True) if hit]
+            kept = [r for r, hit in zip(rows, seen, strict=True) if not hit]
         self.dropped.inc(len(dups))
         for message_id in dups:
             yield beam.pvalue.TaggedOutput("duplicates", (tenant, message_id))
