@@ -1,0 +1,72 @@
+"""Run records: appended per run, secrets redacted, readable with DuckDB."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import duckdb
+import pytest
+
+from connectors.run_records import current, recording, redact_argv
+
+
+def test_secrets_never_reach_the_arguments():
+    argv = [
+        "--lake",
+        "/l",
+        "--pii-salt",
+        "very-secret-salt-value",
+        "--s3_secret_access_key=abc123",
+        "--api-key=k",
+        "--warehouse",
+        "postgresql://livora:hunter2@db:5432/wh",
+        "--webhook-secrets",
+        "/etc/livora/webhooks.json",
+        "--dedupe-table=livora-dedupe",
+    ]
+    out = redact_argv(argv)
+    text = " ".join(out)
+    for secret in ("very-secret-salt-value", "abc123", "hunter2", "=k"):
+        assert secret not in text
+    assert "/etc/livora/webhooks.json" in out and "--dedupe-table=livora-dedupe" in out
+    assert "postgresql://livora:***@db:5432/wh" in out
+
+
+@dataclasses.dataclass
+class Summary:
+    lake_rows: int
+    dead_letters: int
+
+
+def test_every_run_appends_a_record_with_its_outcome(tmp_path):
+    lake = str(tmp_path / "lake")
+    for _ in range(2):
+        with recording("ingest_batch", ["--lake", lake, "--pii-salt", "x" * 20]) as record:
+            assert current() is record
+            record.add_input("/in/day1.ndjson", fingerprint="abc", size_bytes=10)
+            record.result = Summary(lake_rows=7, dead_letters=1)
+    with pytest.raises(ValueError), recording("funnels", ["--lake", lake]):
+        raise ValueError("--lake /nope does not exist")
+    assert current() is None
+    rows = duckdb.sql(
+        f"select pipeline, status, exit_code, error, counts, inputs, argv "
+        f"from read_json('{lake}/_runs/records/*/*.json', union_by_name=true) order by started_at"
+    ).fetchall()
+    assert [(r[0], r[1], r[2]) for r in rows] == [
+        ("ingest_batch", "succeeded", 0),
+        ("ingest_batch", "succeeded", 0),
+        ("funnels", "failed", 1),
+    ]
+    assert rows[0][4]["lake_rows"] == 7 and rows[0][5][0]["fingerprint"] == "abc"
+    assert rows[2][3] == "ValueError: --lake /nope does not exist"
+    assert "x" * 20 not in str(rows[0][6])
+
+
+def test_exit_codes_and_help_runs(tmp_path):
+    lake = str(tmp_path / "lake")
+    with pytest.raises(SystemExit), recording("funnels", ["--lake", lake]):
+        raise SystemExit(3)
+    with pytest.raises(SystemExit), recording("funnels", ["--lake", lake, "--help"]):
+        raise SystemExit(0)
+    got = duckdb.sql(f"select status, exit_code from read_json('{lake}/_runs/records/*/*.json')").fetchall()
+    assert got == [("failed", 3)]
