@@ -17,6 +17,7 @@ with the command to run when they are missing. See docs/runners.md.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import logging
 import os
 import platform
@@ -277,6 +278,33 @@ def resolve_runner(options: PipelineOptions) -> PipelineOptions:
         if portable.environment_type is None and flink.flink_master in ("[local]", "[auto]"):
             portable.environment_type = "LOOPBACK"
     return options
+
+
+# --- options a portable runner can send --------------------------------------------------------------------
+
+
+def _jsonable(value):
+    if isinstance(value, dt.date | dt.datetime):
+        return value.isoformat()
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    return value
+
+
+def portable_options(options: PipelineOptions) -> PipelineOptions:
+    """A copy of ``options`` that a portable runner (Prism, Flink, PortableRunner, Dataflow) can submit.
+
+    Those runners send every option to the job service as a protobuf ``Struct``, which takes JSON types
+    only: an option parsed into a ``datetime.date`` (``--start-date``/``--end-date``/``--as-of`` through
+    ``pipelines.options.iso_date``) makes ``pipeline.run()`` fail with ``ParseError: Value 2026-10-20 has
+    unexpected type <class 'datetime.date'>``. Dates become ISO strings here; the driver keeps its own
+    options (the graph is built from them), and the SDK workers read no option of ours.
+    """
+    values = {k: _jsonable(v) for k, v in options.get_all_options().items()}
+    # the flags as given keep options no registered class declares (Beam passes them through as strings)
+    return PipelineOptions(list(options._flags or []), **values)
 
 
 # --- command line --------------------------------------------------------------------------------------------
