@@ -302,7 +302,9 @@ def portable_options(options: PipelineOptions) -> PipelineOptions:
     unexpected type <class 'datetime.date'>``. Dates become ISO strings here; the driver keeps its own
     options (the graph is built from them), and the SDK workers read no option of ours.
     """
-    values = {k: _jsonable(v) for k, v in options.get_all_options().items()}
+    # retain_unknown_options: our option groups are not all direct PipelineOptions subclasses, which is all
+    # that Beam's get_all_options() parses; unknown flags come back as strings, overridden by values set on views
+    values = {k: _jsonable(v) for k, v in options.get_all_options(retain_unknown_options=True).items()}
     # the flags as given keep options no registered class declares (Beam passes them through as strings)
     return PipelineOptions(list(options._flags or []), **values)
 
