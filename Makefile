@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install lint bench clean
+.PHONY: demo test install lint bench clean runners runners-flink
 
 $(STAMP): setup.py
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH"; exit 1; }
@@ -18,11 +18,19 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m pipelines.demo
 
-test: $(STAMP)
+test: $(STAMP) runners
 	infra/ensure_services.sh
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest
+
+# Beam's real runners at the SDK's version, into .cache/runners (docs/runners.md): Prism needs Go,
+# the Flink job server needs Maven. Idempotent; nothing is downloaded when a pipeline runs.
+runners: $(STAMP)
+	$(PY) -m infra.runners install
+
+runners-flink: $(STAMP)
+	$(PY) -m infra.runners install --no-prism --flink
 
 bench: $(STAMP)
 	$(PY) -m pytest tests/benchmarks -m benchmark -s
