@@ -13,7 +13,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import sys
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -22,7 +21,7 @@ from apache_beam.metrics import Metrics
 
 from connectors.lake import partition_dirs
 from connectors.quality import QualityChecker, QualityResult, parse_partition_dir, read_results, write_result
-from pipelines.options import AwsOptions, DateRangeOptions, parse_options, run_pipeline, setup_logging, with_s3_options
+from pipelines.options import AwsOptions, DateRangeOptions, main_entry, parse_options, run_pipeline, with_s3_options
 
 log = logging.getLogger("livora.check_lake")
 NAMESPACE = "quality"
@@ -163,8 +162,11 @@ def run(argv: list[str] | None = None) -> CheckSummary:
 
 
 def main(argv: list[str] | None = None) -> None:
-    setup_logging()
-    summary = run(argv if argv is not None else sys.argv[1:])
+    main_entry("check_lake", _main, argv)
+
+
+def _main(argv: list[str]) -> None:
+    summary = run(argv)
     print(summary.table())
     print(json.dumps({"success": summary.success, "failed_partitions": summary.failed_partitions}))
     if summary.exit_code:

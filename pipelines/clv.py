@@ -14,7 +14,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import sys
 import zoneinfo
 
 import apache_beam as beam
@@ -26,9 +25,9 @@ from pipelines.options import (
     AwsOptions,
     DateRangeOptions,
     iso_date,
+    main_entry,
     parse_options,
     run_pipeline,
-    setup_logging,
     with_s3_options,
 )
 from transforms.clv import (
@@ -245,8 +244,11 @@ def run(argv: list[str] | None = None) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    setup_logging()
-    document = run(argv if argv is not None else sys.argv[1:])
+    main_entry("clv", _main, argv)
+
+
+def _main(argv: list[str]) -> None:
+    document = run(argv)
     for model in document["models"]:
         log.info(
             "%s: %d customers (%d repeat); r=%.4g alpha=%.4g a=%.4g b=%.4g LL=%.2f; p=%s q=%s v=%s",

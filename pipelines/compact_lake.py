@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 
 import apache_beam as beam
 
 from connectors.compaction import compact_partition, exchange_supported, list_partitions
-from pipelines.options import DateRangeOptions, counter_totals, parse_options, run_pipeline, setup_logging
+from pipelines.options import DateRangeOptions, counter_totals, main_entry, parse_options, run_pipeline
 from schemas.lake import EVENTS_TABLE
 
 log = logging.getLogger("livora.compact_lake")
@@ -118,8 +117,11 @@ def run(argv: list[str] | None = None) -> dict[str, int]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    setup_logging()
-    print(json.dumps(run(argv if argv is not None else sys.argv[1:]), indent=2))
+    main_entry("compact_lake", _main, argv)
+
+
+def _main(argv: list[str]) -> None:
+    print(json.dumps(run(argv), indent=2))
 
 
 if __name__ == "__main__":

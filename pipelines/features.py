@@ -17,7 +17,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import sys
 
 import apache_beam as beam
 import pyarrow as pa
@@ -32,9 +31,9 @@ from pipelines.options import (
     AwsOptions,
     DateRangeOptions,
     iso_date,
+    main_entry,
     parse_options,
     run_pipeline,
-    setup_logging,
     with_s3_options,
 )
 from schemas.features import FEATURES_TABLE
@@ -221,8 +220,11 @@ def summarise(lake: str, partitions: list[tuple[str, str]]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    setup_logging()
-    print(json.dumps(run(argv if argv is not None else sys.argv[1:]), indent=2))
+    main_entry("features", _main, argv)
+
+
+def _main(argv: list[str]) -> None:
+    print(json.dumps(run(argv), indent=2))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import sys
 from collections.abc import Sequence
 
 import apache_beam as beam
@@ -29,9 +28,9 @@ from connectors.analytics_io import lake_file_patterns, load_tables, read_parque
 from pipelines.options import (
     AwsOptions,
     DateRangeOptions,
+    main_entry,
     parse_options,
     run_pipeline,
-    setup_logging,
     with_s3_options,
 )
 from transforms.funnels import (
@@ -217,8 +216,11 @@ def run(argv: list[str] | None = None) -> dict[str, pa.Table]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    setup_logging()
-    tables = run(argv if argv is not None else sys.argv[1:])
+    main_entry("funnels", _main, argv)
+
+
+def _main(argv: list[str]) -> None:
+    tables = run(argv)
     steps = tables[STEPS_TABLE]
     for row in steps.to_pylist():
         log.info(

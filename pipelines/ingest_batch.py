@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 import time
 from dataclasses import asdict, dataclass
 
@@ -30,7 +29,7 @@ from connectors.lake import (
     table_path,
 )
 from connectors.run_summary import WriteRunSummary, read_run_summary, run_summary_path, total
-from pipelines.options import AwsOptions, ProcessingOptions, parse_options, run_pipeline, setup_logging, with_s3_options
+from pipelines.options import AwsOptions, ProcessingOptions, main_entry, parse_options, run_pipeline, with_s3_options
 from schemas.lake import EVENTS_TABLE
 from transforms.composites import ProcessEvents
 
@@ -133,8 +132,11 @@ def run(argv: list[str] | None = None) -> IngestSummary:
 
 
 def main(argv: list[str] | None = None) -> None:
-    setup_logging()
-    summary = run(argv if argv is not None else sys.argv[1:])
+    main_entry("ingest_batch", _main, argv)
+
+
+def _main(argv: list[str]) -> None:
+    summary = run(argv)
     print(json.dumps({**asdict(summary), "events_in": summary.events_in}, indent=2))
 
 

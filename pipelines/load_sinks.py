@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import sys
 
 import apache_beam as beam
 
@@ -22,7 +21,7 @@ from connectors.compaction import list_partitions
 from connectors.dynamodb import WriteIdentityGraph, WriteProfiles, create_tables
 from connectors.lake import WriteDeadLetters, read_events, table_path
 from connectors.warehouse import LoadToWarehouse, connect
-from pipelines.options import AwsOptions, DateRangeOptions, counter_totals, parse_options, run_pipeline, setup_logging
+from pipelines.options import AwsOptions, DateRangeOptions, counter_totals, main_entry, parse_options, run_pipeline
 from schemas.lake import EVENTS_TABLE
 
 log = logging.getLogger("livora.load_sinks")
@@ -156,8 +155,11 @@ def run(argv: list[str] | None = None) -> dict[str, int]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    setup_logging()
-    print(json.dumps(run(argv if argv is not None else sys.argv[1:]), indent=2))
+    main_entry("load_sinks", _main, argv)
+
+
+def _main(argv: list[str]) -> None:
+    print(json.dumps(run(argv), indent=2))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import sys
 from zoneinfo import ZoneInfo
 
 import apache_beam as beam
@@ -27,7 +26,7 @@ import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
 
 from connectors.analytics_io import ReadEventBuckets, event_files, load_tables, person_bucket, read_table, write_table
-from pipelines.options import DateRangeOptions, parse_options, run_pipeline, setup_logging
+from pipelines.options import DateRangeOptions, main_entry, parse_options, run_pipeline
 from schemas.lake import EVENTS_SCHEMA
 from transforms import product_analytics as pa_t
 
@@ -243,8 +242,11 @@ def run(argv: list[str] | None = None) -> ProductAnalyticsOptions:
 
 
 def main(argv: list[str] | None = None) -> None:
-    setup_logging()
-    run(sys.argv[1:] if argv is None else argv)
+    main_entry("product_analytics", _main, argv)
+
+
+def _main(argv: list[str]) -> None:
+    run(argv)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import sys
 
 import apache_beam as beam
 import pyarrow as pa
@@ -24,9 +23,9 @@ from connectors.analytics_io import event_files, lake_file_patterns, load_tables
 from pipelines.options import (
     AwsOptions,
     DateRangeOptions,
+    main_entry,
     parse_options,
     run_pipeline,
-    setup_logging,
     with_s3_options,
 )
 from transforms.retention import RETENTION_SCHEMA, ComputeRetention, RetentionDefinition
@@ -160,8 +159,11 @@ def run(argv: list[str] | None = None) -> pa.Table:
 
 
 def main(argv: list[str] | None = None) -> None:
-    setup_logging()
-    table = run(argv if argv is not None else sys.argv[1:])
+    main_entry("retention", _main, argv)
+
+
+def _main(argv: list[str]) -> None:
+    table = run(argv)
     for row in table.to_pylist():
         log.info(
             "%s cohort %s period %d: %d/%d (%.3f)",

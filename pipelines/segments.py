@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import sys
 
 import apache_beam as beam
 import numpy as np
@@ -40,7 +39,7 @@ from connectors.analytics_io import (
 from connectors.aws import AwsSettings
 from connectors.paths import join_under, partition_path
 from connectors.segment_store import DEFAULT_KEY_ATTRIBUTE, DEFAULT_SORT_KEY, write_memberships
-from pipelines.options import AwsOptions, DateRangeOptions, iso_date, parse_options, run_pipeline, setup_logging
+from pipelines.options import AwsOptions, DateRangeOptions, iso_date, main_entry, parse_options, run_pipeline
 from schemas.lake import EVENTS_SCHEMA
 from transforms import segments as seg
 
@@ -380,8 +379,11 @@ def run(argv: list[str] | None = None) -> SegmentsOptions:
 
 
 def main(argv: list[str] | None = None) -> None:
-    setup_logging()
-    run(sys.argv[1:] if argv is None else argv)
+    main_entry("segments", _main, argv)
+
+
+def _main(argv: list[str]) -> None:
+    run(argv)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import sys
 
 import apache_beam as beam
 import numpy as np
@@ -26,7 +25,7 @@ from apache_beam.metrics import Metrics
 
 from connectors.analytics_io import ReadEventBuckets, event_files, person_buckets
 from connectors.offline_store import read_spine, write_training_set
-from pipelines.options import AwsOptions, DateRangeOptions, parse_options, run_pipeline, setup_logging, with_s3_options
+from pipelines.options import AwsOptions, DateRangeOptions, main_entry, parse_options, run_pipeline, with_s3_options
 from transforms.features import INPUT_COLUMNS, build_training_set, normalise_spine
 
 log = logging.getLogger("livora.training_set")
@@ -177,8 +176,11 @@ def run(argv: list[str] | None = None) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    setup_logging()
-    print(json.dumps(run(argv if argv is not None else sys.argv[1:]), indent=2))
+    main_entry("training_set", _main, argv)
+
+
+def _main(argv: list[str]) -> None:
+    print(json.dumps(run(argv), indent=2))
 
 
 if __name__ == "__main__":
