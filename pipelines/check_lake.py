@@ -21,7 +21,16 @@ from apache_beam.metrics import Metrics
 
 from connectors.lake import partition_dirs
 from connectors.quality import QualityChecker, QualityResult, parse_partition_dir, read_results, write_result
-from pipelines.options import AwsOptions, DateRangeOptions, main_entry, parse_options, run_pipeline, with_s3_options
+from pipelines.errors import UsageError
+from pipelines.options import (
+    AwsOptions,
+    DateRangeOptions,
+    main_entry,
+    parse_options,
+    require_lake,
+    run_pipeline,
+    with_s3_options,
+)
 
 log = logging.getLogger("livora.check_lake")
 NAMESPACE = "quality"
@@ -145,7 +154,8 @@ def run(argv: list[str] | None = None) -> CheckSummary:
     options = with_s3_options(argv, options, opts.lake)  # Beam's S3 filesystem (result files) needs endpoint, region
     opts = options.view_as(CheckLakeOptions)
     if opts.max_future_hours < 0:
-        raise ValueError("--max-future-hours must not be negative")
+        raise UsageError("--max-future-hours must not be negative")
+    require_lake(opts.lake)
     selected = sorted(
         (tenant, date.isoformat())
         for tenant, date in map(

@@ -21,12 +21,14 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.parquetio import ReadAllFromParquetBatched, WriteToParquetBatched
 
 from connectors.analytics_io import lake_file_patterns
+from pipelines.errors import InputError
 from pipelines.options import (
     AwsOptions,
     DateRangeOptions,
     iso_date,
     main_entry,
     parse_options,
+    require_lake,
     run_pipeline,
     with_s3_options,
 )
@@ -231,9 +233,10 @@ def run(argv: list[str] | None = None) -> dict:
     check_options(opts)
     options = with_s3_options(list(argv or []), options, opts.lake, opts.output)
     opts = options.view_as(ClvOptions)
+    require_lake(opts.lake)
     patterns = read_patterns(opts)
     if not patterns:
-        raise ValueError(
+        raise InputError(
             f"no event partitions in {opts.lake} up to {_read_end(opts)}"
             + (f" for tenant {opts.tenant}" if opts.tenant else "")
         )

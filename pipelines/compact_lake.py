@@ -14,9 +14,10 @@ import json
 import logging
 
 import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
 
 from connectors.compaction import compact_partition, exchange_supported, list_partitions
-from pipelines.options import DateRangeOptions, counter_totals, main_entry, parse_options, run_pipeline
+from pipelines.options import DateRangeOptions, counter_totals, main_entry, parse_options, require_lake, run_pipeline
 from schemas.lake import EVENTS_TABLE
 
 log = logging.getLogger("livora.compact_lake")
@@ -107,6 +108,8 @@ def run(argv: list[str] | None = None) -> dict[str, int]:
         raise ValueError("--target-file-mb must be positive")
     if opts.strategy == "exchange" and (opts.lake.startswith("s3://") or not exchange_supported()):
         raise ValueError("--strategy exchange needs a local lake on Linux (renameat2); use copy or auto")
+    FileSystems.set_options(options)
+    require_lake(opts.lake, opts.table)
     partitions = list_partitions(opts.lake, opts.table, opts.start_date, opts.end_date, opts.tenant)
     log.info("compacting %d partitions of %s/%s", len(partitions), opts.lake, opts.table)
     totals = dict.fromkeys(COUNTERS, 0)

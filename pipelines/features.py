@@ -33,6 +33,7 @@ from pipelines.options import (
     iso_date,
     main_entry,
     parse_options,
+    require_lake,
     run_pipeline,
     with_s3_options,
 )
@@ -194,6 +195,7 @@ def run(argv: list[str] | None = None) -> dict:
     options = with_s3_options(list(argv or []), options, opts.lake, opts.output_lake)
     opts = options.view_as(FeaturesOptions)
     opts.as_of = as_of
+    require_lake(opts.lake)
     files = event_files(opts.lake, end=max(as_of), tenant=tenant)
     tenants = sorted({f.tenant_id for f in files})
     partitions = [(d.isoformat(), t) for d in as_of for t in tenants]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass
 
@@ -29,7 +28,17 @@ from connectors.lake import (
     table_path,
 )
 from connectors.run_summary import WriteRunSummary, read_run_summary, run_summary_path, total
-from pipelines.options import AwsOptions, ProcessingOptions, main_entry, parse_options, run_pipeline, with_s3_options
+from pipelines.errors import UnbalancedError
+from pipelines.options import (
+    AwsOptions,
+    ProcessingOptions,
+    check_tracking_plans,
+    main_entry,
+    parse_options,
+    require_matches,
+    run_pipeline,
+    with_s3_options,
+)
 from schemas.lake import EVENTS_TABLE
 from transforms.composites import ProcessEvents
 
@@ -103,8 +112,8 @@ def run(argv: list[str] | None = None) -> IngestSummary:
     options = with_s3_options(argv, options, *opts.inputs, opts.lake, opts.dead_letters)
     opts = options.view_as(IngestBatchOptions)
     opts.dead_letters = opts.dead_letters or table_path(opts.lake, DEAD_LETTERS_DIR)
-    if opts.tracking_plans and opts.tracking_plans != "none" and not os.path.isdir(opts.tracking_plans):
-        raise ValueError(f"--tracking-plans {opts.tracking_plans!r} is not a directory")
+    require_matches("--input", opts.inputs)  # an empty glob is a failed run, not an empty one
+    check_tracking_plans(opts.tracking_plans)
     if opts.geoip_db and not FileSystems.exists(opts.geoip_db):
         raise ValueError(f"--geoip-db {opts.geoip_db!r} does not exist")
     tag = input_fingerprint(opts.inputs)
@@ -123,7 +132,7 @@ def run(argv: list[str] | None = None) -> IngestSummary:
     log.info("done: %s", summary)
     if summary.events_in != summary.events_parsed:
         # Something between parsing and the sinks dropped or doubled events: fail loudly, never silently.
-        raise RuntimeError(
+        raise UnbalancedError(
             f"ingest totals do not balance: {summary.events_parsed} events parsed but lake {summary.lake_rows} + "
             f"dead letters {summary.dead_letters} + duplicates {summary.duplicates} = {summary.events_in} "
             f"(run summary {summary_path})"

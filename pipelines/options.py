@@ -26,11 +26,12 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
+from connectors.analytics_io import events_present
 from connectors.aws import AwsSettings
 from connectors.lake import table_path
 from connectors.secrets import pii_secret
 from pipelines.errors import ConfigError, InputError, PipelineError, UsageError, describe_validation
-from pipelines.logs import add_logging_arguments, configure_logging, logging_flags
+from pipelines.logs import Progress, add_logging_arguments, configure_logging, logging_flags
 from schemas.lake import EVENTS_TABLE
 from transforms.composites import ProcessConfig
 from transforms.enrich import EnrichConfig, PiiPolicy
@@ -180,7 +181,12 @@ class DateRangeOptions(PipelineOptions):
 
     def check_range(self) -> None:
         if self.start_date and self.end_date and self.start_date > self.end_date:
-            raise ValueError(f"--start-date {self.start_date} is after --end-date {self.end_date}")
+            raise UsageError(f"--start-date {self.start_date} is after --end-date {self.end_date}")
+
+    def describe_range(self) -> str:
+        """``from 2026-10-01 to 2026-10-31 for tenant acme-in``: the slice, for messages."""
+        text = f"from {self.start_date or 'the first date'} to {self.end_date or 'the last date'}"
+        return text + (f" for tenant {self.tenant}" if self.tenant else "")
 
 
 class LivoraArgumentParser(argparse.ArgumentParser):
@@ -316,6 +322,31 @@ def require_lake(lake: str, table: str = EVENTS_TABLE) -> None:
         found = bool(FileSystems.match([f"{path}/*"], limits=[1])[0].metadata_list)
     if not found:
         raise InputError(f"--lake {lake}: no {table} table there ({path} does not exist or is empty)")
+
+
+def require_events(patterns: Sequence[str], names: Sequence[str], where: str) -> None:
+    """Fail with an :class:`InputError` when one of the event ``names`` never occurs in the lake files of
+    ``patterns``: a misspelt step or a range without data would otherwise give a table of zeros and exit 0."""
+    progress = Progress(logging.getLogger("livora.options"), "lake files scanned for the events", every=10.0)
+    present = events_present(patterns, names, on_file=progress.add)
+    missing = [name for name in dict.fromkeys(names) if name not in present]
+    if missing:
+        listed = ", ".join(repr(name) for name in missing)
+        raise InputError(
+            f"event{'s' if len(missing) > 1 else ''} {listed} never occur{'' if len(missing) > 1 else 's'} in "
+            f"{where} ({len(patterns)} partitions); check the name, or pass --allow-empty"
+        )
+
+
+def add_allow_empty(parser) -> None:
+    parser.add_argument(
+        "--allow-empty",
+        dest="allow_empty",
+        action="store_true",
+        default=False,
+        help="Exit 0 even when an event the run needs never occurs in the range (writes tables of zeros); "
+        "by default that exits 5 (README, 'Exit codes').",
+    )
 
 
 def require_matches(flag: str, patterns: Sequence[str]) -> None:

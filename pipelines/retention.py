@@ -20,11 +20,15 @@ import pyarrow as pa
 from apache_beam.io.parquetio import ReadAllFromParquetBatched
 
 from connectors.analytics_io import event_files, lake_file_patterns, load_tables, read_parquet, write_tables
+from pipelines.errors import UsageError
 from pipelines.options import (
     AwsOptions,
     DateRangeOptions,
+    add_allow_empty,
     main_entry,
     parse_options,
+    require_events,
+    require_lake,
     run_pipeline,
     with_s3_options,
 )
@@ -75,6 +79,7 @@ class RetentionOptions(DateRangeOptions, AwsOptions):
             "--buckets", type=int, default=64, help="Person buckets per tenant (parallelism, default 64)."
         )
         parser.add_argument("--output", required=True, help="Output directory (local or s3://).")
+        add_allow_empty(parser)
         parser.add_argument(
             "--warehouse",
             default=None,
@@ -84,7 +89,7 @@ class RetentionOptions(DateRangeOptions, AwsOptions):
 
 def definition_from_options(opts: RetentionOptions) -> RetentionDefinition:
     if opts.buckets < 1:
-        raise ValueError("--buckets must be >= 1")
+        raise UsageError("--buckets must be >= 1")
     return RetentionDefinition(
         start_event=opts.start_event,
         return_event=opts.return_event,
@@ -141,6 +146,7 @@ def run(argv: list[str] | None = None) -> pa.Table:
     definition = definition_from_options(opts)
     options = with_s3_options(argv, options, opts.lake, opts.output)
     opts = options.view_as(RetentionOptions)
+    require_lake(opts.lake)
     span = resolve_range(opts)
     patterns = []
     if span:
@@ -148,6 +154,9 @@ def run(argv: list[str] | None = None) -> pa.Table:
         # local dates [start, end] live in UTC partitions [start - 1, end + 1]; first_time also needs history
         read_from = None if definition.kind == "first_time" else start - dt.timedelta(days=1)
         patterns = lake_file_patterns(opts.lake, read_from, end + dt.timedelta(days=1), opts.tenant)
+    if not opts.allow_empty:
+        events = [definition.start_event, definition.return_event]
+        require_events(patterns, events, f"{opts.lake} {opts.describe_range()}")
     if patterns:
         log.info("retention %s over %d partitions, %s..%s (%s)", definition.kind, len(patterns), *span, opts.timezone)
         run_pipeline(
@@ -155,7 +164,9 @@ def run(argv: list[str] | None = None) -> pa.Table:
         )
     else:
         write_tables(opts.output, {RETENTION_TABLE: RETENTION_SCHEMA.empty_table()})
-    return read_parquet(f"{opts.output.rstrip('/')}/{RETENTION_TABLE}.parquet")
+    path = f"{opts.output.rstrip('/')}/{RETENTION_TABLE}.parquet"
+    log.info("wrote %s (+ .csv)", path)
+    return read_parquet(path)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -22,7 +22,6 @@ import datetime as dt
 import hashlib
 import json
 import logging
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -62,7 +61,14 @@ from connectors.lake import (
 from connectors.run_summary import read_run_summary, run_summary_path, total
 from pipelines.errors import EXIT_LEASE_HELD, EXIT_LEASE_LOST, PipelineError
 from pipelines.logs import drop_import_noise
-from pipelines.options import AwsOptions, ProcessingOptions, main_entry, parse_options, run_pipeline
+from pipelines.options import (
+    AwsOptions,
+    ProcessingOptions,
+    check_tracking_plans,
+    main_entry,
+    parse_options,
+    run_pipeline,
+)
 from schemas.lake import EVENTS_TABLE
 from transforms.composites import ProcessEvents
 
@@ -655,8 +661,7 @@ def run(argv: list[str] | None = None, out=sys.stdout) -> StreamSummary | None:
     options = parse_options(argv, StreamEventsOptions, __doc__)
     opts = options.view_as(StreamEventsOptions)
     opts.validate()
-    if opts.tracking_plans and opts.tracking_plans != "none" and not os.path.isdir(opts.tracking_plans):
-        raise ValueError(f"--tracking-plans {opts.tracking_plans!r} is not a directory")
+    check_tracking_plans(opts.tracking_plans)
     aws = opts.settings()
     if any(path.startswith("s3://") for path in (opts.lake, opts.dead_letters or "")):
         # Beam's S3 filesystem gets the same AWS as the rest (the local endpoint, test credentials)

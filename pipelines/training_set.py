@@ -25,7 +25,15 @@ from apache_beam.metrics import Metrics
 
 from connectors.analytics_io import ReadEventBuckets, event_files, person_buckets
 from connectors.offline_store import read_spine, write_training_set
-from pipelines.options import AwsOptions, DateRangeOptions, main_entry, parse_options, run_pipeline, with_s3_options
+from pipelines.options import (
+    AwsOptions,
+    DateRangeOptions,
+    main_entry,
+    parse_options,
+    require_lake,
+    run_pipeline,
+    with_s3_options,
+)
 from transforms.features import INPUT_COLUMNS, build_training_set, normalise_spine
 
 log = logging.getLogger("livora.training_set")
@@ -157,6 +165,7 @@ def run(argv: list[str] | None = None) -> dict:
     check_options(opts, dates)
     options = with_s3_options(list(argv or []), options, opts.lake, opts.spine, opts.output)
     opts = options.view_as(TrainingSetOptions)
+    require_lake(opts.lake)
     ttl = None if opts.no_ttl else dt.timedelta(days=opts.ttl_days)
     labels = normalise_spine(read_spine(opts.spine, ["tenant_id", "person_id", "label_timestamp"]))
     if labels.num_rows == 0:
