@@ -17,6 +17,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from connectors.compaction import compact_partition, exchange_supported, list_partitions
+from pipelines.logs import Progress
 from pipelines.options import DateRangeOptions, counter_totals, main_entry, parse_options, require_lake, run_pipeline
 from schemas.lake import EVENTS_TABLE
 
@@ -68,13 +69,20 @@ class CompactLakeOptions(DateRangeOptions):
 
 
 class _CompactPartitionFn(beam.DoFn):
-    def __init__(self, lake: str, table: str, target_file_mb: float, min_age_seconds: float, strategy: str):
-        self._args = (lake, table)
+    def __init__(
+        self, lake: str, table: str, target_file_mb: float, min_age_seconds: float, strategy: str, total: int = 0
+    ):
+        self._args, self._total = (lake, table), total
         self._kwargs = {"target_file_mb": target_file_mb, "min_age_seconds": min_age_seconds, "strategy": strategy}
         self._counters = {name: beam.metrics.Metrics.counter(NAMESPACE, name) for name in COUNTERS}
 
+    def setup(self):
+        # per worker: with several workers each reports its own share (the total is the whole run's)
+        self._progress = Progress(log, "partitions compacted or skipped", self._total or None)
+
     def process(self, partition: dict[str, str]):
         result = compact_partition(*self._args, partition, **self._kwargs)
+        self._progress.add()
         c = self._counters
         c["partitions_compacted" if result.status == "compacted" else "partitions_skipped"].inc()
         for name, value in (
@@ -90,7 +98,9 @@ class _CompactPartitionFn(beam.DoFn):
 
 
 def build(pipeline: beam.Pipeline, opts: CompactLakeOptions, partitions: list[dict[str, str]]):
-    fn = _CompactPartitionFn(opts.lake, opts.table, opts.target_file_mb, opts.min_age_minutes * 60, opts.strategy)
+    fn = _CompactPartitionFn(
+        opts.lake, opts.table, opts.target_file_mb, opts.min_age_minutes * 60, opts.strategy, len(partitions)
+    )
     return (
         pipeline
         | "Partitions" >> beam.Create(partitions)
