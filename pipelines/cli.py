@@ -10,7 +10,7 @@ import pipelines
 
 
 def available() -> list[str]:
-    skip = {"cli", "options"}
+    skip = {"cli", "options", "errors", "logs"}  # modules that are not pipelines
     return sorted(m.name for m in pkgutil.iter_modules(pipelines.__path__) if m.name not in skip)
 
 

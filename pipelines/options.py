@@ -201,8 +201,17 @@ class LivoraArgumentParser(argparse.ArgumentParser):
         raise UsageError(message)
 
     def parse_args(self, args=None, namespace=None):
-        """Like argparse's, but an unknown flag names the closest known one."""
-        parsed, unknown = self.parse_known_args(args, namespace)
+        """Like argparse's, but an unknown flag names the closest known one, and is reported before a
+        missing required flag (``--lkae`` is why ``--lake`` is missing)."""
+        args = sys.argv[1:] if args is None else list(args)
+        try:
+            parsed, unknown = self.parse_known_args(args, namespace)
+        except UsageError:
+            known = set(option_strings(self))
+            unknown = [a for a in args if a.startswith("--") and a.split("=", 1)[0] not in known]
+            if unknown:
+                raise UsageError(unknown_flags_message(unknown, list(known))) from None
+            raise
         if unknown:
             raise UsageError(unknown_flags_message(unknown, option_strings(self)))
         return parsed
@@ -281,11 +290,15 @@ def check_flags(argv: Sequence[str], options_cls: type[PipelineOptions], descrip
     """Fail with a :class:`UsageError` on any flag that is neither the pipeline's nor Beam's, or on a bad value
     of the pipeline's own flags; ``-h/--help`` prints the pipeline's flags and exits 0."""
     own = pipeline_parser(options_cls, description)
-    _, rest = own.parse_known_args(list(argv))
+    lenient = pipeline_parser(options_cls, description)
+    for action in lenient._actions:  # unknown flags first: a typo is often why a required flag is missing
+        action.required = False
+    _, rest = lenient.parse_known_args(list(argv))
     beam_parser = beam_flags_parser()
     _, unknown = beam_parser.parse_known_args(rest)
     if unknown:
         raise UsageError(unknown_flags_message(unknown, option_strings(own), option_strings(beam_parser)))
+    own.parse_known_args(list(argv))  # required flags
 
 
 def parse_options(argv: list[str], options_cls: type[PipelineOptions], description: str) -> PipelineOptions:

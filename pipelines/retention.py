@@ -148,15 +148,18 @@ def run(argv: list[str] | None = None) -> pa.Table:
     opts = options.view_as(RetentionOptions)
     require_lake(opts.lake)
     span = resolve_range(opts)
-    patterns = []
+    patterns, in_range = [], []
     if span:
         start, end = span
         # local dates [start, end] live in UTC partitions [start - 1, end + 1]; first_time also needs history
-        read_from = None if definition.kind == "first_time" else start - dt.timedelta(days=1)
-        patterns = lake_file_patterns(opts.lake, read_from, end + dt.timedelta(days=1), opts.tenant)
-    if not opts.allow_empty:
+        first, last = start - dt.timedelta(days=1), end + dt.timedelta(days=1)
+        in_range = lake_file_patterns(opts.lake, first, last, opts.tenant)
+        patterns = (
+            lake_file_patterns(opts.lake, None, last, opts.tenant) if definition.kind == "first_time" else in_range
+        )
+    if not opts.allow_empty:  # history before the range does not count: the cohorts are in the range
         events = [definition.start_event, definition.return_event]
-        require_events(patterns, events, f"{opts.lake} {opts.describe_range()}")
+        require_events(in_range, events, f"{opts.lake} {opts.describe_range()}")
     if patterns:
         log.info("retention %s over %d partitions, %s..%s (%s)", definition.kind, len(patterns), *span, opts.timezone)
         run_pipeline(
