@@ -64,6 +64,21 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(doc, default=str, ensure_ascii=False)
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time of the record (test runners swap and close it)."""
+
+    def __init__(self):
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
     """Replace whatever handlers exist (Beam installs a WARNING one on import) with one stderr handler.
 
@@ -71,7 +86,7 @@ def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
     that with ``fmt="json"`` every stderr line is JSON.
     """
     level = level.upper()
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
     handler.addFilter(_NOISE_FILTER)
     logging.basicConfig(level=level, handlers=[handler], force=True)

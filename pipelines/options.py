@@ -332,7 +332,7 @@ def require_lake(lake: str, table: str = EVENTS_TABLE) -> None:
     if "://" not in path:
         found = os.path.isdir(path)
     else:
-        found = bool(FileSystems.match([f"{path}/*"], limits=[1])[0].metadata_list)
+        found = bool(FileSystems.match([f"{path}/**"], limits=[1])[0].metadata_list)  # object stores: no dirs
     if not found:
         raise InputError(f"--lake {lake}: no {table} table there ({path} does not exist or is empty)")
 
