@@ -339,3 +339,10 @@ def test_json_formatter_carries_extra_fields():
 )
 def test_logging_flags_are_read_before_anything_else(argv, expected):
     assert logging_flags(argv) == expected
+
+
+def test_livora_names_the_closest_pipeline(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["funels"])
+    assert exit_info.value.code == EXIT_USAGE
+    assert capsys.readouterr().err.splitlines() == ["livora: unknown pipeline 'funels' (did you mean funnels?)"]
