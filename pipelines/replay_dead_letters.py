@@ -34,6 +34,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from connectors.lake import WriteDeadLetters, WriteLakePartitions, events_dataset, table_path
 from connectors.run_summary import WriteRunSummary, read_run_summary, run_summary_path, total
+from pipelines.errors import InputError
 from pipelines.options import AwsOptions, ProcessingOptions, main_entry, parse_options, run_pipeline
 from schemas.failures import FailedEvent, Reason, Stage
 from schemas.records import SourceRecord
@@ -225,7 +226,7 @@ def run(argv: list[str] | None = None) -> ReplaySummary:
     FileSystems.set_options(options)  # s3:// dead letters: the --s3_* flags apply to the reads below too
     files, lines = _read_lines(opts.dead_letters)
     if not files:
-        raise ValueError(f"--dead-letters {opts.dead_letters} matched no files")
+        raise InputError(f"--dead-letters {opts.dead_letters}: matches no file")
     corrections_text = ""
     if opts.corrections:
         with FileSystems.open(opts.corrections) as handle:
