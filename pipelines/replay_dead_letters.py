@@ -226,7 +226,7 @@ def run(argv: list[str] | None = None) -> ReplaySummary:
     FileSystems.set_options(options)  # s3:// dead letters: the --s3_* flags apply to the reads below too
     files, lines = _read_lines(opts.dead_letters)
     if not files:
-        raise InputError(f"--dead-letters {opts.dead_letters}: matches no file")
+        raise InputError(f"--dead-letters {', '.join(opts.dead_letters)}: matches no file")
     corrections_text = ""
     if opts.corrections:
         with FileSystems.open(opts.corrections) as handle:
