@@ -20,7 +20,7 @@ import io
 import os
 import re
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
 
 import apache_beam as beam
@@ -265,6 +265,27 @@ def read_parquet(path: str, columns: Sequence[str] | None = None) -> pa.Table:
     with FileSystems.open(path) as handle:
         data = handle.read()
     return pq.read_table(arrow_input(data), columns=cols)
+
+
+def events_present(
+    patterns: Sequence[str], names: Sequence[str], on_file: Callable[[], None] | None = None
+) -> set[str]:
+    """Which of the event ``names`` occur in the lake files of ``patterns`` (``DIR/*.parquet``).
+
+    Reads only the ``event`` column and stops at the first file after which every name has been seen, so a
+    check that passes usually costs a few files; only a name that never occurs costs a scan of the column.
+    ``on_file`` is called after each file read (progress).
+    """
+    wanted, seen = set(names), set()
+    for match in FileSystems.match(list(patterns)) if patterns else ():
+        for meta in sorted(match.metadata_list, key=lambda m: m.path):
+            column = read_parquet(meta.path, ["event"]).column("event")
+            seen |= wanted & set(pc.unique(column).to_pylist())
+            if on_file:
+                on_file()
+            if seen == wanted:
+                return seen
+    return seen
 
 
 def read_table(path: str) -> pd.DataFrame | None:

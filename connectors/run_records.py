@@ -70,6 +70,8 @@ class RunRecord:
     inputs: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     outputs: list[str] = dataclasses.field(default_factory=list)
     counts: dict[str, Any] = dataclasses.field(default_factory=dict)
+    error: str | None = None
+    """One line saying why the run failed, when it ends with an exit code rather than an exception."""
     result: Any = dataclasses.field(default=None, repr=False)
     """The run's summary (a dataclass, pydantic model or mapping): its numbers become ``counts``."""
 
@@ -152,7 +154,8 @@ def recording(pipeline: str, argv: Sequence[str]) -> Iterator[RunRecord]:
     """Record the run of ``pipeline``: yields the record; writes it on exit, whatever the outcome.
 
     The caller sets ``record.result`` (the run's summary), or the exception propagates; either way one
-    record is appended where the run writes (``--lake`` or ``--output``), or logged when it has neither.
+    record is appended where the run writes (``--lake`` or ``--output``), when that folder exists (a
+    run pointed at a mistyped lake must not create it).
     """
     record = RunRecord(pipeline, list(argv))
     token = _current.set(record)
@@ -162,6 +165,7 @@ def recording(pipeline: str, argv: Sequence[str]) -> Iterator[RunRecord]:
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         status = "succeeded" if code == 0 else "failed"
+        error = record.error if code else None
         raise
     except BaseException as exc:
         status, code, error = "failed", 1, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
@@ -172,9 +176,9 @@ def recording(pipeline: str, argv: Sequence[str]) -> Iterator[RunRecord]:
             record.add_counts(_as_counts(record.result))
         root = _root(argv)
         help_only = any(a in ("-h", "--help") for a in argv)
-        if root and not help_only:
+        if root and not help_only and ("://" in root or os.path.isdir(root)):  # never create a mistyped lake
             try:
                 where = write_record(root, record, status, code, error)
-                log.info("run record %s", where)
+                log.debug("run record %s", where)
             except Exception as err:  # a run's outcome must not hinge on its bookkeeping: say so loudly
                 log.error("could not write the run record under %s: %s", root, err)

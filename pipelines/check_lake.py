@@ -13,7 +13,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import sys
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -22,7 +21,17 @@ from apache_beam.metrics import Metrics
 
 from connectors.lake import partition_dirs
 from connectors.quality import QualityChecker, QualityResult, parse_partition_dir, read_results, write_result
-from pipelines.options import AwsOptions, DateRangeOptions, parse_options, run_pipeline, setup_logging, with_s3_options
+from pipelines.errors import UsageError
+from pipelines.logs import Progress
+from pipelines.options import (
+    AwsOptions,
+    DateRangeOptions,
+    main_entry,
+    parse_options,
+    require_lake,
+    run_pipeline,
+    with_s3_options,
+)
 
 log = logging.getLogger("livora.check_lake")
 NAMESPACE = "quality"
@@ -53,8 +62,8 @@ class CheckLakeOptions(DateRangeOptions, AwsOptions):
 class _CheckPartitionFn(beam.DoFn):
     """Run the suite on one partition and write its result; the GX context is built once per worker."""
 
-    def __init__(self, lake: str, max_future_hours: float):
-        self.lake, self.max_future_hours = lake, max_future_hours
+    def __init__(self, lake: str, max_future_hours: float, total: int | None = None):
+        self.lake, self.max_future_hours, self.total = lake, max_future_hours, total
         self.checked = Metrics.counter(NAMESPACE, "partitions_checked")
         self.failed = Metrics.counter(NAMESPACE, "partitions_failed")
         self.rows = Metrics.counter(NAMESPACE, "rows_checked")
@@ -62,6 +71,8 @@ class _CheckPartitionFn(beam.DoFn):
 
     def setup(self):
         self.checker = QualityChecker(max_future=dt.timedelta(hours=self.max_future_hours))
+        # per worker: with several workers each reports its own share (the total is the whole run's)
+        self.progress = Progress(log, "partitions checked", self.total)
 
     def process(self, partition: tuple[str, str]):
         tenant, date = partition
@@ -72,6 +83,7 @@ class _CheckPartitionFn(beam.DoFn):
         if not result.success:
             self.failed.inc()
             self.expectations_failed.inc(len(result.failed))
+        self.progress.add()
         yield path
 
 
@@ -80,7 +92,7 @@ def build(pipeline: beam.Pipeline, opts: CheckLakeOptions, partitions: list[tupl
         pipeline
         | "Partitions" >> beam.Create(partitions)
         | "SpreadPartitions" >> beam.Reshuffle()
-        | "CheckPartitions" >> beam.ParDo(_CheckPartitionFn(opts.lake, opts.max_future_hours))
+        | "CheckPartitions" >> beam.ParDo(_CheckPartitionFn(opts.lake, opts.max_future_hours, len(partitions)))
     )
 
 
@@ -146,7 +158,8 @@ def run(argv: list[str] | None = None) -> CheckSummary:
     options = with_s3_options(argv, options, opts.lake)  # Beam's S3 filesystem (result files) needs endpoint, region
     opts = options.view_as(CheckLakeOptions)
     if opts.max_future_hours < 0:
-        raise ValueError("--max-future-hours must not be negative")
+        raise UsageError("--max-future-hours must not be negative")
+    require_lake(opts.lake)
     selected = sorted(
         (tenant, date.isoformat())
         for tenant, date in map(
@@ -156,15 +169,23 @@ def run(argv: list[str] | None = None) -> CheckSummary:
     log.info("checking %d partitions of %s", len(selected), opts.lake)
     if selected:
         run_pipeline(lambda p: build(p, opts, selected), options)
-    results = read_results(opts.lake, [(tenant, dt.date.fromisoformat(date)) for tenant, date in selected])
+    progress = Progress(log, "partition results read", len(selected))
+    results = []
+    for tenant, date in selected:  # driver-side: one small file per partition
+        results += read_results(opts.lake, [(tenant, dt.date.fromisoformat(date))])
+        progress.add()
+    progress.finish()
     summary = CheckSummary.of(results)
     summary.fail_on_error = opts.fail_on_error
     return summary
 
 
 def main(argv: list[str] | None = None) -> None:
-    setup_logging()
-    summary = run(argv if argv is not None else sys.argv[1:])
+    main_entry("check_lake", _main, argv)
+
+
+def _main(argv: list[str]) -> None:
+    summary = run(argv)
     print(summary.table())
     print(json.dumps({"success": summary.success, "failed_partitions": summary.failed_partitions}))
     if summary.exit_code:

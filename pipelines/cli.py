@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import pkgutil
 import sys
@@ -10,7 +11,7 @@ import pipelines
 
 
 def available() -> list[str]:
-    skip = {"cli", "options"}
+    skip = {"cli", "options", "errors", "logs"}  # modules that are not pipelines
     return sorted(m.name for m in pkgutil.iter_modules(pipelines.__path__) if m.name not in skip)
 
 
@@ -24,7 +25,10 @@ def main(argv: list[str] | None = None) -> None:
         return
     name = args[0].replace("-", "_")
     if name not in names:
-        sys.exit(f"livora: unknown pipeline {args[0]!r}; one of: {', '.join(names)}")
+        close = difflib.get_close_matches(name, names, n=1)
+        hint = f" (did you mean {close[0].replace('_', '-')}?)" if close else f"; one of: {', '.join(names)}"
+        print(f"livora: unknown pipeline {args[0]!r}{hint}", file=sys.stderr)
+        raise SystemExit(2)
     module = importlib.import_module(f"pipelines.{name}")
     sys.argv = [f"livora {args[0]}", *args[1:]]
     module.main(args[1:])

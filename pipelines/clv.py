@@ -14,7 +14,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import sys
 import zoneinfo
 
 import apache_beam as beam
@@ -22,13 +21,15 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.parquetio import ReadAllFromParquetBatched, WriteToParquetBatched
 
 from connectors.analytics_io import lake_file_patterns
+from pipelines.errors import InputError
 from pipelines.options import (
     AwsOptions,
     DateRangeOptions,
     iso_date,
+    main_entry,
     parse_options,
+    require_lake,
     run_pipeline,
-    setup_logging,
     with_s3_options,
 )
 from transforms.clv import (
@@ -232,9 +233,10 @@ def run(argv: list[str] | None = None) -> dict:
     check_options(opts)
     options = with_s3_options(list(argv or []), options, opts.lake, opts.output)
     opts = options.view_as(ClvOptions)
+    require_lake(opts.lake)
     patterns = read_patterns(opts)
     if not patterns:
-        raise ValueError(
+        raise InputError(
             f"no event partitions in {opts.lake} up to {_read_end(opts)}"
             + (f" for tenant {opts.tenant}" if opts.tenant else "")
         )
@@ -245,8 +247,11 @@ def run(argv: list[str] | None = None) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    setup_logging()
-    document = run(argv if argv is not None else sys.argv[1:])
+    main_entry("clv", _main, argv)
+
+
+def _main(argv: list[str]) -> None:
+    document = run(argv)
     for model in document["models"]:
         log.info(
             "%s: %d customers (%d repeat); r=%.4g alpha=%.4g a=%.4g b=%.4g LL=%.2f; p=%s q=%s v=%s",

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 
 import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
 
 from connectors.compaction import compact_partition, exchange_supported, list_partitions
-from pipelines.options import DateRangeOptions, counter_totals, parse_options, run_pipeline, setup_logging
+from pipelines.logs import Progress
+from pipelines.options import DateRangeOptions, counter_totals, main_entry, parse_options, require_lake, run_pipeline
 from schemas.lake import EVENTS_TABLE
 
 log = logging.getLogger("livora.compact_lake")
@@ -68,13 +69,20 @@ class CompactLakeOptions(DateRangeOptions):
 
 
 class _CompactPartitionFn(beam.DoFn):
-    def __init__(self, lake: str, table: str, target_file_mb: float, min_age_seconds: float, strategy: str):
-        self._args = (lake, table)
+    def __init__(
+        self, lake: str, table: str, target_file_mb: float, min_age_seconds: float, strategy: str, total: int = 0
+    ):
+        self._args, self._total = (lake, table), total
         self._kwargs = {"target_file_mb": target_file_mb, "min_age_seconds": min_age_seconds, "strategy": strategy}
         self._counters = {name: beam.metrics.Metrics.counter(NAMESPACE, name) for name in COUNTERS}
 
+    def setup(self):
+        # per worker: with several workers each reports its own share (the total is the whole run's)
+        self._progress = Progress(log, "partitions compacted or skipped", self._total or None)
+
     def process(self, partition: dict[str, str]):
         result = compact_partition(*self._args, partition, **self._kwargs)
+        self._progress.add()
         c = self._counters
         c["partitions_compacted" if result.status == "compacted" else "partitions_skipped"].inc()
         for name, value in (
@@ -90,7 +98,9 @@ class _CompactPartitionFn(beam.DoFn):
 
 
 def build(pipeline: beam.Pipeline, opts: CompactLakeOptions, partitions: list[dict[str, str]]):
-    fn = _CompactPartitionFn(opts.lake, opts.table, opts.target_file_mb, opts.min_age_minutes * 60, opts.strategy)
+    fn = _CompactPartitionFn(
+        opts.lake, opts.table, opts.target_file_mb, opts.min_age_minutes * 60, opts.strategy, len(partitions)
+    )
     return (
         pipeline
         | "Partitions" >> beam.Create(partitions)
@@ -108,6 +118,8 @@ def run(argv: list[str] | None = None) -> dict[str, int]:
         raise ValueError("--target-file-mb must be positive")
     if opts.strategy == "exchange" and (opts.lake.startswith("s3://") or not exchange_supported()):
         raise ValueError("--strategy exchange needs a local lake on Linux (renameat2); use copy or auto")
+    FileSystems.set_options(options)
+    require_lake(opts.lake, opts.table)
     partitions = list_partitions(opts.lake, opts.table, opts.start_date, opts.end_date, opts.tenant)
     log.info("compacting %d partitions of %s/%s", len(partitions), opts.lake, opts.table)
     totals = dict.fromkeys(COUNTERS, 0)
@@ -118,8 +130,11 @@ def run(argv: list[str] | None = None) -> dict[str, int]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    setup_logging()
-    print(json.dumps(run(argv if argv is not None else sys.argv[1:]), indent=2))
+    main_entry("compact_lake", _main, argv)
+
+
+def _main(argv: list[str]) -> None:
+    print(json.dumps(run(argv), indent=2))
 
 
 if __name__ == "__main__":

@@ -22,7 +22,8 @@ import time
 from connectors.synthetic import generate_events
 from infra.geoip_sample import build_sample_city_db
 from pipelines import funnels, ingest_batch, product_analytics, report, retention
-from pipelines.options import setup_logging
+from pipelines.logs import add_logging_arguments
+from pipelines.options import LivoraArgumentParser, main_entry
 
 FUNNEL = "Product Viewed,Product Added,Checkout Started,Order Completed"
 
@@ -66,7 +67,13 @@ def run_analytics(lake: str, out: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    main_entry("demo", _main, argv)
+
+
+def _main(argv: list[str]) -> None:
+    parser = LivoraArgumentParser(
+        prog="python -m pipelines.demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--events", type=int, default=5_000, help="Records to generate (default 5,000).")
     parser.add_argument("--seed", type=int, default=7, help="Random seed (default 7).")
     parser.add_argument("--workdir", default="demo_output", help="Where inputs and outputs go (default demo_output/).")
@@ -79,8 +86,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--skip-analytics", action="store_true", help="Only ingest; skip funnels, retention, products and the report."
     )
+    add_logging_arguments(parser.add_argument_group("Logging"))
     args = parser.parse_args(argv)
-    setup_logging()
     workdir = os.path.abspath(args.workdir)
     os.makedirs(workdir, exist_ok=True)
     geoip = str(build_sample_city_db(os.path.join(workdir, "geoip-sample.mmdb")))

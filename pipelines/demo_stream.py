@@ -151,17 +151,28 @@ def run_streaming_demo(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from pipelines.options import main_entry
+
+    main_entry("demo_stream", _main, argv)
+
+
+def _main(argv: list[str]) -> None:
+    from pipelines.logs import add_logging_arguments
+    from pipelines.options import LivoraArgumentParser
+
+    parser = LivoraArgumentParser(
+        prog="python -m pipelines.demo_stream",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument(
         "--workdir", default="demo-stream", help="Where the lake and warehouse go (default demo-stream)."
     )
     parser.add_argument("--events", type=int, default=3000, help="Records to put on the stream (default 3000).")
     parser.add_argument("--seed", type=int, default=7, help="Traffic seed (default 7).")
     parser.add_argument("--shards", type=int, default=4, help="Kinesis shards (default 4).")
+    add_logging_arguments(parser.add_argument_group("Logging"))
     args = parser.parse_args(argv)
-    from pipelines.options import setup_logging
-
-    setup_logging()
     summary = run_streaming_demo(args.workdir, args.events, args.seed, args.shards)
     print(json.dumps(summary, indent=2))
 

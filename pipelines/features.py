@@ -17,7 +17,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import sys
 
 import apache_beam as beam
 import pyarrow as pa
@@ -32,9 +31,10 @@ from pipelines.options import (
     AwsOptions,
     DateRangeOptions,
     iso_date,
+    main_entry,
     parse_options,
+    require_lake,
     run_pipeline,
-    setup_logging,
     with_s3_options,
 )
 from schemas.features import FEATURES_TABLE
@@ -195,6 +195,7 @@ def run(argv: list[str] | None = None) -> dict:
     options = with_s3_options(list(argv or []), options, opts.lake, opts.output_lake)
     opts = options.view_as(FeaturesOptions)
     opts.as_of = as_of
+    require_lake(opts.lake)
     files = event_files(opts.lake, end=max(as_of), tenant=tenant)
     tenants = sorted({f.tenant_id for f in files})
     partitions = [(d.isoformat(), t) for d in as_of for t in tenants]
@@ -221,8 +222,11 @@ def summarise(lake: str, partitions: list[tuple[str, str]]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    setup_logging()
-    print(json.dumps(run(argv if argv is not None else sys.argv[1:]), indent=2))
+    main_entry("features", _main, argv)
+
+
+def _main(argv: list[str]) -> None:
+    print(json.dumps(run(argv), indent=2))
 
 
 if __name__ == "__main__":

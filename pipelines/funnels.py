@@ -18,20 +18,28 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import sys
+import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import apache_beam as beam
 import pyarrow as pa
+import pydantic
+import yaml
 from apache_beam.io.parquetio import ReadAllFromParquetBatched
 
 from connectors.analytics_io import lake_file_patterns, load_tables, read_parquet, write_tables
+from pipelines.errors import ConfigError, UsageError, describe_validation
 from pipelines.options import (
     AwsOptions,
     DateRangeOptions,
+    add_allow_empty,
+    config_error,
+    main_entry,
     parse_options,
+    require_events,
+    require_lake,
     run_pipeline,
-    setup_logging,
     with_s3_options,
 )
 from transforms.funnels import (
@@ -108,6 +116,7 @@ class FunnelOptions(DateRangeOptions, AwsOptions):
             help="Person buckets per tenant: the unit of parallelism of the level computation (default 64).",
         )
         parser.add_argument("--output", required=True, help="Output directory (local or s3://).")
+        add_allow_empty(parser)
         parser.add_argument(
             "--warehouse",
             default=None,
@@ -120,13 +129,13 @@ class FunnelOptions(DateRangeOptions, AwsOptions):
 def definitions_from_options(opts: FunnelOptions) -> list[FunnelDefinition]:
     """The funnels to compute; fails before the graph is built when the flags don't add up."""
     if bool(opts.steps) == bool(opts.config):
-        raise ValueError("give exactly one of --steps (ad hoc funnel) or --config (YAML definitions)")
+        raise UsageError("give exactly one of --steps (ad hoc funnel) or --config (YAML definitions)")
     if opts.buckets < 1:
-        raise ValueError("--buckets must be >= 1")
+        raise UsageError("--buckets must be >= 1")
     if opts.lookahead and opts.end_date is None:
-        raise ValueError("--lookahead needs --end-date")
+        raise UsageError("--lookahead needs --end-date")
     if opts.config:
-        definitions = load_funnels(opts.config)
+        definitions = _load_config(opts.config)
         updates = {}
         if opts.mode:
             updates["mode"] = opts.mode
@@ -146,7 +155,31 @@ def definitions_from_options(opts: FunnelOptions) -> list[FunnelDefinition]:
     }
     if opts.timezone:
         spec["timezone"] = opts.timezone
-    return [FunnelDefinition.model_validate(spec)]
+    try:
+        return [FunnelDefinition.model_validate(spec)]
+    except pydantic.ValidationError as err:
+        raise UsageError(f"ad hoc funnel: {describe_validation(err, spec)}") from err
+
+
+def _load_config(path: str) -> list[FunnelDefinition]:
+    """``--config``: the funnels of a YAML file; an invalid one fails in one line naming the file, the funnel
+    (its position and name) and the field."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"--config {path}: no such file")
+    try:
+        return load_funnels(path)
+    except (yaml.YAMLError, ValueError) as err:
+        if not isinstance(err, pydantic.ValidationError):
+            raise config_error(path, err) from err
+        data = yaml.safe_load(Path(path).read_text())
+        items = data.get("funnels", data) if isinstance(data, dict) else data
+        for i, item in enumerate(items):  # load_funnels validates them in order: find the entry that failed
+            try:
+                FunnelDefinition.model_validate(item)
+            except pydantic.ValidationError as entry_err:
+                name = f" ({item.get('name')!r})" if isinstance(item, dict) and item.get("name") else ""
+                raise ConfigError(f"{path}: funnel [{i}]{name}, {describe_validation(entry_err, item)}") from err
+        raise config_error(path, err) from err
 
 
 class _WriteFunnelOutputs(beam.DoFn):
@@ -200,8 +233,13 @@ def run(argv: list[str] | None = None) -> dict[str, pa.Table]:
     if opts.lookahead:
         entry_before = dt.datetime.combine(opts.end_date + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
         read_end = opts.end_date + dt.timedelta(days=-(-max(d.window_seconds for d in definitions) // 86400))
+    require_lake(opts.lake)
     patterns = lake_file_patterns(opts.lake, opts.start_date, read_end, opts.tenant)
+    if not opts.allow_empty:
+        steps = [step.event for d in definitions for step in d.steps]
+        require_events(patterns, steps, f"{opts.lake} {opts.describe_range()}")
     log.info("%d funnel(s) over %d lake partitions of %s", len(definitions), len(patterns), opts.lake)
+    out = opts.output.rstrip("/")
     if patterns:
         run_pipeline(
             lambda p: build(p, patterns, definitions, opts.output, opts.buckets, opts.warehouse, entry_before), options
@@ -209,7 +247,7 @@ def run(argv: list[str] | None = None) -> dict[str, pa.Table]:
     else:  # nothing in range: still replace the outputs, with empty tables
         steps, days = combine_funnel_outputs([], definitions)
         write_tables(opts.output, {STEPS_TABLE: steps, ENTRY_DAYS_TABLE: days})
-    out = opts.output.rstrip("/")
+    log.info("wrote %s/{%s,%s}.parquet (+ .csv)", out, STEPS_TABLE, ENTRY_DAYS_TABLE)
     result = {}
     for name in (STEPS_TABLE, ENTRY_DAYS_TABLE):
         result[name] = read_parquet(f"{out}/{name}.parquet")
@@ -217,8 +255,11 @@ def run(argv: list[str] | None = None) -> dict[str, pa.Table]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    setup_logging()
-    tables = run(argv if argv is not None else sys.argv[1:])
+    main_entry("funnels", _main, argv)
+
+
+def _main(argv: list[str]) -> None:
+    tables = run(argv)
     steps = tables[STEPS_TABLE]
     for row in steps.to_pylist():
         log.info(

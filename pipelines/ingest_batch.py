@@ -14,10 +14,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import sys
 import time
-from dataclasses import asdict, dataclass
+from collections import Counter
+from dataclasses import asdict, dataclass, field
 
 import apache_beam as beam
 import pyarrow.parquet as pq
@@ -36,8 +35,19 @@ from connectors.lake import (
 )
 from connectors.manifest import read_manifest, write_manifest_entry
 from connectors.paths import remove_stale_temp_files
+from connectors.run_records import current as current_run
 from connectors.run_summary import WriteRunSummary, read_run_summary, run_summary_path, total
-from pipelines.options import AwsOptions, ProcessingOptions, parse_options, run_pipeline, setup_logging, with_s3_options
+from pipelines.errors import InputError, UnbalancedError
+from pipelines.options import (
+    AwsOptions,
+    ProcessingOptions,
+    check_tracking_plans,
+    main_entry,
+    parse_options,
+    require_matches,
+    run_pipeline,
+    with_s3_options,
+)
 from schemas import PIPELINE_VERSION
 from schemas.lake import EVENTS_TABLE
 from transforms.composites import ProcessEvents
@@ -90,6 +100,7 @@ class IngestSummary:
     files_ingested: int = 0
     files_skipped: int = 0
     """Matched files whose content the lake already holds (or a second copy of a file of this run)."""
+    dead_letters_by_reason: dict[str, int] = field(default_factory=dict)
 
     @property
     def events_in(self) -> int:
@@ -108,7 +119,7 @@ def match_inputs(patterns: list[str]) -> list[InputFile]:
     found: dict[str, int] = {}
     for pattern, result in zip(patterns, FileSystems.match(patterns), strict=True):
         if not result.metadata_list:
-            raise ValueError(f"--input {pattern!r} matches no file")
+            raise InputError(f"--input {pattern!r} matches no file")
         for meta in result.metadata_list:
             found[meta.path] = meta.size_in_bytes
     files = []
@@ -198,8 +209,8 @@ def run(argv: list[str] | None = None) -> IngestSummary:
     options = with_s3_options(argv, options, *opts.inputs, opts.lake, opts.dead_letters)
     opts = options.view_as(IngestBatchOptions)
     opts.dead_letters = opts.dead_letters or table_path(opts.lake, DEAD_LETTERS_DIR)
-    if opts.tracking_plans and opts.tracking_plans != "none" and not os.path.isdir(opts.tracking_plans):
-        raise ValueError(f"--tracking-plans {opts.tracking_plans!r} is not a directory")
+    require_matches("--input", opts.inputs)  # an empty glob is a failed run, not an empty one
+    check_tracking_plans(opts.tracking_plans)
     if opts.geoip_db and not FileSystems.exists(opts.geoip_db):
         raise ValueError(f"--geoip-db {opts.geoip_db!r} does not exist")
     started = time.monotonic()
@@ -208,6 +219,14 @@ def run(argv: list[str] | None = None) -> IngestSummary:
             log.info("removed %s, left by a writer that was killed", stale)
     matched = match_inputs(opts.inputs)
     files, skipped = select_new(matched, read_manifest(opts.lake), opts.reprocess)
+    record = current_run()
+    if record is not None:
+        for item in matched:
+            record.add_input(
+                item.path, fingerprint=item.fingerprint, size_bytes=item.size_bytes, skipped=item in skipped
+            )
+        record.add_output(table_path(opts.lake, EVENTS_TABLE))
+        record.add_output(opts.dead_letters)
     tag = input_fingerprint_of(f.fingerprint for f in files)
     counts = {"files_matched": len(matched), "files_ingested": len(files), "files_skipped": len(skipped)}
     if skipped:
@@ -232,13 +251,24 @@ def run(argv: list[str] | None = None) -> IngestSummary:
     log.info("done: %s", summary)
     if summary.events_in != summary.events_parsed:
         # Something between parsing and the sinks dropped or doubled events: fail loudly, never silently.
-        raise RuntimeError(
+        raise UnbalancedError(
             f"ingest totals do not balance: {summary.events_parsed} events parsed but lake {summary.lake_rows} + "
             f"dead letters {summary.dead_letters} + duplicates {summary.duplicates} + already in the lake "
             f"{summary.lake_duplicates} = {summary.events_in} (run summary {summary_path})"
         )
+    summary.dead_letters_by_reason = dead_letter_reasons(opts.dead_letters, [tag, *(f.fingerprint for f in files)])
     record_ingested(opts, files, tag)
     return summary
+
+
+def dead_letter_reasons(directory: str, tags: list[str]) -> dict[str, int]:
+    """Reason code -> count over the dead-letter files of these tags (this run's)."""
+    counts: Counter[str] = Counter()
+    for tag in tags:
+        for meta in FileSystems.match([run_files_pattern(directory, tag, ".jsonl")])[0].metadata_list:
+            with FileSystems.open(meta.path, compression_type="uncompressed") as handle:
+                counts.update(json.loads(line)["reason"] for line in handle.read().splitlines() if line.strip())
+    return dict(sorted(counts.items()))
 
 
 def input_fingerprint_of(fingerprints) -> str:
@@ -248,9 +278,13 @@ def input_fingerprint_of(fingerprints) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    setup_logging()
-    summary = run(argv if argv is not None else sys.argv[1:])
+    main_entry("ingest_batch", _main, argv)
+
+
+def _main(argv: list[str]) -> IngestSummary:
+    summary = run(argv)
     print(json.dumps({**asdict(summary), "events_in": summary.events_in}, indent=2))
+    return summary
 
 
 if __name__ == "__main__":

@@ -14,15 +14,24 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import sys
 
 import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
 
 from connectors.compaction import list_partitions
 from connectors.dynamodb import WriteIdentityGraph, WriteProfiles, create_tables
 from connectors.lake import WriteDeadLetters, read_events, table_path
 from connectors.warehouse import LoadToWarehouse, connect
-from pipelines.options import AwsOptions, DateRangeOptions, counter_totals, parse_options, run_pipeline, setup_logging
+from pipelines.errors import UsageError
+from pipelines.options import (
+    AwsOptions,
+    DateRangeOptions,
+    counter_totals,
+    main_entry,
+    parse_options,
+    require_lake,
+    run_pipeline,
+)
 from schemas.lake import EVENTS_TABLE
 
 log = logging.getLogger("livora.load_sinks")
@@ -134,12 +143,14 @@ def run(argv: list[str] | None = None) -> dict[str, int]:
     opts = options.view_as(LoadSinksOptions)
     opts.check_range()
     if not (opts.warehouse or opts.profiles_table or opts.identity_table):
-        raise ValueError("nothing to load: give --warehouse and/or --profiles-table / --identity-table")
+        raise UsageError("nothing to load: give --warehouse and/or --profiles-table / --identity-table")
+    if opts.create_tables and not (opts.profiles_table and opts.identity_table):
+        raise UsageError("--create-tables needs --profiles-table and --identity-table")
+    FileSystems.set_options(options)
+    require_lake(opts.lake)
     if opts.warehouse:
         connect(opts.warehouse)  # a bad URL fails here, before any work
     if opts.create_tables:
-        if not (opts.profiles_table and opts.identity_table):
-            raise ValueError("--create-tables needs --profiles-table and --identity-table")
         create_tables(opts.settings(), opts.profiles_table, opts.identity_table)
     opts.dead_letters = opts.dead_letters or f"{table_path(opts.lake, 'dead_letters')}/sinks"
     partitions = list_partitions(opts.lake, EVENTS_TABLE, opts.start_date, opts.end_date, opts.tenant)
@@ -156,8 +167,11 @@ def run(argv: list[str] | None = None) -> dict[str, int]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    setup_logging()
-    print(json.dumps(run(argv if argv is not None else sys.argv[1:]), indent=2))
+    main_entry("load_sinks", _main, argv)
+
+
+def _main(argv: list[str]) -> None:
+    print(json.dumps(run(argv), indent=2))
 
 
 if __name__ == "__main__":

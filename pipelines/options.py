@@ -11,20 +11,31 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import difflib
+import functools
 import json
 import logging
 import os
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 
 import apache_beam as beam
+import pydantic
+from apache_beam.io.filesystem import BeamIOError
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
+from connectors.analytics_io import events_present
 from connectors.aws import AwsSettings
-from connectors.config_sources import load_webhook_config, load_write_keys
+from connectors.config_sources import ConfigSourceError, load_webhook_config, load_write_keys
+from connectors.lake import table_path
+from connectors.run_records import recording
 from connectors.secrets import pii_secret
+from pipelines.errors import ConfigError, InputError, PipelineError, UsageError, describe_validation
+from pipelines.logs import Progress, add_logging_arguments, configure_logging, logging_flags
 from schemas.identifiers import check_tenant_id
+from schemas.lake import EVENTS_TABLE
 from transforms.composites import ProcessConfig
 from transforms.enrich import EnrichConfig, PiiPolicy
 from transforms.pii import check_salt
@@ -142,14 +153,21 @@ class ProcessingOptions(TenantOptions):
         check_salt(secret, "--pii-salt / $LIVORA_PII_SALT")
         pii: dict[str, PiiPolicy] = {}
         if self.pii_config:
-            with FileSystems.open(self.pii_config) as handle:
-                pii = {tenant: PiiPolicy.model_validate(policy) for tenant, policy in json.loads(handle.read()).items()}
+            pii = load_pii_config(self.pii_config)
         plans = None if (self.tracking_plans or "none") == "none" else self.tracking_plans
         aws = self.view_as(AwsOptions).settings()
+        try:
+            tenant = check_tenant_id(self.tenant, "--tenant") if self.tenant else None
+            write_keys = load_write_keys(self.write_keys, aws)
+            webhooks = load_webhook_config(self.webhook_secrets, aws)
+        except ConfigSourceError as err:
+            raise ConfigError(str(err)) from None
+        except ValueError as err:
+            raise UsageError(str(err)) from None
         return ProcessConfig(
-            default_tenant=check_tenant_id(self.tenant, "--tenant") if self.tenant else None,
-            write_keys=load_write_keys(self.write_keys, aws),
-            webhooks=load_webhook_config(self.webhook_secrets, aws),
+            default_tenant=tenant,
+            write_keys=write_keys,
+            webhooks=webhooks,
             tracking_plans_dir=plans,
             enrich=EnrichConfig(geoip_db=self.geoip_db, pii=pii, pii_secret=secret),
             max_future_seconds=self.max_future_hours * 3600,
@@ -207,28 +225,250 @@ class DateRangeOptions(TenantOptions):
 
     def check_range(self) -> None:
         if self.start_date and self.end_date and self.start_date > self.end_date:
-            raise ValueError(f"--start-date {self.start_date} is after --end-date {self.end_date}")
+            raise UsageError(f"--start-date {self.start_date} is after --end-date {self.end_date}")
+
+    def describe_range(self) -> str:
+        """``from 2026-10-01 to 2026-10-31 for tenant acme-in``: the slice, for messages."""
+        text = f"from {self.start_date or 'the first date'} to {self.end_date or 'the last date'}"
+        return text + (f" for tenant {self.tenant}" if self.tenant else "")
+
+
+class LivoraArgumentParser(argparse.ArgumentParser):
+    """argparse that never abbreviates a flag and fails with a :class:`UsageError` (one line, exit 2) instead of
+    printing usage: ``--wind 60`` is not ``--window``, and a scheduler's log gets one clear line."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        raise UsageError(message)
+
+    def parse_args(self, args=None, namespace=None):
+        """Like argparse's, but an unknown flag names the closest known one, and is reported before a
+        missing required flag (``--lkae`` is why ``--lake`` is missing)."""
+        args = sys.argv[1:] if args is None else list(args)
+        try:
+            parsed, unknown = self.parse_known_args(args, namespace)
+        except UsageError:
+            known = set(option_strings(self))
+            unknown = [a for a in args if a.startswith("--") and a.split("=", 1)[0] not in known]
+            if unknown:
+                raise UsageError(unknown_flags_message(unknown, list(known))) from None
+            raise
+        if unknown:
+            raise UsageError(unknown_flags_message(unknown, option_strings(self)))
+        return parsed
+
+
+def option_strings(parser: argparse.ArgumentParser) -> list[str]:
+    return [flag for action in parser._actions for flag in action.option_strings]
+
+
+def unknown_flags_message(unknown: Sequence[str], mine: Sequence[str], others: Sequence[str] = ()) -> str:
+    """``unknown flag --tennant (did you mean --tenant?)``; the pipeline's own flags are preferred as
+    suggestions over Beam's, and a stray value (no leading dash) is called an unexpected argument."""
+    flags, strays = [], []
+    for arg in unknown:
+        if arg.startswith("-"):
+            name = arg.split("=", 1)[0]
+            close = difflib.get_close_matches(name, list(mine), n=1, cutoff=0.6) or difflib.get_close_matches(
+                name, [*mine, *others], n=1, cutoff=0.75
+            )
+            flags.append(f"{name} (did you mean {close[0]}?)" if close else f"{name} (see --help)")
+        elif not flags:  # a value after an unknown flag belongs to that flag
+            strays.append(arg)
+    if flags:
+        return ("unknown flag " if len(flags) == 1 else "unknown flags ") + ", ".join(flags)
+    return f"unexpected argument {strays[0]!r}"
+
+
+def _subclasses(cls: type) -> list[type]:
+    out = []
+    for sub in cls.__subclasses__():
+        out.append(sub)
+        out.extend(_subclasses(sub))
+    return out
+
+
+class _BeamFlagsParser(LivoraArgumentParser):
+    def error(self, message: str):
+        if message.startswith("ambiguous option: "):  # as Beam's own parser: never guess
+            return
+        raise UsageError(message)
+
+
+@functools.cache
+def beam_flags_parser() -> argparse.ArgumentParser:
+    """Every flag of every ``PipelineOptions`` subclass Beam itself defines (runner, portability, Flink,
+    Dataflow, ``--s3_*`` ...), the way ``PipelineOptions.get_all_options`` sees them (but recursively)."""
+    parser = _BeamFlagsParser(add_help=False, conflict_handler="resolve")
+    parser.add_value_provider_argument = parser.add_argument  # the value type does not matter for checking
+    for cls in _subclasses(PipelineOptions):
+        if cls.__module__.startswith("apache_beam.") and "_add_argparse_args" in vars(cls):
+            cls._add_argparse_args(parser)
+    add_logging_arguments(parser)
+    return parser
+
+
+def pipeline_parser(options_cls: type[PipelineOptions], description: str | None) -> LivoraArgumentParser:
+    """The pipeline's own flags, one help group per option group it is composed of, plus the logging flags."""
+    module = options_cls.__module__.rsplit(".", 1)[-1]
+    parser = LivoraArgumentParser(
+        prog=f"python -m pipelines.{module}",
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Any Beam pipeline option is accepted too, e.g. --runner=PortableRunner "
+        "--job_endpoint=embed --environment_type=EXTERNAL, --flink_master, --streaming. "
+        f"Default runner: {DEFAULT_LOCAL_RUNNER} (in-process). Exit codes: README, 'Running in a scheduler'.",
+    )
+    for cls in reversed(options_cls.__mro__):
+        if "_add_argparse_args" in vars(cls) and cls is not PipelineOptions:
+            doc = (cls.__doc__ or "").strip().splitlines()
+            cls._add_argparse_args(parser.add_argument_group(cls.__name__, doc[0] if doc else None))
+    add_logging_arguments(parser.add_argument_group("Logging"))
+    return parser
+
+
+def check_flags(argv: Sequence[str], options_cls: type[PipelineOptions], description: str | None = None) -> None:
+    """Fail with a :class:`UsageError` on any flag that is neither the pipeline's nor Beam's, or on a bad value
+    of the pipeline's own flags; ``-h/--help`` prints the pipeline's flags and exits 0."""
+    own = pipeline_parser(options_cls, description)
+    lenient = pipeline_parser(options_cls, description)
+    for action in lenient._actions:  # unknown flags first: a typo is often why a required flag is missing
+        action.required = False
+    _, rest = lenient.parse_known_args(list(argv))
+    beam_parser = beam_flags_parser()
+    _, unknown = beam_parser.parse_known_args(rest)
+    if unknown:
+        raise UsageError(unknown_flags_message(unknown, option_strings(own), option_strings(beam_parser)))
+    own.parse_known_args(list(argv))  # required flags
 
 
 def parse_options(argv: list[str], options_cls: type[PipelineOptions], description: str) -> PipelineOptions:
-    """Parse a pipeline's flags; ``-h/--help`` prints them (Beam's own parser does not)."""
-    if "-h" in argv or "--help" in argv:
-        parser = argparse.ArgumentParser(
-            description=description,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-            epilog="Any other Beam pipeline option is accepted too, e.g. --runner=PortableRunner "
-            "--job_endpoint=embed --environment_type=EXTERNAL, --flink_master, --streaming. "
-            f"Default runner: {DEFAULT_LOCAL_RUNNER} (in-process).",
-        )
-        for cls in reversed(options_cls.__mro__):
-            if "_add_argparse_args" in vars(cls) and cls is not PipelineOptions:
-                group = parser.add_argument_group(
-                    cls.__name__, (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else None
-                )
-                cls._add_argparse_args(group)
-        parser.print_help()
-        raise SystemExit(0)
+    """Check every flag (:func:`check_flags`), then hand them to Beam; ``-h/--help`` prints them."""
+    check_flags(argv, options_cls, description)
     return PipelineOptions(argv)
+
+
+def main_entry(name: str, body: Callable[[list[str]], object], argv: Sequence[str] | None = None) -> None:
+    """The one way every pipeline's ``main()`` runs ``body(argv)``: logging set up from ``--log-level`` /
+    ``--log-format`` before anything else, and a :class:`PipelineError` ends the process with ONE line on
+    stderr and its exit code (README "Exit codes"). Any other exception is a bug: traceback, exit 1."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    level, fmt = logging_flags(args)
+    configure_logging(level, fmt)
+    with recording(name, args) as record:  # one appended run record, whatever the outcome
+        try:
+            record.result = body(args)
+        except PipelineError as err:
+            message = " ".join(str(err).split())  # one line, whatever the message held
+            record.error = message
+            if fmt == "json":
+                logging.getLogger(f"livora.{name}").error(message, extra={"exit_code": err.exit_code})
+            else:
+                print(f"{name}: {message}", file=sys.stderr, flush=True)
+            raise SystemExit(err.exit_code) from None
+
+
+def require_lake(lake: str, table: str = EVENTS_TABLE) -> None:
+    """Fail with an :class:`InputError` when ``lake`` has no ``table`` (a typo in --lake, an unmounted volume):
+    without this a batch job over a missing lake writes header-only outputs and exits 0."""
+    path = table_path(lake, table).rstrip("/")
+    if "://" not in path:
+        found = os.path.isdir(path)
+    else:
+        found = bool(FileSystems.match([f"{path}/**"], limits=[1])[0].metadata_list)  # object stores: no dirs
+    if not found:
+        raise InputError(f"--lake {lake}: no {table} table there ({path} does not exist or is empty)")
+
+
+def require_events(patterns: Sequence[str], names: Sequence[str], where: str) -> None:
+    """Fail with an :class:`InputError` when one of the event ``names`` never occurs in the lake files of
+    ``patterns``: a misspelt step or a range without data would otherwise give a table of zeros and exit 0."""
+    progress = Progress(logging.getLogger("livora.options"), "lake files scanned for the events", every=10.0)
+    present = events_present(patterns, names, on_file=progress.add)
+    missing = [name for name in dict.fromkeys(names) if name not in present]
+    if missing:
+        listed = ", ".join(repr(name) for name in missing)
+        raise InputError(
+            f"event{'s' if len(missing) > 1 else ''} {listed} never occur{'' if len(missing) > 1 else 's'} in "
+            f"{where} ({len(patterns)} partitions); check the name, or pass --allow-empty"
+        )
+
+
+def add_allow_empty(parser) -> None:
+    parser.add_argument(
+        "--allow-empty",
+        dest="allow_empty",
+        action="store_true",
+        default=False,
+        help="Exit 0 even when an event the run needs never occurs in the range (writes tables of zeros); "
+        "by default that exits 5 (README, 'Exit codes').",
+    )
+
+
+def require_matches(flag: str, patterns: Sequence[str]) -> None:
+    """Fail with an :class:`InputError` naming the first pattern that matches no file."""
+    for pattern, match in zip(patterns, FileSystems.match(list(patterns)), strict=True):
+        if not match.metadata_list:
+            raise InputError(f"{flag} {pattern}: matches no file")
+
+
+def read_config_file(path: str, what: str, flag: str) -> str:
+    """The text of a config file, or a :class:`ConfigError` naming the flag and file."""
+    try:
+        with FileSystems.open(path) as handle:
+            return handle.read().decode("utf-8")
+    except BeamIOError as err:  # how Beam's filesystems report a missing file
+        raise ConfigError(f"{flag} {path}: cannot read the {what}: no such file") from err
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{flag} {path}: cannot read the {what}: {err}") from err
+
+
+def config_error(path: str, err: Exception, data: object = None) -> ConfigError:
+    """One line for an invalid config file: the file, the entry and the field (pydantic), or the parser's error."""
+    if isinstance(err, pydantic.ValidationError):
+        return ConfigError(f"{path}: {describe_validation(err, data)}")
+    cause = err.__cause__
+    if isinstance(cause, pydantic.ValidationError):
+        return ConfigError(f"{path}: {describe_validation(cause, data)}")
+    return ConfigError(f"{path}: {err}")
+
+
+def load_pii_config(path: str) -> dict[str, PiiPolicy]:
+    """``--pii-config``: tenant -> PII policy; errors name the file, the tenant and the field."""
+    text = read_config_file(path, "PII policy", "--pii-config")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"--pii-config {path}: not JSON: {err}") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"--pii-config {path}: expected an object of tenant -> policy")
+    pii = {}
+    for tenant, policy in data.items():
+        try:
+            pii[tenant] = PiiPolicy.model_validate(policy)
+        except pydantic.ValidationError as err:
+            raise ConfigError(f"--pii-config {path}: tenant {tenant!r}, {describe_validation(err, policy)}") from err
+    return pii
+
+
+def check_tracking_plans(directory: str | None) -> None:
+    """Load the tracking plans once on the driver, so that an invalid plan fails before the run (one line
+    naming the file and field) instead of in every worker."""
+    if not directory or directory == "none":
+        return
+    from schemas.tracking_plan import TrackingPlans
+
+    if not os.path.isdir(directory):
+        raise ConfigError(f"--tracking-plans {directory!r} is not a directory")
+    try:
+        TrackingPlans.load(directory)
+    except ValueError as err:
+        text = str(err)
+        path = text.split(":", 1)[0].removeprefix("invalid tracking plan ") if text.startswith("invalid") else ""
+        raise config_error(path or directory, err) from err
 
 
 def with_default_runner(options: PipelineOptions) -> PipelineOptions:
@@ -268,11 +508,6 @@ def run_pipeline(build, options: PipelineOptions):
     return result
 
 
-def setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("apache_beam", "botocore", "urllib3", "root"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    # Our option groups are not direct PipelineOptions subclasses (two pipelines both declaring
-    # --lake would clash in Beam's global parser), so Beam calls their flags "unparseable" while
-    # still passing them through; the values are parsed by the pipeline's own view.
-    logging.getLogger("apache_beam.options.pipeline_options").setLevel(logging.ERROR)
+def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
+    """Logging for code that runs a pipeline without :func:`main_entry` (see :mod:`pipelines.logs`)."""
+    configure_logging(level, fmt)

@@ -17,17 +17,17 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import sys
 from zoneinfo import ZoneInfo
 
 import apache_beam as beam
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from connectors.analytics_io import ReadEventBuckets, event_files, load_tables, person_bucket, read_table, write_table
-from pipelines.options import DateRangeOptions, parse_options, run_pipeline, setup_logging
+from pipelines.options import DateRangeOptions, main_entry, parse_options, require_lake, run_pipeline
 from schemas.lake import EVENTS_SCHEMA
 from transforms import product_analytics as pa_t
 
@@ -238,13 +238,20 @@ def run(argv: list[str] | None = None) -> ProductAnalyticsOptions:
         ZoneInfo(opts.timezone)
     except (KeyError, ValueError) as err:
         raise ValueError(f"--timezone {opts.timezone!r} is not an IANA timezone") from err
+    FileSystems.set_options(opts)
+    require_lake(opts.lake)
+    log.info("product analytics on %s %s", opts.lake, opts.describe_range())
     run_pipeline(lambda p: build(p, opts), opts)
+    log.info("wrote the product tables under %s", opts.output)
     return opts
 
 
 def main(argv: list[str] | None = None) -> None:
-    setup_logging()
-    run(sys.argv[1:] if argv is None else argv)
+    main_entry("product_analytics", _main, argv)
+
+
+def _main(argv: list[str]) -> None:
+    run(argv)
 
 
 if __name__ == "__main__":

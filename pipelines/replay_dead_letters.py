@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 
@@ -35,7 +34,8 @@ from apache_beam.io.filesystems import FileSystems
 
 from connectors.lake import WriteDeadLetters, WriteLakePartitions, events_dataset, table_path
 from connectors.run_summary import WriteRunSummary, read_run_summary, run_summary_path, total
-from pipelines.options import AwsOptions, ProcessingOptions, parse_options, run_pipeline, setup_logging
+from pipelines.errors import InputError
+from pipelines.options import AwsOptions, ProcessingOptions, main_entry, parse_options, run_pipeline
 from schemas.failures import FailedEvent, Reason, Stage
 from schemas.records import SourceRecord
 from transforms.composites import ProcessEvents
@@ -226,7 +226,7 @@ def run(argv: list[str] | None = None) -> ReplaySummary:
     FileSystems.set_options(options)  # s3:// dead letters: the --s3_* flags apply to the reads below too
     files, lines = _read_lines(opts.dead_letters)
     if not files:
-        raise ValueError(f"--dead-letters {opts.dead_letters} matched no files")
+        raise InputError(f"--dead-letters {', '.join(opts.dead_letters)}: matches no file")
     corrections_text = ""
     if opts.corrections:
         with FileSystems.open(opts.corrections) as handle:
@@ -268,8 +268,11 @@ def run(argv: list[str] | None = None) -> ReplaySummary:
 
 
 def main(argv: list[str] | None = None) -> None:
-    setup_logging()
-    summary = run(argv if argv is not None else sys.argv[1:])
+    main_entry("replay_dead_letters", _main, argv)
+
+
+def _main(argv: list[str]) -> None:
+    summary = run(argv)
     print(json.dumps({**asdict(summary), "accounted": summary.accounted}, indent=2))
 
 

@@ -14,14 +14,15 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 from collections.abc import Sequence
 
 import pandas as pd
 import pyarrow.dataset as ds
 
 from connectors.analytics_io import read_table, write_bytes_atomically
-from pipelines.options import setup_logging
+from pipelines.errors import InputError
+from pipelines.logs import add_logging_arguments
+from pipelines.options import LivoraArgumentParser, main_entry
 from transforms.report_html import render_report
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ def load_tables(inputs: Sequence[str]) -> dict[str, pd.DataFrame]:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = LivoraArgumentParser(
         prog="python -m pipelines.report",
         description="Render the analytics tables of one or more output directories as a static HTML page.",
     )
@@ -77,6 +78,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--output", required=True, help="Path of the HTML file to write.")
     p.add_argument("--title", default="Livora analytics", help="Page title.")
+    add_logging_arguments(p.add_argument_group("Logging"))
     return p
 
 
@@ -84,17 +86,21 @@ def run(argv: Sequence[str] | None = None) -> str:
     args = parser().parse_args(argv)
     for root in args.input:
         if "://" not in root and not os.path.isdir(root):
-            raise SystemExit(f"--input {root}: no such directory")
+            raise InputError(f"--input {root}: no such directory")
     tables = load_tables(args.input)
     log.info("report from %s", ", ".join(f"{k} ({len(v)} rows)" for k, v in sorted(tables.items())) or "no tables")
     page = render_report(tables, args.title, sources=[os.path.basename(os.path.abspath(p)) for p in args.input])
     write_bytes_atomically(args.output, page.encode("utf-8"))
+    log.info("wrote %s", args.output)
     return args.output
 
 
 def main(argv: list[str] | None = None) -> None:
-    setup_logging()
-    run(sys.argv[1:] if argv is None else argv)
+    main_entry("report", _main, argv)
+
+
+def _main(argv: list[str]) -> None:
+    run(argv)
 
 
 if __name__ == "__main__":

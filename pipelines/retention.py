@@ -14,19 +14,22 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import sys
 
 import apache_beam as beam
 import pyarrow as pa
 from apache_beam.io.parquetio import ReadAllFromParquetBatched
 
 from connectors.analytics_io import event_files, lake_file_patterns, load_tables, read_parquet, write_tables
+from pipelines.errors import UsageError
 from pipelines.options import (
     AwsOptions,
     DateRangeOptions,
+    add_allow_empty,
+    main_entry,
     parse_options,
+    require_events,
+    require_lake,
     run_pipeline,
-    setup_logging,
     with_s3_options,
 )
 from transforms.retention import RETENTION_SCHEMA, ComputeRetention, RetentionDefinition
@@ -76,6 +79,7 @@ class RetentionOptions(DateRangeOptions, AwsOptions):
             "--buckets", type=int, default=64, help="Person buckets per tenant (parallelism, default 64)."
         )
         parser.add_argument("--output", required=True, help="Output directory (local or s3://).")
+        add_allow_empty(parser)
         parser.add_argument(
             "--warehouse",
             default=None,
@@ -85,7 +89,7 @@ class RetentionOptions(DateRangeOptions, AwsOptions):
 
 def definition_from_options(opts: RetentionOptions) -> RetentionDefinition:
     if opts.buckets < 1:
-        raise ValueError("--buckets must be >= 1")
+        raise UsageError("--buckets must be >= 1")
     return RetentionDefinition(
         start_event=opts.start_event,
         return_event=opts.return_event,
@@ -142,13 +146,20 @@ def run(argv: list[str] | None = None) -> pa.Table:
     definition = definition_from_options(opts)
     options = with_s3_options(argv, options, opts.lake, opts.output)
     opts = options.view_as(RetentionOptions)
+    require_lake(opts.lake)
     span = resolve_range(opts)
-    patterns = []
+    patterns, in_range = [], []
     if span:
         start, end = span
         # local dates [start, end] live in UTC partitions [start - 1, end + 1]; first_time also needs history
-        read_from = None if definition.kind == "first_time" else start - dt.timedelta(days=1)
-        patterns = lake_file_patterns(opts.lake, read_from, end + dt.timedelta(days=1), opts.tenant)
+        first, last = start - dt.timedelta(days=1), end + dt.timedelta(days=1)
+        in_range = lake_file_patterns(opts.lake, first, last, opts.tenant)
+        patterns = (
+            lake_file_patterns(opts.lake, None, last, opts.tenant) if definition.kind == "first_time" else in_range
+        )
+    if not opts.allow_empty:  # history before the range does not count: the cohorts are in the range
+        events = [definition.start_event, definition.return_event]
+        require_events(in_range, events, f"{opts.lake} {opts.describe_range()}")
     if patterns:
         log.info("retention %s over %d partitions, %s..%s (%s)", definition.kind, len(patterns), *span, opts.timezone)
         run_pipeline(
@@ -156,12 +167,17 @@ def run(argv: list[str] | None = None) -> pa.Table:
         )
     else:
         write_tables(opts.output, {RETENTION_TABLE: RETENTION_SCHEMA.empty_table()})
-    return read_parquet(f"{opts.output.rstrip('/')}/{RETENTION_TABLE}.parquet")
+    path = f"{opts.output.rstrip('/')}/{RETENTION_TABLE}.parquet"
+    log.info("wrote %s (+ .csv)", path)
+    return read_parquet(path)
 
 
 def main(argv: list[str] | None = None) -> None:
-    setup_logging()
-    table = run(argv if argv is not None else sys.argv[1:])
+    main_entry("retention", _main, argv)
+
+
+def _main(argv: list[str]) -> None:
+    table = run(argv)
     for row in table.to_pylist():
         log.info(
             "%s cohort %s period %d: %d/%d (%.3f)",

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import sys
 
 import apache_beam as beam
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import yaml
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
@@ -40,7 +40,18 @@ from connectors.analytics_io import (
 from connectors.aws import AwsSettings
 from connectors.paths import join_under, partition_path
 from connectors.segment_store import DEFAULT_KEY_ATTRIBUTE, DEFAULT_SORT_KEY, write_memberships
-from pipelines.options import AwsOptions, DateRangeOptions, iso_date, parse_options, run_pipeline, setup_logging
+from pipelines.errors import UsageError
+from pipelines.options import (
+    AwsOptions,
+    DateRangeOptions,
+    config_error,
+    iso_date,
+    main_entry,
+    parse_options,
+    read_config_file,
+    require_lake,
+    run_pipeline,
+)
 from schemas.lake import EVENTS_SCHEMA
 from transforms import segments as seg
 
@@ -366,22 +377,41 @@ def build(pipeline: beam.Pipeline, opts: SegmentsOptions, config: seg.SegmentsCo
         )
 
 
+def load_segments_config(path: str) -> seg.SegmentsConfig:
+    """``--config`` (a local path or s3://); an invalid file fails in one line naming it, the segment and the
+    field."""
+    text = read_config_file(path, "segments config", "--config")
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise config_error(path, err) from err
+    try:
+        return seg.load_config(data)
+    except ValueError as err:
+        raise config_error(path, err, data) from err
+
+
 def run(argv: list[str] | None = None) -> SegmentsOptions:
     opts = parse_options(list(argv or []), SegmentsOptions, __doc__).view_as(SegmentsOptions)
     opts.check_range()
     if opts.end_date is not None:
-        raise ValueError("pipelines.segments takes --as-of, not --end-date")
+        raise UsageError("pipelines.segments takes --as-of, not --end-date")
     if opts.buckets < 1:
-        raise ValueError("--buckets must be >= 1")
-    with FileSystems.open(opts.config) as handle:  # a local path or s3://
-        config = seg.load_config(handle.read().decode("utf-8"))  # fails here, before the graph, on a bad config
+        raise UsageError("--buckets must be >= 1")
+    config = load_segments_config(opts.config)  # fails here, before the graph, on a bad config
+    FileSystems.set_options(opts)
+    require_lake(opts.lake)
+    log.info("%d segments as of %s on %s", len(config.segments), opts.as_of, opts.lake)
     run_pipeline(lambda p: build(p, opts, config), opts)
     return opts
 
 
 def main(argv: list[str] | None = None) -> None:
-    setup_logging()
-    run(sys.argv[1:] if argv is None else argv)
+    main_entry("segments", _main, argv)
+
+
+def _main(argv: list[str]) -> None:
+    run(argv)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ import datetime as dt
 import hashlib
 import json
 import logging
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -61,7 +60,16 @@ from connectors.lake import (
     write_partition_file,
 )
 from connectors.run_summary import read_run_summary, run_summary_path, total
-from pipelines.options import AwsOptions, ProcessingOptions, parse_options, run_pipeline, setup_logging
+from pipelines.errors import EXIT_LEASE_HELD, EXIT_LEASE_LOST, PipelineError
+from pipelines.logs import drop_import_noise
+from pipelines.options import (
+    AwsOptions,
+    ProcessingOptions,
+    check_tracking_plans,
+    main_entry,
+    parse_options,
+    run_pipeline,
+)
 from schemas.lake import EVENTS_TABLE
 from transforms.composites import ProcessEvents
 
@@ -663,8 +671,7 @@ def run(argv: list[str] | None = None, out=sys.stdout) -> StreamSummary | None:
     options = parse_options(argv, StreamEventsOptions, __doc__)
     opts = options.view_as(StreamEventsOptions)
     opts.validate()
-    if opts.tracking_plans and opts.tracking_plans != "none" and not os.path.isdir(opts.tracking_plans):
-        raise ValueError(f"--tracking-plans {opts.tracking_plans!r} is not a directory")
+    check_tracking_plans(opts.tracking_plans)
     aws = opts.settings()
     if any(path.startswith("s3://") for path in (opts.lake, opts.dead_letters or "")):
         # Beam's S3 filesystem gets the same AWS as the rest (the local endpoint, test credentials)
@@ -684,21 +691,23 @@ def run(argv: list[str] | None = None, out=sys.stdout) -> StreamSummary | None:
 
 def quiet_option_warnings() -> None:
     """Beam's get_all_options only knows direct PipelineOptions subclasses, so it calls every flag of a
-    composed option class "unparseable" (harmless: the driver reads them with view_as). Hide that noise."""
-    logging.getLogger("apache_beam.options.pipeline_options").setLevel(logging.ERROR)
+    composed option class "unparseable". Harmless once :func:`pipelines.options.parse_options` has checked
+    every flag (a misspelled one fails there, exit 2); :mod:`pipelines.logs` drops exactly those messages."""
+    drop_import_noise()
 
 
 def main(argv: list[str] | None = None) -> None:
-    setup_logging()
-    quiet_option_warnings()
+    main_entry("stream_events", _main, argv)
+
+
+def _main(argv: list[str]) -> None:
     try:
-        summary = run(argv if argv is not None else sys.argv[1:])
+        summary = run(argv)
     except LeaseHeldError as err:  # a scheduler may simply try again later
-        print(f"stream_events: {err}", file=sys.stderr)
-        raise SystemExit(3) from None
+        raise PipelineError(str(err), EXIT_LEASE_HELD) from None
     except LeaseLostError as err:
-        print(f"stream_events: {err}; nothing was committed, the next holder reads the pass again", file=sys.stderr)
-        raise SystemExit(4) from None
+        message = f"{err}; nothing was committed, the next holder reads the pass again"
+        raise PipelineError(message, EXIT_LEASE_LOST) from None
     if summary is not None:
         last = asdict(summary.passes[-1]) if summary.passes else None
         print(json.dumps({**summary.as_dict(), "last_pass": last}, indent=2, default=str))

@@ -16,7 +16,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import sys
 
 import apache_beam as beam
 import numpy as np
@@ -26,7 +25,15 @@ from apache_beam.metrics import Metrics
 
 from connectors.analytics_io import ReadEventBuckets, event_files, person_buckets
 from connectors.offline_store import read_spine, write_training_set
-from pipelines.options import AwsOptions, DateRangeOptions, parse_options, run_pipeline, setup_logging, with_s3_options
+from pipelines.options import (
+    AwsOptions,
+    DateRangeOptions,
+    main_entry,
+    parse_options,
+    require_lake,
+    run_pipeline,
+    with_s3_options,
+)
 from transforms.features import INPUT_COLUMNS, build_training_set, normalise_spine
 
 log = logging.getLogger("livora.training_set")
@@ -158,6 +165,7 @@ def run(argv: list[str] | None = None) -> dict:
     check_options(opts, dates)
     options = with_s3_options(list(argv or []), options, opts.lake, opts.spine, opts.output)
     opts = options.view_as(TrainingSetOptions)
+    require_lake(opts.lake)
     ttl = None if opts.no_ttl else dt.timedelta(days=opts.ttl_days)
     labels = normalise_spine(read_spine(opts.spine, ["tenant_id", "person_id", "label_timestamp"]))
     if labels.num_rows == 0:
@@ -177,8 +185,11 @@ def run(argv: list[str] | None = None) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    setup_logging()
-    print(json.dumps(run(argv if argv is not None else sys.argv[1:]), indent=2))
+    main_entry("training_set", _main, argv)
+
+
+def _main(argv: list[str]) -> None:
+    print(json.dumps(run(argv), indent=2))
 
 
 if __name__ == "__main__":

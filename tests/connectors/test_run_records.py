@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import duckdb
 import pytest
@@ -40,6 +41,7 @@ class Summary:
 
 def test_every_run_appends_a_record_with_its_outcome(tmp_path):
     lake = str(tmp_path / "lake")
+    os.makedirs(lake)
     for _ in range(2):
         with recording("ingest_batch", ["--lake", lake, "--pii-salt", "x" * 20]) as record:
             assert current() is record
@@ -64,9 +66,16 @@ def test_every_run_appends_a_record_with_its_outcome(tmp_path):
 
 def test_exit_codes_and_help_runs(tmp_path):
     lake = str(tmp_path / "lake")
+    os.makedirs(lake)
     with pytest.raises(SystemExit), recording("funnels", ["--lake", lake]):
         raise SystemExit(3)
     with pytest.raises(SystemExit), recording("funnels", ["--lake", lake, "--help"]):
         raise SystemExit(0)
     got = duckdb.sql(f"select status, exit_code from read_json('{lake}/_runs/records/*/*.json')").fetchall()
     assert got == [("failed", 3)]
+
+
+def test_a_mistyped_lake_is_not_created_by_its_record(tmp_path):
+    with pytest.raises(SystemExit), recording("funnels", ["--lake", str(tmp_path / "typo")]):
+        raise SystemExit(5)
+    assert not (tmp_path / "typo").exists()

@@ -13,6 +13,7 @@ import pytest
 
 from connectors.lake import write_partition_file
 from pipelines import clv as clv_pipeline
+from pipelines.errors import InputError
 from schemas.lake import LakeEvent
 from tests.s3_lake import s3_lake_fs  # noqa: F401  (fixture)
 from transforms.clv import (
@@ -335,5 +336,5 @@ def test_a_lake_without_orders_gives_no_models_and_an_empty_table(tmp_path):
 
 def test_an_empty_lake_fails_before_the_graph_is_built(tmp_path):
     (tmp_path / "events").mkdir()
-    with pytest.raises(ValueError, match="no event partitions"):
+    with pytest.raises(InputError, match="no event partitions"):
         clv_pipeline.run(["--lake", str(tmp_path), "--calibration-end", "2025-01-31", "--output", str(tmp_path / "o")])

@@ -244,3 +244,26 @@ def test_backfill_of_a_raw_export_and_signed_webhooks_with_configured_secrets(tm
     dead = read_dead_letters(str(tmp_path / "lake2" / "dead_letters"))
     assert [d.reason.value for d in dead] == ["tenant_mismatch"]
     assert secret not in json.dumps(with_secrets.__dict__)
+
+
+def test_each_run_appends_a_run_record(tmp_path, capsys):
+    """Scheduler view: a run and its rerun are two records (never one overwritten), with the input's
+    fingerprint, what was skipped, dead letters by reason and no secret."""
+    from pipelines.ingest_batch import main
+
+    write_corpus(tmp_path / "day1.ndjson", [json.dumps(event(i)).encode() for i in range(20)] + [b"{oops"])
+    argv = ["--input", str(tmp_path / "*.ndjson"), "--lake", str(tmp_path / "lake"), "--pii-salt", "p" * 24]
+    main(argv)
+    main(argv)
+    capsys.readouterr()
+    records = duckdb.sql(
+        f"select pipeline, status, exit_code, inputs, counts, argv "
+        f"from read_json('{tmp_path}/lake/_runs/records/*/*.json') order by started_at"
+    ).fetchall()
+    assert [(r[0], r[1], r[2]) for r in records] == [("ingest_batch", "succeeded", 0)] * 2
+    first, second = records
+    assert first[3][0]["skipped"] is False and second[3][0]["skipped"] is True
+    assert first[3][0]["fingerprint"] == second[3][0]["fingerprint"]
+    assert first[4]["lake_rows"] == 20 and first[4]["dead_letters_by_reason"] == {"malformed_json": 1}
+    assert second[4]["files_skipped"] == 1 and second[4]["lake_rows"] == 0
+    assert "p" * 24 not in str(first[5])

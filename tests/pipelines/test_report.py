@@ -12,6 +12,7 @@ import pytest
 
 from connectors.analytics_io import write_table
 from pipelines import product_analytics, report
+from pipelines.errors import InputError
 from tests.analytics_lake import generate_rows, write_lake
 
 
@@ -200,5 +201,5 @@ def test_report_over_a_product_analytics_run(tmp_path):
     top = products.loc[products["tenant_id"] == "acme-in"].sort_values("revenue_inr", ascending=False).iloc[0]
     assert f"₹{top['revenue_inr']:,.2f}" in page and str(top["name"]) in page
     assert "Lifetime value by first-order cohort" in page and "<polyline" in page
-    with pytest.raises(SystemExit):
+    with pytest.raises(InputError, match="no such directory"):
         report.run(["--input", str(tmp_path / "missing"), "--output", str(tmp_path / "x.html")])
