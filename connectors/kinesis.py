@@ -1,6 +1,6 @@
 """Kinesis Data Streams source in pure Python (boto3): Beam's KinesisIO needs Java, this does not.
 
-Mirrors the Java KinesisIO / KCL design (see ../shared/REFERENCE.md):
+Mirrors the Java KinesisIO / KCL design:
 
 * one splittable-DoFn restriction per shard: a start position (checkpoint) and a stop; the runner
   may checkpoint it (``try_split(0)``), which is how Flink/Dataflow run it as an unbounded stream;

@@ -7,7 +7,7 @@ reader gets both with one ``Query`` on ``pk``). A write sets only the segment at
 sorted names, possibly empty; ``segments_as_of``: ISO date; ``tenant_id``, ``person_id``). For a table with a
 partition key only, pass ``sort_key=None``. Every write is *conditional*: it applies only when the item has no
 ``segments_as_of`` yet or an older-or-equal one, so a backfill of an older as-of date can never
-overwrite newer membership (Feast's online store gets this wrong; see ../shared/REFERENCE.md), and a
+overwrite newer membership (an online store that writes plain puts gets this wrong), and a
 rerun of the same date rewrites the same values.
 
 Why not ``BatchWriteItem`` (``connectors.dynamodb.batch_write_with_retry``): batch writes are plain

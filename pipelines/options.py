@@ -3,7 +3,7 @@
 Each pipeline composes its own ``PipelineOptions`` subclass from these groups; ``run()``
 checks cross-flag rules before building the graph. Local runs default to the in-process
 ``FnApiRunner`` because the plain ``DirectRunner`` first tries to download Prism (see
-../shared/REFERENCE.md); pass ``--runner`` to choose any other runner (PortableRunner, Flink,
+docs/runners.md); pass ``--runner`` to choose any other runner (PortableRunner, Flink,
 Dataflow).
 """
 
