@@ -32,6 +32,7 @@ from connectors.config_sources import ConfigSourceError, load_webhook_config, lo
 from connectors.lake import table_path
 from connectors.run_records import recording
 from connectors.secrets import pii_secret
+from infra.runners import RunnerUnavailable, portable_options, resolve_runner
 from pipelines.errors import ConfigError, InputError, PipelineError, UsageError, describe_validation
 from pipelines.logs import Progress, add_logging_arguments, configure_logging, logging_flags
 from schemas.identifiers import check_tenant_id
@@ -501,7 +502,14 @@ def counter_totals(result, namespace: str, names: Sequence[str] = ()) -> dict[st
 def run_pipeline(build, options: PipelineOptions):
     """Build the graph with ``build(pipeline)`` and run it to completion; returns the result."""
     with_default_runner(options)
-    pipeline = beam.Pipeline(options=options)
+    try:
+        resolve_runner(options)  # Prism / Flink from the project's cache; never a silent switch of runner
+    except RunnerUnavailable as err:
+        raise UsageError(str(err)) from None
+    runner = options.view_as(StandardOptions).runner
+    in_process = runner in (DEFAULT_LOCAL_RUNNER, "BundleBasedDirectRunner")
+    # a runner outside this process gets the options as JSON values (dates as ISO text): docs/runners.md
+    pipeline = beam.Pipeline(options=options if in_process else portable_options(options))
     build(pipeline)
     result = pipeline.run()
     result.wait_until_finish()

@@ -12,7 +12,6 @@ import collections
 import duckdb
 import pyarrow as pa
 import pytest
-from google.protobuf.json_format import ParseError
 
 from connectors.lake import read_dead_letters
 from connectors.offline_store import read_features
@@ -30,12 +29,6 @@ from tests.pipelines.corpus import build_corpus
 pytestmark = [pytest.mark.slow, pytest.mark.portable]
 
 RUNNERS = ["prism", "flink"]
-
-# Until pipelines.options.run_pipeline submits infra.runners.portable_options(options): a date option
-# (--start-date/--end-date/--as-of) cannot go into the Struct a portable runner sends (docs/runners.md).
-DATE_OPTIONS_NOT_WIRED = pytest.mark.xfail(
-    strict=True, raises=ParseError, reason="date-typed options: wire infra.runners.portable_options into run_pipeline"
-)
 
 
 @pytest.fixture(params=RUNNERS)
@@ -64,7 +57,8 @@ def corpus_dir(tmp_path_factory):
 
 
 def ingest_lake(src, lake, extra):
-    summary = ingest(["--input", str(src / "*.ndjson"), "--input", str(src / "*.json"), "--lake", str(lake), *extra])
+    salt = ["--pii-salt", "r" * 32]  # one secret for both lakes: hashes (and person ids) comparable
+    summary = ingest(["--input", str(src / "*.ndjson"), "--input", str(src / "*.json"), "--lake", str(lake), *salt, *extra])
     rows = duckdb.sql(
         f"select * from read_parquet('{lake}/events/**/*.parquet', hive_partitioning=true)"
     ).fetch_arrow_table()
@@ -115,7 +109,6 @@ def funnel_tables(lake, out, extra):
     return {name: sorted_rows(t, *t.column_names) for name, t in tables.items()}
 
 
-@DATE_OPTIONS_NOT_WIRED
 def test_funnels(runner, events_lake, tmp_path):
     _, args = runner
     reference = funnel_tables(events_lake, tmp_path / "fnapi", ["--runner=FnApiRunner"])
@@ -135,7 +128,6 @@ def retention_rows(lake, out, extra):
     return sorted_rows(table, "tenant_id", "cohort_start", "period")
 
 
-@DATE_OPTIONS_NOT_WIRED
 def test_retention(runner, events_lake, tmp_path):
     _, args = runner
     reference = retention_rows(events_lake, tmp_path / "fnapi", ["--runner=FnApiRunner"])
@@ -157,7 +149,6 @@ def feature_rows(lake, out, extra):
     return {(r["tenant_id"], r["person_id"], r["as_of"]): {n: r[n] for n in FEATURE_NAMES} for r in table.to_pylist()}
 
 
-@DATE_OPTIONS_NOT_WIRED
 def test_features(runner, feature_lake, tmp_path):
     _, args = runner
     reference = feature_rows(feature_lake, tmp_path / "fnapi", ["--runner=FnApiRunner"])
