@@ -63,3 +63,28 @@ def test_pipeline_exits_zero_every_run(name: str, lake: Path, tmp_path: Path):
         if done.returncode != 0:
             failures.append((attempt, done.returncode, done.stderr.decode(errors="replace")[-1500:]))
     assert not failures, f"{len(failures)} of {REPEAT} runs of pipelines.{name} failed: {failures[:2]}"
+
+
+@pytest.mark.slow
+def test_ingest_exits_zero_every_run(tmp_path: Path):
+    """The daily command as a scheduler runs it (the input already ingested after the first run: skipped), and
+    with --reprocess (the whole pipeline every time)."""
+    from connectors.synthetic import generate_events
+
+    source = tmp_path / "events.ndjson"
+    source.write_bytes(b"".join(r.replace(b"\n", b" ") + b"\n" for r in generate_events(300, seed=9)))
+    base = ["--input", str(source), "--lake", str(tmp_path / "lake")]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONFAULTHANDLER": "1"}
+    failures = []
+    for attempt in range(REPEAT):
+        for extra in ([], ["--reprocess"]):
+            done = subprocess.run(
+                [sys.executable, "-m", "pipelines.ingest_batch", *base, *extra],
+                cwd=ROOT,
+                env=env,
+                capture_output=True,
+                timeout=600,
+            )
+            if done.returncode != 0:
+                failures.append((attempt, extra, done.returncode, done.stderr.decode(errors="replace")[-1500:]))
+    assert not failures, f"{len(failures)} of {2 * REPEAT} ingest runs failed: {failures[:2]}"

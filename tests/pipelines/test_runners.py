@@ -58,7 +58,9 @@ def corpus_dir(tmp_path_factory):
 
 def ingest_lake(src, lake, extra):
     salt = ["--pii-salt", "r" * 32]  # one secret for both lakes: hashes (and person ids) comparable
-    summary = ingest(["--input", str(src / "*.ndjson"), "--input", str(src / "*.json"), "--lake", str(lake), *salt, *extra])
+    summary = ingest(
+        ["--input", str(src / "*.ndjson"), "--input", str(src / "*.json"), "--lake", str(lake), *salt, *extra]
+    )
     rows = duckdb.sql(
         f"select * from read_parquet('{lake}/events/**/*.parquet', hive_partitioning=true)"
     ).fetch_arrow_table()
