@@ -203,3 +203,56 @@ def test_a_second_run_on_the_same_lake_hashes_the_same(ingested, tmp_path):
     after = {r["message_id"]: (r["user_id"], r["ip"], r["traits"]) for r in rows(lake)}
     assert len(after) == 2 * len(before)
     assert all(after[key + "-again"] == value for key, value in before.items())
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_no_pii_in_the_warehouse_or_dynamodb_either(aws, tmp_path):
+    """The same corpus through the streaming job with every sink (default configuration: no salt):
+    every DynamoDB item and every warehouse value is searched for the same needles as the lake."""
+    import io
+
+    import duckdb
+
+    from infra.resources import StreamingResources, create_streaming_resources
+    from pipelines import stream_events
+    from pipelines.demo_stream import put_records
+
+    res = create_streaming_resources(aws, StreamingResources(stream="events", shards=1, bucket=None))
+    put_records(aws.client("kinesis"), res.stream, [json.dumps(ev).encode() for ev in corpus()])
+    lake, warehouse = str(tmp_path / "lake"), tmp_path / "wh.duckdb"
+    saved = os.environ.pop("LIVORA_PII_SALT", None)
+    try:
+        summary = stream_events.run(
+            [
+                f"--stream={res.stream}",
+                f"--lake={lake}",
+                f"--aws-endpoint-url={aws.endpoint_url}",
+                f"--consumer-app={res.consumer_app}",
+                f"--dedupe-table={res.dedupe_table}",
+                f"--profiles-table={res.profiles_table}",
+                f"--identity-table={res.identity_table}",
+                f"--warehouse=duckdb:///{warehouse}",
+                "--tracking-plans=none",
+            ],
+            out=io.StringIO(),
+        )
+    finally:
+        if saved is not None:
+            os.environ["LIVORA_PII_SALT"] = saved
+    assert summary.total("lake_rows") == 14
+    texts = {"lake " + p: t for p, t in lake_texts(lake).items()}
+    client = aws.client("dynamodb")
+    for table in (res.profiles_table, res.identity_table, res.dedupe_table):
+        items = client.scan(TableName=table)["Items"]
+        assert items, table
+        texts[f"dynamodb {table}"] = json.dumps(items, ensure_ascii=False).lower()
+    with duckdb.connect(str(warehouse), read_only=True) as con:
+        for (name,) in con.execute("select table_name from information_schema.tables").fetchall():
+            values = con.execute(f'select * from "{name}"').fetchall()
+            texts[f"warehouse {name}"] = json.dumps(values, default=str, ensure_ascii=False).lower()
+    assert any(k.startswith("warehouse") and len(v) > 100 for k, v in texts.items())
+    found = [
+        f"{what} in {where}" for where, text in texts.items() for needle, what in needles().items() if needle in text
+    ]
+    assert found == []
