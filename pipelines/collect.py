@@ -53,7 +53,9 @@ class JsonLogFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        out.update({k: v for k, v in vars(record).items() if k not in _STANDARD_LOG_FIELDS})
+        out.update(
+            {k: v for k, v in vars(record).items() if k not in _STANDARD_LOG_FIELDS and not k.startswith("color_")}
+        )
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
         return json.dumps(out, default=str)
