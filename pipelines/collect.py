@@ -20,6 +20,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import sys
 import urllib.request
 from collections.abc import Iterable, Iterator
@@ -237,6 +238,9 @@ def main(argv: list[str] | None = None) -> None:
                 "tenants": len(set(write_keys.values())),
             },
         )
+        # uvicorn drains, restores this handler and re-raises the signal it caught: exit 143 through the
+        # `with` blocks (the --local-stack moto server is stopped), not a death by signal.
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
         uvicorn.run(
             app,
             host=args.host,

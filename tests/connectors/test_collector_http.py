@@ -314,3 +314,26 @@ def test_lambda_handler_serves_an_api_gateway_event(aws, monkeypatch, tmp_path):
     assert (record["messageId"], record["tenantId"], record["context"]["ip"]) == ("m-lambda", "beta-co", "203.0.113.9")
     event["headers"] = {"content-type": "application/json"}
     assert collect.lambda_handler(event, None)["statusCode"] == 401
+
+
+def test_lambda_template_points_at_the_handler_and_grants_only_what_it_uses():
+    import importlib
+    import pathlib
+
+    import yaml
+
+    template = yaml.safe_load(pathlib.Path("infra/collector_lambda.yaml").read_text())
+    function = template["Resources"]["CollectorFunction"]["Properties"]
+    [handler] = function["ImageConfig"]["Command"]
+    module, _, name = handler.rpartition(".")
+    assert callable(getattr(importlib.import_module(module), name))
+    assert pathlib.Path("infra/Dockerfile.collector").read_text().strip().endswith(f'CMD ["{handler}"]')
+    actions = {a for statement in function["Policies"][0]["Statement"] for a in statement["Action"]}
+    assert actions == {
+        "kinesis:PutRecords",
+        "kinesis:PutRecord",
+        "kinesis:DescribeStreamSummary",
+        "secretsmanager:GetSecretValue",
+    }
+    paths = {e["Properties"]["Path"] for e in function["Events"].values()}
+    assert paths == {"/v1/{kind}", "/webhooks/{provider}/{tenant}", "/health"}
