@@ -26,6 +26,11 @@ INSTALL_REQUIRES = [
     "scipy>=1.11",
     "mmdb-writer>=0.2",  # the demo writes a sample GeoIP database (infra/geoip_sample.py)
     "netaddr>=1.0",
+    # the HTTP collector (connectors/collector, pipelines/collect.py; docs/collector.md)
+    "starlette>=0.40",
+    "uvicorn[standard]>=0.30",
+    "prometheus-client>=0.20",
+    "mangum>=0.17",
 ]
 
 TEST_REQUIRES = [
@@ -38,6 +43,9 @@ TEST_REQUIRES = [
     "chdb>=3",  # ClickHouse's own windowFunnel as the reference in funnel property tests
     "aws-kinesis-agg>=1.2",  # an independent KPL aggregator producing test records for our de-aggregator
     "six",  # aws-kinesis-agg imports it without declaring it
+    "httpx>=0.27",  # collector tests: async clients, Starlette's TestClient
+    "segment-analytics-python>=2.3",  # the official Segment library as the collector's client in tests
+    "razorpay>=1.4",  # the official SDK's signature check as an independent reference in tests
 ]
 
 setup(

@@ -1,0 +1,339 @@
+"""The collector over real HTTP on the moto server's Kinesis: the official Segment library as client, webhooks
+cross-checked with the Razorpay SDK, hostile requests, Kinesis outages, CORS, and the Lambda (Mangum) entry."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import gzip
+import json
+import socket
+import time
+import uuid
+
+import httpx
+import orjson
+import pytest
+
+from connectors.collector.spool import Spool
+from pipelines.collect import build_collector
+from tests.connectors.collector_helpers import metric, read_stream, serving, stream_events
+from tests.connectors.kinesis_helpers import make_stream
+from transforms.webhooks import WebhookConfig, sign, verify_and_convert, webhook_request_from_wrapper
+
+pytestmark = pytest.mark.integration
+
+WRITE_KEYS = {"wk_acme_live": "acme-in", "wk_beta_live": "beta-co"}
+SECRETS = {
+    "razorpay:acme-in": "rzp_whsec_acme_123",
+    "razorpay:beta-co": "rzp_whsec_beta_456",
+    "generic:beta-co": "gen_secret_beta",
+}
+
+
+def _auth(key: str) -> dict:
+    return {"Authorization": "Basic " + base64.b64encode(f"{key}:".encode()).decode()}
+
+
+def _razorpay_body(payment_id: str = "pay_Q1", account: str | None = None) -> bytes:
+    body = {
+        "entity": "event",
+        "event": "payment.captured",
+        "created_at": int(time.time()),
+        "payload": {
+            "payment": {
+                "entity": {
+                    "id": payment_id,
+                    "amount": 49900,
+                    "currency": "INR",
+                    "status": "captured",
+                    "method": "upi",
+                    "email": "a@example.com",
+                    "notes": {"user_id": "u-42"},
+                }
+            }
+        },
+    }
+    if account:
+        body["account_id"] = account
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+@pytest.fixture
+def collector(aws, tmp_path):
+    """A collector on a fresh 2-shard stream: (base URL, Kinesis client, stream, app)."""
+    stream = f"events-{uuid.uuid4().hex[:8]}"
+    client = make_stream(aws, stream, 2)
+    app = build_collector(
+        stream=stream,
+        write_keys=WRITE_KEYS,
+        webhooks=WebhookConfig(secrets=SECRETS),
+        aws=aws,
+        body_timeout_s=1.0,
+    )
+    with serving(app) as url:
+        yield url, client, stream, app
+
+
+def test_official_segment_library_events_arrive_in_kinesis(collector):
+    from segment.analytics.client import Client
+
+    url, client, stream, _ = collector
+    errors = []
+    analytics = Client(
+        write_key="wk_acme_live", host=url, sync_mode=True, on_error=lambda e, b: errors.append(e), max_retries=0
+    )
+    _, track = analytics.track(
+        user_id="u-1", event="Order Completed", properties={"order_id": "o-9", "revenue": 499.0, "currency": "INR"}
+    )
+    _, identify = analytics.identify(user_id="u-1", traits={"plan": "gold"})
+    _, page = analytics.page(anonymous_id="anon-7", name="Home", properties={"path": "/"})
+    analytics.flush()
+    assert errors == []
+    events = {e["messageId"]: e for e in stream_events(client, stream)}
+    assert set(events) == {track["messageId"], identify["messageId"], page["messageId"]}
+    t, i, p = events[track["messageId"]], events[identify["messageId"]], events[page["messageId"]]
+    assert {e["tenantId"] for e in events.values()} == {"acme-in"}
+    assert (t["type"], t["event"], t["userId"]) == ("track", "Order Completed", "u-1")
+    assert t["properties"] == {"order_id": "o-9", "revenue": 499.0, "currency": "INR"}
+    assert (i["type"], i["traits"]) == ("identify", {"plan": "gold"})
+    assert (p["type"], p["anonymousId"], p["name"]) == ("page", "anon-7", "Home")
+    assert all(e["sentAt"] and e["receivedAt"] and "writeKey" not in e for e in events.values())
+    assert t["context"]["library"]["name"] == "analytics-python"
+    assert {k for k, _ in read_stream(client, stream)} == {"u-1", "anon-7"}  # partition key = the person
+
+
+def test_gzip_batch_and_cors_preflight(collector):
+    url, client, stream, _ = collector
+    batch = [{"type": "track", "event": "Viewed", "anonymousId": f"a{i % 7}", "messageId": f"m{i}"} for i in range(100)]
+    body = gzip.compress(orjson.dumps({"batch": batch, "writeKey": "wk_beta_live"}))
+    r = httpx.post(f"{url}/v1/batch", content=body, headers={"Content-Encoding": "gzip", "Content-Type": "text/plain"})
+    assert r.status_code == 200 and r.json() == {"success": True}
+    records = read_stream(client, stream)
+    assert sorted(orjson.loads(d)["messageId"] for _, d in records) == sorted(f"m{i}" for i in range(100))
+    assert all(orjson.loads(d)["tenantId"] == "beta-co" and k == orjson.loads(d)["anonymousId"] for k, d in records)
+    pre = httpx.options(
+        f"{url}/v1/track",
+        headers={
+            "Origin": "https://shop.acme.in",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type,authorization",
+        },
+    )
+    assert pre.status_code == 200 and pre.headers["access-control-allow-origin"] == "*"
+    assert "POST" in pre.headers["access-control-allow-methods"]
+
+
+def test_razorpay_webhook_signature_matches_the_official_sdk_and_reaches_kinesis(collector):
+    import razorpay
+    from razorpay.errors import SignatureVerificationError
+
+    url, client, stream, _ = collector
+    body = _razorpay_body()
+    signature = sign("razorpay", SECRETS["razorpay:acme-in"], body)
+    utility = razorpay.Client(auth=("rzp_test_key", "unused")).utility
+    assert utility.verify_webhook_signature(body.decode(), signature, SECRETS["razorpay:acme-in"])
+    r = httpx.post(f"{url}/webhooks/razorpay/acme-in", content=body, headers={"X-Razorpay-Signature": signature})
+    assert r.status_code == 200
+    # a body the SDK refuses, the collector refuses too
+    tampered = body.replace(b"49900", b"99")
+    with pytest.raises(SignatureVerificationError):
+        utility.verify_webhook_signature(tampered.decode(), signature, SECRETS["razorpay:acme-in"])
+    r = httpx.post(f"{url}/webhooks/razorpay/acme-in", content=tampered, headers={"X-Razorpay-Signature": signature})
+    assert r.status_code == 401
+    [(key, data)] = read_stream(client, stream)
+    assert key == "u-42"
+    request = webhook_request_from_wrapper(orjson.loads(data))
+    assert request.body == body and request.tenant_id == "acme-in" and request.received_at is not None
+    [event] = verify_and_convert(request, WebhookConfig(secrets=SECRETS))  # what the pipeline does downstream
+    assert event.data["event"] == "Payment Captured" and event.data["tenantId"] == "acme-in"
+    assert event.data["messageId"] == "razorpay:payment.captured:pay_Q1"
+
+
+def _slow_body(url: str, seconds: float) -> tuple[int, float]:
+    """POST a 1000-byte body one byte every 0.2 s; returns (status, seconds until the answer)."""
+    host, port = url.removeprefix("http://").split(":")
+    started = time.monotonic()
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(
+            b"POST /v1/track HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n"
+            + b"Authorization: Basic "
+            + base64.b64encode(b"wk_acme_live:")
+            + b"\r\n\r\n"
+        )
+        sock.settimeout(0.2)
+        answer = b""
+        while time.monotonic() - started < seconds and not answer:
+            try:
+                sock.sendall(b" ")
+                answer = sock.recv(4096)
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+    return int(answer.split(b" ")[1]) if answer else 0, time.monotonic() - started
+
+
+def test_hostile_requests_are_refused_counted_and_never_reach_kinesis(collector):
+    url, client, stream, _ = collector
+    track = orjson.dumps({"event": "x", "userId": "u"})
+    rzp = _razorpay_body("pay_X")
+    rzp_sig = sign("razorpay", SECRETS["razorpay:acme-in"], rzp)
+    cases = [
+        ("unknown_write_key", 401, "/v1/track", track, _auth("wk_nope")),
+        ("missing_write_key", 401, "/v1/track", track, {}),
+        ("unknown_write_key", 401, "/v1/track", orjson.dumps({"event": "x", "writeKey": "wk_guess"}), {}),
+        ("malformed_json", 400, "/v1/track", b'{"event": "x",', _auth("wk_acme_live")),
+        (
+            "tenant_mismatch",
+            400,
+            "/v1/track",
+            orjson.dumps({"event": "x", "tenantId": "beta-co"}),
+            _auth("wk_acme_live"),
+        ),
+        ("oversize", 400, "/v1/track", orjson.dumps({"event": "x", "p": "y" * 40_000}), _auth("wk_acme_live")),
+        (
+            "oversize",
+            400,
+            "/v1/batch",
+            orjson.dumps({"batch": [{"type": "track", "p": "y" * 20_000}] * 30}),
+            _auth("wk_acme_live"),
+        ),
+        # acme's signed delivery posted to beta's path (beta's secret does not verify it)
+        ("bad_signature", 401, "/webhooks/razorpay/beta-co", rzp, {"X-Razorpay-Signature": rzp_sig}),
+        # a valid write key is no webhook credential
+        ("bad_signature", 401, "/webhooks/razorpay/acme-in", rzp, _auth("wk_acme_live")),
+        ("bad_signature", 401, "/webhooks/razorpay/acme-in", rzp, {"X-Razorpay-Signature": "0" * 64}),
+        ("bad_signature", 401, "/webhooks/razorpay/acme-in", rzp, {"X-Razorpay-Signature": rzp_sig[:32]}),
+        # the same JSON re-encoded (spaces, another key order) does not carry the signature of the original bytes
+        (
+            "bad_signature",
+            401,
+            "/webhooks/razorpay/acme-in",
+            json.dumps(json.loads(rzp), indent=1, sort_keys=True).encode(),
+            {"X-Razorpay-Signature": rzp_sig},
+        ),
+        ("invalid_tenant", 400, "/webhooks/razorpay/ACME..in", rzp, {"X-Razorpay-Signature": rzp_sig}),
+        ("unknown_provider", 404, "/webhooks/paypal/acme-in", rzp, {}),
+        ("oversize", 413, "/webhooks/generic/beta-co", b"[" + b"1," * 300_000 + b"1]", {}),
+    ]
+    for reason, status, path, body, headers in cases:
+        r = httpx.post(f"{url}{path}", content=body, headers=headers)
+        assert (path, r.status_code, r.json()["error"]) == (path, status, reason)
+    bomb = gzip.compress(b"\0" * (100 << 20), compresslevel=9)
+    r = httpx.post(f"{url}/v1/batch", content=bomb, headers={**_auth("wk_acme_live"), "Content-Encoding": "gzip"})
+    assert (r.status_code, r.json()["error"]) == (400, "gzip_bomb")
+    status, took = _slow_body(url, seconds=5)
+    assert status == 408 and took < 3  # the body timeout is 1 s here
+    assert read_stream(client, stream) == []
+    text = httpx.get(f"{url}/metrics").text
+    expected = {
+        "unknown_write_key": 2,
+        "missing_write_key": 1,
+        "malformed_json": 1,
+        "tenant_mismatch": 1,
+        "oversize": 3,
+        "bad_signature": 5,
+        "invalid_tenant": 1,
+        "unknown_provider": 1,
+        "gzip_bomb": 1,
+        "body_timeout": 1,
+    }
+    assert {r: metric(text, "livora_collector_rejects_total", reason=r) for r in expected} == expected
+    assert metric(text, "livora_collector_events_total", kind="segment") == 0
+
+
+def test_kinesis_down_is_503_without_a_spool_and_200_then_delivered_with_one(aws, tmp_path):
+    stream = f"late-{uuid.uuid4().hex[:8]}"  # does not exist yet: every PutRecords fails
+    event = orjson.dumps({"event": "x", "userId": "u", "messageId": "m-late"})
+    direct = build_collector(stream=stream, write_keys=WRITE_KEYS, aws=aws, put_timeout_s=0.5)
+    with serving(direct) as url:
+        r = httpx.post(f"{url}/v1/track", content=event, headers=_auth("wk_acme_live"))
+        assert r.status_code == 503 and r.headers["retry-after"] == "5"
+        assert httpx.get(f"{url}/ready").status_code == 503
+    spooled = build_collector(
+        stream=stream, write_keys=WRITE_KEYS, aws=aws, put_timeout_s=0.5, spool_dir=str(tmp_path / "spool")
+    )
+    with serving(spooled) as url:
+        r = httpx.post(f"{url}/v1/track", content=event, headers=_auth("wk_acme_live"))
+        assert r.status_code == 200
+        assert metric(httpx.get(f"{url}/metrics").text, "livora_collector_spooled_records_total") == 1
+        client = make_stream(aws, stream, 1)  # Kinesis comes back: the drainer re-sends
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not read_stream(client, stream):
+            time.sleep(0.2)
+        assert [e["messageId"] for e in stream_events(client, stream)] == ["m-late"]
+        assert metric(httpx.get(f"{url}/metrics").text, "livora_collector_spool_depth_records") == 0
+    assert Spool(str(tmp_path / "spool")).pending_records == 0
+
+
+def test_lambda_handler_serves_an_api_gateway_event(aws, monkeypatch, tmp_path):
+    import pipelines.collect as collect
+
+    stream = f"lambda-{uuid.uuid4().hex[:8]}"
+    client = make_stream(aws, stream, 1)
+    keys = tmp_path / "keys.json"
+    keys.write_text(json.dumps(WRITE_KEYS))
+    monkeypatch.setenv("LIVORA_COLLECT_STREAM", stream)
+    monkeypatch.setenv("LIVORA_WRITE_KEYS", str(keys))
+    monkeypatch.setenv("LIVORA_AWS_PROFILE", "local")
+    monkeypatch.setenv("LIVORA_AWS_ENDPOINT", aws.endpoint_url)
+    monkeypatch.setattr(collect, "_lambda_app", None)
+    body = orjson.dumps({"event": "Signed Up", "userId": "u-l", "messageId": "m-lambda"})
+    now = dt.datetime.now(dt.UTC)
+    event = {  # API Gateway HTTP API, payload format 2.0
+        "version": "2.0",
+        "routeKey": "$default",
+        "rawPath": "/v1/track",
+        "rawQueryString": "",
+        "headers": {**{k.lower(): v for k, v in _auth("wk_beta_live").items()}, "content-type": "application/json"},
+        "requestContext": {
+            "accountId": "123456789012",
+            "apiId": "api",
+            "domainName": "collect.example.com",
+            "domainPrefix": "collect",
+            "http": {
+                "method": "POST",
+                "path": "/v1/track",
+                "protocol": "HTTP/1.1",
+                "sourceIp": "203.0.113.9",
+                "userAgent": "t",
+            },
+            "requestId": "r1",
+            "routeKey": "$default",
+            "stage": "$default",
+            "time": now.strftime("%d/%b/%Y:%H:%M:%S +0000"),
+            "timeEpoch": int(now.timestamp() * 1000),
+        },
+        "body": base64.b64encode(body).decode(),
+        "isBase64Encoded": True,
+    }
+    response = collect.lambda_handler(event, None)
+    assert response["statusCode"] == 200, response
+    [record] = stream_events(client, stream)
+    assert (record["messageId"], record["tenantId"], record["context"]["ip"]) == ("m-lambda", "beta-co", "203.0.113.9")
+    event["headers"] = {"content-type": "application/json"}
+    assert collect.lambda_handler(event, None)["statusCode"] == 401
+
+
+def test_lambda_template_points_at_the_handler_and_grants_only_what_it_uses():
+    import importlib
+    import pathlib
+
+    import yaml
+
+    template = yaml.safe_load(pathlib.Path("infra/collector_lambda.yaml").read_text())
+    function = template["Resources"]["CollectorFunction"]["Properties"]
+    [handler] = function["ImageConfig"]["Command"]
+    module, _, name = handler.rpartition(".")
+    assert callable(getattr(importlib.import_module(module), name))
+    assert pathlib.Path("infra/Dockerfile.collector").read_text().strip().endswith(f'CMD ["{handler}"]')
+    actions = {a for statement in function["Policies"][0]["Statement"] for a in statement["Action"]}
+    assert actions == {
+        "kinesis:PutRecords",
+        "kinesis:PutRecord",
+        "kinesis:DescribeStreamSummary",
+        "secretsmanager:GetSecretValue",
+    }
+    paths = {e["Properties"]["Path"] for e in function["Events"].values()}
+    assert paths == {"/v1/{kind}", "/webhooks/{provider}/{tenant}", "/health"}
