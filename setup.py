@@ -54,7 +54,11 @@ setup(
     description=__doc__,
     python_requires=">=3.11",
     packages=find_packages(include=["pipelines*", "transforms*", "schemas*", "connectors*", "infra*"]),
-    package_data={"schemas": ["*.yaml", "tracking_plans/*.yaml"], "infra": ["*.yaml", "*.json"]},
+    package_data={
+        "schemas": ["*.yaml", "tracking_plans/*.yaml"],
+        "infra": ["*.yaml", "*.json"],
+        "connectors": ["samples/*.json"],
+    },
     install_requires=INSTALL_REQUIRES,
     extras_require={"test": TEST_REQUIRES},
     entry_points={"console_scripts": ["livora=pipelines.cli:main"]},

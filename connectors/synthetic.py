@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import random
 import sys
 from collections.abc import Iterator
@@ -320,3 +321,51 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+# --- signed webhook deliveries (the demo posts them to the collector) ---------------------------------
+
+SAMPLES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "samples")
+
+
+def sample_webhooks(
+    now: dt.datetime, secrets: dict[str, str], tenant: str = "acme-in"
+) -> list[tuple[str, bytes, dict]]:
+    """``(provider, body, headers)`` of a Shopify order and a Razorpay captured payment of ``tenant``, dated
+    a minute before ``now`` (inside the replay window) and signed with ``secrets["<provider>:<tenant>"]``
+    the way each provider signs (Shopify: base64 HMAC-SHA256; Razorpay: hex HMAC-SHA256 of the raw body)."""
+    import base64
+    import hashlib
+    import hmac
+
+    def read(name: str) -> dict:
+        with open(os.path.join(SAMPLES, name), encoding="utf-8") as handle:
+            return json.load(handle)
+
+    moment = now - dt.timedelta(minutes=1)
+    ist = moment.astimezone(dt.timezone(dt.timedelta(hours=5, minutes=30))).isoformat(timespec="seconds")
+    order = read("shopify_orders_create.json")
+    for key in ("created_at", "processed_at", "updated_at"):
+        order[key] = ist
+    order.setdefault("customer", {})["updated_at"] = ist
+    payment = read("razorpay_payment_captured.json")
+    payment["created_at"] = payment["payload"]["payment"]["entity"]["created_at"] = int(moment.timestamp())
+    out = []
+    shop_body = json.dumps(order, separators=(",", ":")).encode()
+    shop_sig = hmac.new(secrets[f"shopify:{tenant}"].encode(), shop_body, hashlib.sha256).digest()
+    out.append(
+        (
+            "shopify",
+            shop_body,
+            {
+                "X-Shopify-Topic": "orders/create",
+                "X-Shopify-Shop-Domain": f"{tenant}.myshopify.com",
+                "X-Shopify-Webhook-Id": f"demo-{order['id']}",
+                "X-Shopify-Hmac-Sha256": base64.b64encode(shop_sig).decode(),
+            },
+        )
+    )
+    pay_body = json.dumps(payment, separators=(",", ":")).encode()
+    pay_sig = hmac.new(secrets[f"razorpay:{tenant}"].encode(), pay_body, hashlib.sha256).hexdigest()
+    out.append(("razorpay", pay_body, {"X-Razorpay-Signature": pay_sig, "X-Razorpay-Event-Id": "evt_demo_1"}))
+    return out
