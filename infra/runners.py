@@ -30,6 +30,7 @@ import zipfile
 from pathlib import Path
 
 from apache_beam.options.pipeline_options import (
+    DebugOptions,
     FlinkRunnerOptions,
     JobServerOptions,
     PipelineOptions,
@@ -252,6 +253,11 @@ def resolve_runner(options: PipelineOptions) -> PipelineOptions:
             "--runner=FnApiRunner (in-process) or --runner=PrismRunner (after `make runners`)"
         )
     if name in PRISM_RUNNERS:
+        # Beam shares one Prism server per process, started with the options of whichever pipeline came
+        # first: a later pipeline's --prism_location (or log settings) would be ignored. One server each.
+        debug = options.view_as(DebugOptions)
+        if not debug.lookup_experiment("disable_prism_server_singleton"):
+            debug.add_experiment("disable_prism_server_singleton")
         prism = options.view_as(PrismRunnerOptions)
         if not prism.prism_location:
             if prism_path().is_file():

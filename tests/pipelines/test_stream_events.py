@@ -215,7 +215,11 @@ def _consumer(aws, res, lake, warehouse, env, *extra) -> subprocess.Popen:
 
 
 def _lake_files(tmp_path) -> dict[str, int]:
-    return {str(p): p.stat().st_mtime_ns for p in (tmp_path / "lake").rglob("*") if p.is_file()}
+    """The data files (events, dead letters) with their modification times; run records are appended."""
+    lake = tmp_path / "lake"
+    return {
+        str(p): p.stat().st_mtime_ns for d in ("events", "dead_letters") for p in (lake / d).rglob("*") if p.is_file()
+    }
 
 
 def test_two_consumers_at_once_lose_and_double_nothing(aws, tmp_path):
