@@ -116,12 +116,16 @@ class DedupeStore:
                 Item=self._item(key, source_ref, now),
                 ConditionExpression="attribute_not_exists(dedupe_key) OR expires_at < :now",
                 ExpressionAttributeValues={":now": {"N": str(int(now))}},
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
             return source_ref
         except ClientError as err:
             if err.response["Error"]["Code"] != "ConditionalCheckFailedException":
                 raise
-        owner = self._batch_get([key]).get(key)  # someone claimed it between our read and our put
+            holder = err.response.get("Item", {}).get("source_ref", {}).get("S")
+        if holder is not None:  # someone claimed it between our read and our put: the failed put says who
+            return holder
+        owner = self._batch_get([key]).get(key)
         return owner if owner is not None else self._put_first(key, source_ref)
 
     def claim(self, items: Sequence[tuple[str, str]]) -> list[bool]:
