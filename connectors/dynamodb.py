@@ -4,7 +4,7 @@ Two write paths, chosen by what the data is:
 
 - **Identity graph** items are pure functions of their key (``T#a:<anon>`` → ``P#<person>`` and so on:
   nothing in an item can be newer or older than another copy of it), so they are written with
-  ``BatchWriteItem`` in batches of 25 through :func:`batch_write_with_retry`. A put of the same link
+  ``BatchWriteItem`` in batches of 25 (8 calls in flight) through :func:`batch_write_with_retry`. A put of the same link
   twice is a no-op by construction.
 - **Profiles** carry "latest wins" and "count once" state, which a blind put cannot protect (a put of an
   older state would overwrite a newer one: the Feast online-store pitfall). Each bundle folds its rows per
