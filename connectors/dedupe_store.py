@@ -81,6 +81,12 @@ class DedupeStore:
         self.table, self.ttl, self.workers, self.backoff, self.now = table, ttl, workers, backoff, now
         self.client = client or aws.client("dynamodb", max_pool_connections=max(10, workers))
         self.rng = random.Random()
+        self._pool: ThreadPoolExecutor | None = None  # one per store: a bundle calls claim() many times
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
 
     def _batch_get(self, keys: Sequence[str]) -> dict[str, str]:
         """Live (unexpired) key -> first source_ref, retrying UnprocessedKeys with backoff."""
@@ -116,12 +122,16 @@ class DedupeStore:
                 Item=self._item(key, source_ref, now),
                 ConditionExpression="attribute_not_exists(dedupe_key) OR expires_at < :now",
                 ExpressionAttributeValues={":now": {"N": str(int(now))}},
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
             return source_ref
         except ClientError as err:
             if err.response["Error"]["Code"] != "ConditionalCheckFailedException":
                 raise
-        owner = self._batch_get([key]).get(key)  # someone claimed it between our read and our put
+            holder = err.response.get("Item", {}).get("source_ref", {}).get("S")
+        if holder is not None:  # someone claimed it between our read and our put: the failed put says who
+            return holder
+        owner = self._batch_get([key]).get(key)
         return owner if owner is not None else self._put_first(key, source_ref)
 
     def claim(self, items: Sequence[tuple[str, str]]) -> list[bool]:
@@ -135,9 +145,9 @@ class DedupeStore:
         if first_ref:
             # one conditional put per new key, in parallel: TransactWriteItems would cost twice the
             # write units, and moto copies the whole table per transaction (quadratic in tests)
-            with ThreadPoolExecutor(self.workers) as pool:
-                claimed = pool.map(lambda kv: (kv[0], self._put_first(*kv)), first_ref.items())
-                owners.update(dict(claimed))
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="dedupe-claim")
+            owners.update(self._pool.map(lambda kv: (kv[0], self._put_first(*kv)), first_ref.items()))
         return [owners[key] != ref for key, ref in items]
 
     def _item(self, key: str, source_ref: str, now: float) -> dict[str, Any]:
@@ -156,6 +166,10 @@ class _DropSeenFn(beam.DoFn):
     def setup(self):
         self.store = DedupeStore(self.aws, self.table, self.ttl)
         self.dropped = Metrics.counter("livora", "duplicates_cross_batch")
+
+    def teardown(self):
+        if getattr(self, "store", None) is not None:
+            self.store.close()
 
     def process(self, rows: list[Mapping]) -> Iterable:
         keys = [(dedupe_key(r["tenant_id"], r["message_id"]), r.get(self.ref_field) or "") for r in rows]

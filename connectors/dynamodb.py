@@ -4,7 +4,7 @@ Two write paths, chosen by what the data is:
 
 - **Identity graph** items are pure functions of their key (``T#a:<anon>`` → ``P#<person>`` and so on:
   nothing in an item can be newer or older than another copy of it), so they are written with
-  ``BatchWriteItem`` in batches of 25 through :func:`batch_write_with_retry`. A put of the same link
+  ``BatchWriteItem`` in batches of 25 (8 calls in flight) through :func:`batch_write_with_retry`. A put of the same link
   twice is a no-op by construction.
 - **Profiles** carry "latest wins" and "count once" state, which a blind put cannot protect (a put of an
   older state would overwrite a newer one: the Feast online-store pitfall). Each bundle folds its rows per
@@ -65,6 +65,7 @@ log = logging.getLogger(__name__)
 
 BATCH_SIZE = 25  # BatchWriteItem's limit
 GET_BATCH_SIZE = 100  # BatchGetItem's limit
+_WRITE_WORKERS = 8  # BatchWriteItem calls in flight per identity flush
 PROFILE_SORT_KEY = "PROFILE"
 TRANSIENT_CODES = frozenset(
     {
@@ -179,6 +180,7 @@ def batch_write_with_retry(
     *,
     key_attributes: Sequence[str] = ("pk", "sk"),
     backoff: Backoff | None = None,
+    max_workers: int = 1,
 ) -> WriteReport:
     """Write low-level ``PutRequest``/``DeleteRequest`` dicts to ``table`` with BatchWriteItem.
 
@@ -194,6 +196,8 @@ def batch_write_with_retry(
         requests: items in DynamoDB wire format, e.g. ``{"PutRequest": {"Item": {"pk": {"S": "..."}}}}``.
         key_attributes: the table's key attribute names, for de-duplication and matching unprocessed items.
         backoff: retry policy (tests inject a fake sleep).
+        max_workers: calls of 25 in flight at once (boto3 clients are thread-safe; a call is latency-bound).
+            An exception of any chunk (configuration error, retries exhausted) is raised after the others end.
     """
     backoff = backoff or Backoff()
     report = WriteReport()
@@ -206,8 +210,22 @@ def batch_write_with_retry(
         else:
             first_of[key] = index
     unique = list(first_of.values())
-    for start in range(0, len(unique), BATCH_SIZE):
-        _write_chunk(client, table, requests, unique[start : start + BATCH_SIZE], key_attributes, backoff, report)
+    chunks = [unique[start : start + BATCH_SIZE] for start in range(0, len(unique), BATCH_SIZE)]
+    if max_workers <= 1 or len(chunks) <= 1:
+        for chunk in chunks:
+            _write_chunk(client, table, requests, chunk, key_attributes, backoff, report)
+    else:  # one report per chunk (no shared counters between threads), merged in chunk order
+
+        def write(chunk: list[int]) -> WriteReport:
+            own = WriteReport()
+            _write_chunk(client, table, requests, chunk, key_attributes, backoff, own)
+            return own
+
+        with ThreadPoolExecutor(max_workers=min(max_workers, len(chunks))) as pool:
+            for own in pool.map(write, chunks):
+                report.failures += own.failures
+                report.retries += own.retries
+                report.calls += own.calls
     for failure in list(report.failures):
         report.failures.extend(failure._replace(index=dup) for dup in duplicates.get(failure.index, ()))
     return report
@@ -585,7 +603,7 @@ class _WriteIdentityFn(_BufferedSinkFn):
             for item in identity_items(row):
                 requests.append({"PutRequest": {"Item": {k: {"S": v} for k, v in item.items()}}})
                 owner.append(index)
-        report = batch_write_with_retry(self._client, self._table, requests)
+        report = batch_write_with_retry(self._client, self._table, requests, max_workers=_WRITE_WORKERS)
         self._items.inc(len(requests))
         self._retries.inc(report.retries)
         return {owner[f.index]: (f.code, f.message) for f in report.failures}

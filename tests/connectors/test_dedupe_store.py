@@ -74,3 +74,62 @@ def test_a_key_claimed_concurrently_keeps_its_first_owner(aws):
     assert ours._put_first(taken, "kinesis:s/0/9") == "kinesis:s/1/5"
     assert ours._put_first(free, "kinesis:s/0/10") == "kinesis:s/0/10"
     assert ours.claim([(taken, "kinesis:s/0/9"), (free, "kinesis:s/0/10")]) == [True, False]
+
+
+def _reference_claims(owners: dict[str, str], items):
+    """The documented semantics, independently: a live key owned by another source_ref is a duplicate;
+    an unknown key is claimed by its first occurrence; the same source_ref is a replay (kept)."""
+    out = []
+    for key, ref in items:
+        owners.setdefault(key, ref)
+        out.append(owners[key] != ref)
+    return out
+
+
+def test_mixed_batches_match_the_reference_semantics(aws):
+    """Rounds of new ids, re-sends (other source_ref), replays (same source_ref) and in-batch repeats."""
+    import random
+
+    create_dedupe_table(aws, "dedupe-mixed")
+    store, owners, rng = DedupeStore(aws, "dedupe-mixed", workers=4), {}, random.Random(11)
+    refs_seen: list[tuple[str, str]] = []
+    for round_no in range(4):
+        batch = []
+        for i in range(120):
+            roll = rng.random()
+            if refs_seen and roll < 0.25:  # a replay of an earlier record: same key, same source_ref
+                batch.append(rng.choice(refs_seen))
+            elif refs_seen and roll < 0.45:  # a re-send: earlier key, new record
+                batch.append((rng.choice(refs_seen)[0], f"kinesis:s/{round_no}/{i}"))
+            else:
+                batch.append((dedupe_key("t", f"m-{rng.randrange(400)}"), f"kinesis:s/{round_no}/{i}"))
+        if round_no == 2:
+            batch += batch[:10]  # the same records twice within one batch
+        expected = _reference_claims(owners, batch)
+        assert store.claim(batch) == expected
+        assert any(expected) and not all(expected)
+        refs_seen += batch
+
+
+class _CountingClient:
+    def __init__(self, client):
+        self._client, self.batch_gets = client, 0
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)
+
+    def batch_get_item(self, **kwargs):
+        self.batch_gets += 1
+        return self._client.batch_get_item(**kwargs)
+
+
+def test_a_lost_race_names_the_owner_from_the_failed_put(aws):
+    """ReturnValuesOnConditionCheckFailure gives the holder: no extra read after a lost race."""
+    create_dedupe_table(aws, "dedupe-race2")
+    theirs = DedupeStore(aws, "dedupe-race2")
+    counting = _CountingClient(aws.client("dynamodb"))
+    ours = DedupeStore(aws, "dedupe-race2", client=counting)
+    key = dedupe_key("t", "raced")
+    assert theirs.claim([(key, "kinesis:s/1/5")]) == [False]
+    assert ours._put_first(key, "kinesis:s/0/9") == "kinesis:s/1/5"
+    assert counting.batch_gets == 0

@@ -129,6 +129,21 @@ def test_batch_write_retries_throttling_and_unprocessed_items_with_backoff(aws):
     assert delays[:2] == [0.02, 0.04]
 
 
+def test_parallel_batch_writes_isolate_bad_items_and_count_every_call(aws):
+    """Chunks written on several threads: the same failures (by input index, duplicates included) as one by one."""
+    create_tables(aws, PROFILES, IDENTITY)
+    client = aws.client("dynamodb")
+    requests = [{"PutRequest": {"Item": {"pk": {"S": f"k{i}"}, "sk": {"S": "x"}}}} for i in range(130)]
+    for bad in (6, 57, 128):  # in three different chunks of 25
+        requests[bad] = {"PutRequest": {"Item": {"pk": {"S": f"k{bad}"}, "sk": {"N": "1"}}}}
+    requests.append(requests[57])  # a duplicate of a bad item is reported too
+    report = batch_write_with_retry(client, IDENTITY, requests, backoff=Backoff(sleep=lambda s: None), max_workers=4)
+    assert sorted(f.index for f in report.failures) == [6, 57, 128, 130]
+    assert {f.code for f in report.failures} == {"ValidationException"}
+    assert len(scan_all(client, IDENTITY)) == 127
+    assert report.calls >= 6  # six chunks, plus the bisection of the three bad ones
+
+
 def test_batch_write_gives_up_with_transient_error_after_max_attempts(aws):
     create_tables(aws, PROFILES, IDENTITY)
     flaky = FlakyClient(aws.client("dynamodb"), throttles=100)
@@ -369,13 +384,19 @@ class ChaosClient:
     n=st.integers(1, 80),
     dup=st.integers(0, 10),
     script=st.lists(st.tuples(st.sampled_from(["ok", "throttle", "5xx", "partial"]), st.floats(0.0, 1.0)), max_size=15),
+    workers=st.sampled_from([1, 4]),
 )
-def test_batch_writer_delivers_every_item_exactly_once_under_chaos(n, dup, script):
+def test_batch_writer_delivers_every_item_exactly_once_under_chaos(n, dup, script, workers):
     requests = [{"PutRequest": {"Item": {"pk": {"S": f"k{i}"}, "v": {"N": str(i)}}}} for i in range(n)]
     requests += requests[:dup]
     client = ChaosClient([(a, k if a == "partial" else 1.0) for a, k in script])
     report = batch_write_with_retry(
-        client, "t", requests, key_attributes=("pk",), backoff=Backoff(max_attempts=50, sleep=lambda s: None)
+        client,
+        "t",
+        requests,
+        key_attributes=("pk",),
+        backoff=Backoff(max_attempts=50, sleep=lambda s: None),
+        max_workers=workers,
     )
     assert report.failures == []
     assert client.store == {f"k{i}": str(i) for i in range(n)}
