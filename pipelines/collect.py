@@ -73,7 +73,10 @@ def setup_logging(level: str = "INFO") -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
+    from pipelines.logs import add_logging_arguments
+    from pipelines.options import LivoraArgumentParser
+
+    p = LivoraArgumentParser(
         prog="python -m pipelines.collect", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--port", type=int, required=True, help="TCP port to listen on.")
@@ -113,7 +116,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--drain-timeout", type=float, default=15.0, help="Seconds to drain on shutdown.")
     p.add_argument("--cors-origin", action="append", default=None, help="Allowed browser origin (default *).")
     p.add_argument("--null-sink", action="store_true", help="Benchmarks only: accept and discard instead of Kinesis.")
-    p.add_argument("--log-level", default="INFO", help="Log level (default INFO).")
+    add_logging_arguments(p)
+    p.set_defaults(log_format="json")  # a service's logs: one JSON object a line by default
     args = p.parse_args(argv)
     if args.put_timeout <= 0 or args.body_timeout <= 0:
         p.error("--put-timeout and --body-timeout must be positive")
@@ -201,10 +205,20 @@ def _local_stack(args: argparse.Namespace) -> Iterator[str | None]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Flags checked like every pipeline's (one line and exit 2 on a bad one); then serve until stopped."""
+    from pipelines.options import main_entry
+
+    main_entry("collect", _serve, argv)
+
+
+def _serve(argv: list[str]) -> None:
     import uvicorn
 
+    from pipelines.errors import ConfigError
+
     args = parse_args(argv)
-    setup_logging(args.log_level)
+    if args.log_format == "json":  # the service's structured log lines (text: the pipelines' format)
+        setup_logging(args.log_level)
     with _local_stack(args) as endpoint:
         profile = "local" if args.local_stack else args.aws_profile
         aws = AwsSettings.from_profile(profile, endpoint, args.aws_region)
@@ -212,9 +226,9 @@ def main(argv: list[str] | None = None) -> None:
             write_keys = load_write_keys(args.write_keys, aws)
             webhooks = load_webhook_config(args.webhook_secrets, aws)
         except ConfigSourceError as err:
-            sys.exit(f"collect: {err}")
+            raise ConfigError(str(err)) from None
         if not write_keys:
-            sys.exit(f"collect: {args.write_keys}: no write keys")
+            raise ConfigError(f"{args.write_keys}: no write keys")
         app = build_collector(
             stream=args.stream,
             write_keys=write_keys,
