@@ -27,10 +27,12 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import apache_beam as beam
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
 
 from connectors import paths
 from connectors.analytics_io import read_parquet
@@ -38,11 +40,13 @@ from connectors.dynamodb import Backoff, batch_write_with_retry
 from connectors.lake import DEAD_LETTERS_DIR, table_path
 from schemas.lake import EVENTS_TABLE
 from transforms.erasure import IDENTITY_COLUMNS, Subjects, dead_letter_mentions, identity_table, row_mask
+from transforms.event_tables import from_ipc, to_ipc
 from transforms.identity import node_of_anonymous, node_of_user
 
 __all__ = [
     "AUDIT_DIR",
     "TOMBSTONES_DIR",
+    "DropTombstoned",
     "Removal",
     "erase_dead_letters",
     "erase_dynamodb_partitions",
@@ -341,42 +345,130 @@ def erase_dynamodb_partitions(
 # --- warehouse ------------------------------------------------------------------------------------------------
 
 
-def erase_warehouse(url: str, table: str, tenant: str, subjects: Subjects, dry_run: bool) -> int:
-    """Delete the subjects' rows of ``tenant`` from a warehouse table in one transaction; returns the count.
+def _warehouse_where(columns: set[str], marker: str) -> str | None:
+    """``tenant_id = ? AND (<id column> IN ids OR person_id IN persons ...)`` over the columns a table has."""
+    ids = f"(SELECT unnest({marker}))"
+    parts = [f"{c} IN {ids}" for c in ("user_id", "anonymous_id", "previous_id") if c in columns]
+    if "person_id" in columns:
+        parts.insert(0, f"person_id IN {ids}")
+    if "tenant_id" not in columns or not parts:
+        return None
+    return f"tenant_id = {marker.split('::')[0]} AND ({' OR '.join(parts)})"
 
-    DuckDB and PostgreSQL (Redshift speaks PostgreSQL here). A table that does not exist holds nothing.
+
+def erase_warehouse(url: str, tenant: str, subjects: Subjects, dry_run: bool) -> dict[str, int]:
+    """Delete the subjects' rows of ``tenant`` from every warehouse table with a ``tenant_id`` and a person
+    column (events, features, analytics outputs), in one transaction; returns table -> rows.
+
+    DuckDB and PostgreSQL (Redshift speaks PostgreSQL here; not tested against one). Ids and person ids are
+    passed as one array parameter each way, so 1,000 persons are one statement per table.
     """
     from connectors.warehouse import connect, quote
 
-    ids, persons = sorted(subjects.ids) or [""], sorted(subjects.person_ids) or [""]
+    values = sorted(subjects.ids | subjects.person_ids) or [""]
     warehouse = connect(url)
-    where = (
-        "tenant_id = {p} AND (person_id IN (SELECT unnest({a})) OR user_id IN (SELECT unnest({b})) "
-        "OR anonymous_id IN (SELECT unnest({b})) OR previous_id IN (SELECT unnest({b})))"
-    )
+    counts: dict[str, int] = {}
     if warehouse.dialect == "duckdb":
         import duckdb
 
         con = duckdb.connect(warehouse.path)
         try:
-            sql = where.format(p="?", a="?::VARCHAR[]", b="?::VARCHAR[]")
-            args = [tenant, persons, ids, ids, ids]
-            try:
-                count = con.execute(f"SELECT count(*) FROM {quote(table)} WHERE {sql}", args).fetchone()[0]
-            except duckdb.CatalogException:
-                return 0
-            if count and not dry_run:
-                con.execute("BEGIN TRANSACTION")
-                con.execute(f"DELETE FROM {quote(table)} WHERE {sql}", args)
-                con.execute("COMMIT")
-            return count
+            found: dict[str, set[str]] = {}
+            for table, column in con.execute(
+                "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = 'main'"
+            ).fetchall():
+                found.setdefault(table, set()).add(column)
+            con.execute("BEGIN TRANSACTION")
+            for table, columns in sorted(found.items()):
+                where = _warehouse_where(columns, "?")
+                if where is None:
+                    continue
+                args = [tenant] + [values] * where.count("unnest")
+                count = con.execute(f"SELECT count(*) FROM {quote(table)} WHERE {where}", args).fetchone()[0]
+                if count and not dry_run:
+                    con.execute(f"DELETE FROM {quote(table)} WHERE {where}", args)
+                counts[table] = count
+            con.execute("COMMIT")
         finally:
             con.close()
-    sql = where.format(p="%s", a="%s::text[]", b="%s::text[]")
-    args = [tenant, persons, ids, ids, ids]
-    with warehouse._connect() as conn, conn.cursor() as cur:
-        cur.execute("SELECT to_regclass(%s)", [table])
-        if cur.fetchone()[0] is None:
-            return 0
-        cur.execute(f"{'SELECT count(*) FROM' if dry_run else 'DELETE FROM'} {quote(table)} WHERE {sql}", args)
-        return cur.fetchone()[0] if dry_run else cur.rowcount
+        return counts
+    with warehouse._connect() as conn, conn.cursor() as cur:  # one transaction (commits at the end)
+        cur.execute(
+            "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = current_schema()"
+        )
+        found = {}
+        for table, column in cur.fetchall():
+            found.setdefault(table, set()).add(column)
+        for table, columns in sorted(found.items()):
+            where = _warehouse_where(columns, "%s::text[]")
+            if where is None:
+                continue
+            where = where.replace("tenant_id = %s", "tenant_id = %s", 1)
+            args = [tenant] + [values] * where.count("unnest")
+            cur.execute(f"SELECT count(*) FROM {quote(table)} WHERE {where}", args)
+            counts[table] = cur.fetchone()[0]
+            if counts[table] and not dry_run:
+                cur.execute(f"DELETE FROM {quote(table)} WHERE {where}", args)
+    return counts
+
+
+# --- ingest: suppress tombstoned persons ------------------------------------------------------------------
+
+
+class _DropTombstonedFn(beam.DoFn):
+    """Drop rows whose user_id / anonymous_id / previous_id / person_id is tombstoned in their tenant."""
+
+    def __init__(self, tombstones: Mapping[str, tuple[list[str], list[str]]]):
+        self.tombstones = dict(tombstones)
+        self.suppressed = Metrics.counter("livora", "suppressed_erased")
+
+    def setup(self):
+        self._subjects = {t: Subjects(set(ids), set(persons)) for t, (ids, persons) in self.tombstones.items()}
+
+    def process(self, element):
+        (tenant, date, shard), rows = element
+        subjects = self._subjects.get(tenant)
+        if not subjects:
+            yield element
+            return
+        rows = list(rows)
+        ipc = bool(rows) and isinstance(rows[0], bytes)
+        if ipc:
+            table = from_ipc(rows)
+        else:  # row dicts: only the columns the check reads
+            names = (*IDENTITY_COLUMNS, "message_id")
+            table = pa.table({n: pa.array([r.get(n) for r in rows], pa.string()) for n in names})
+        mask = row_mask(table, subjects) if table.num_rows else pa.array([], pa.bool_())
+        hits = table.filter(mask)["message_id"].to_pylist() if table.num_rows else []
+        self.suppressed.inc(len(hits))
+        for message_id in hits:
+            yield beam.pvalue.TaggedOutput("suppressed", (tenant, message_id))
+        if len(hits) == table.num_rows:
+            return
+        if not hits:
+            yield (tenant, date, shard), rows
+        elif ipc:
+            yield (tenant, date, shard), [to_ipc(table.filter(pc.invert(mask)))]
+        else:
+            yield (tenant, date, shard), [r for r, hit in zip(rows, mask.to_pylist(), strict=True) if not hit]
+
+
+class DropTombstoned(beam.PTransform):
+    """Ingest's erasure hook: a late event of an erased person never reaches the lake again.
+
+    Input and main output: lake-file batches ``((tenant, date, shard), rows)`` as
+    :class:`connectors.lake.DropLakeDuplicates` takes them; output ``suppressed``: ``(tenant_id, message_id)``
+    of each row dropped (counted in the run totals, so the balance holds). The tombstones are read once on
+    the driver when the graph is built (:func:`read_tombstones`).
+
+    Args:
+        tombstones: tenant -> erased subjects.
+    """
+
+    def __init__(self, tombstones: Mapping[str, Subjects]):
+        super().__init__()
+        self.tombstones = {t: (sorted(s.ids), sorted(s.person_ids)) for t, s in tombstones.items() if s}
+
+    def expand(self, batches):
+        fn = _DropTombstonedFn(self.tombstones)
+        return batches | "DropErased" >> beam.ParDo(fn).with_outputs("suppressed", main="rows")

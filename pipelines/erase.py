@@ -50,6 +50,9 @@ class EraseOptions(TenantOptions, AwsOptions):
         parser.add_argument("--user-id", dest="user_id", default=None, help="Erase the person with this user id.")
         parser.add_argument("--email", dest="email", default=None, help="Erase the person with this email.")
         parser.add_argument("--phone", dest="phone", default=None, help="Erase the person with this phone number.")
+        parser.add_argument(
+            "--anonymous-id", dest="anonymous_id", default=None, help="Erase the person with this anonymous id."
+        )
         parser.add_argument("--person-id", dest="person_id", default=None, help="Erase this person id.")
         parser.add_argument(
             "--requests",
@@ -80,10 +83,8 @@ class EraseOptions(TenantOptions, AwsOptions):
         parser.add_argument(
             "--warehouse",
             default=None,
-            help="Warehouse URL (duckdb:///abs/path.duckdb, postgresql://...) whose events table to erase from.",
-        )
-        parser.add_argument(
-            "--warehouse-table", dest="warehouse_table", default=EVENTS_TABLE, help="Warehouse table (default events)."
+            help="Warehouse URL (duckdb:///abs/path.duckdb, postgresql://...): rows are erased from every table with "
+            "a tenant_id and a person column (events, features, analytics outputs).",
         )
         parser.add_argument("--profiles-table", dest="profiles_table", default=None, help="DynamoDB profiles table.")
         parser.add_argument(
@@ -102,9 +103,11 @@ class EraseOptions(TenantOptions, AwsOptions):
 
 def load_requests(opts: EraseOptions) -> list[ErasureRequest]:
     """The requests of the flags or of the --requests file; a bad line fails the run before any change."""
-    single = {k: getattr(opts, k) for k in ("email", "phone", "user_id", "person_id") if getattr(opts, k)}
+    single = {
+        k: getattr(opts, k) for k in ("email", "phone", "user_id", "anonymous_id", "person_id") if getattr(opts, k)
+    }
     if bool(single) == bool(opts.requests):
-        raise UsageError("give one of --user-id, --email, --phone, --person-id, or --requests FILE")
+        raise UsageError("give one of --user-id, --anonymous-id, --email, --phone, --person-id, or --requests FILE")
     if single:
         if not opts.tenant:
             raise UsageError("--tenant is required with --user-id/--email/--phone/--person-id")
@@ -229,10 +232,7 @@ def erase_tenant(opts: EraseOptions, tenant: str, requests: list[ErasureRequest]
             )
         }
     if opts.warehouse:
-        removed["warehouse"] = {
-            "table": opts.warehouse_table,
-            "rows": store.erase_warehouse(opts.warehouse, opts.warehouse_table, tenant, subjects, opts.dry_run),
-        }
+        removed["warehouse"] = store.erase_warehouse(opts.warehouse, tenant, subjects, opts.dry_run)
 
     per_request, groups = [], []
     for request, kind, seed in seeds:

@@ -40,8 +40,8 @@ __all__ = [
     "row_mask",
 ]
 
-Kind = Literal["email", "phone", "user_id", "person_id"]
-KINDS: tuple[Kind, ...] = ("email", "phone", "user_id", "person_id")
+Kind = Literal["email", "phone", "user_id", "anonymous_id", "person_id"]
+KINDS: tuple[Kind, ...] = ("email", "phone", "user_id", "anonymous_id", "person_id")
 IDENTITY_COLUMNS = ("user_id", "anonymous_id", "previous_id", "person_id")
 """The events columns that name a person (``traits`` is read for the email/phone hashes)."""
 
@@ -63,6 +63,7 @@ class ErasureRequest(BaseModel):
     email: str | None = None
     phone: str | None = None
     user_id: str | None = None
+    anonymous_id: str | None = None
     person_id: str | None = None
     requested_by: str | None = None
 
@@ -71,7 +72,9 @@ class ErasureRequest(BaseModel):
         check_tenant_id(self.tenant, "tenant")
         given = [kind for kind in KINDS if getattr(self, kind)]
         if len(given) != 1:
-            raise ValueError(f"give exactly one of email, phone, user_id, person_id (got {given or 'none'})")
+            raise ValueError(
+                f"give exactly one of email, phone, user_id, anonymous_id, person_id (got {given or 'none'})"
+            )
         return self
 
     @property
@@ -99,8 +102,8 @@ def lake_identifiers(request: ErasureRequest, salt: str) -> tuple[str, set[str]]
         if e164 is None:
             raise ValueError(f"request of {request.requested_by or 'unknown'}: not a valid phone number")
         return "phone", {hash_value(salt, e164)}
-    if request.kind == "user_id":
-        return "user_id", {hash_identifier(salt, value) or value}
+    if request.kind in ("user_id", "anonymous_id"):
+        return request.kind, {hash_identifier(salt, value) or value}
     return "person_id", {value}
 
 
