@@ -159,7 +159,10 @@ def _any_in(table: pa.Table, columns: Iterable[str], values: pa.Array) -> pa.Arr
     for name in columns:
         if name not in table.column_names:
             continue
-        hit = pc.fill_null(pc.is_in(table[name], value_set=values), False)
+        column = table[name]
+        if pa.types.is_null(column.type):  # an all-null column (no id of that kind in these rows)
+            column = column.cast(pa.string())
+        hit = pc.fill_null(pc.is_in(column, value_set=values), False)
         mask = hit if mask is None else pc.or_(mask, hit)
     return mask if mask is not None else pa.array([False] * table.num_rows)
 
