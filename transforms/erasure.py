@@ -164,7 +164,7 @@ def _any_in(table: pa.Table, columns: Iterable[str], values: pa.Array) -> pa.Arr
             column = column.cast(pa.string())
         hit = pc.fill_null(pc.is_in(column, value_set=values), False)
         mask = hit if mask is None else pc.or_(mask, hit)
-    return mask if mask is not None else pa.array([False] * table.num_rows)
+    return mask if mask is not None else pa.array([False] * table.num_rows, pa.bool_())
 
 
 def row_mask(table: pa.Table, subjects: Subjects) -> pa.Array:
