@@ -22,6 +22,7 @@ import apache_beam as beam
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
+from connectors.erasure import DropTombstoned, read_tombstones
 from connectors.files import ReadRecordBatches
 from connectors.lake import (
     DEAD_LETTERS_DIR,
@@ -101,10 +102,12 @@ class IngestSummary:
     files_skipped: int = 0
     """Matched files whose content the lake already holds (or a second copy of a file of this run)."""
     dead_letters_by_reason: dict[str, int] = field(default_factory=dict)
+    suppressed: int = 0
+    """Events of persons erased earlier (LAKE/_tombstones; docs/erasure.md): counted, not written."""
 
     @property
     def events_in(self) -> int:
-        return self.lake_rows + self.dead_letters + self.duplicates + self.lake_duplicates
+        return self.lake_rows + self.dead_letters + self.duplicates + self.lake_duplicates + self.suppressed
 
 
 @dataclass(frozen=True)
@@ -150,7 +153,9 @@ def build(
     batches = pipeline | "ReadInput" >> ReadRecordBatches([f.path for f in files], opts.batch_size)
     processed = batches | "ProcessEvents" >> ProcessEvents(config, batched=True)
     own = [tag, *input_tags.values()]
-    known = processed.lake_files | "DropLakeDuplicates" >> DropLakeDuplicates(opts.lake, own)
+    # Erasure hook (docs/erasure.md): rows of persons erased earlier are suppressed before anything else.
+    kept = processed.lake_files | "DropErased" >> DropTombstoned(read_tombstones(opts.lake))
+    known = kept.rows | "DropLakeDuplicates" >> DropLakeDuplicates(opts.lake, own)
     written = known.rows | "WriteLake" >> WriteLakePartitions(opts.lake, tag)
     dead = processed.failures | "WriteDeadLetters" >> WriteDeadLetters(opts.dead_letters, tag, input_tags=input_tags)
     events_dir = table_path(opts.lake, EVENTS_TABLE)
@@ -169,6 +174,7 @@ def build(
             "dead_letters": total(dead, "DeadLetters", lambda path_lines: path_lines[1]),
             "duplicates": total(processed.duplicates, "Duplicates"),
             "lake_duplicates": total(known.duplicates, "LakeDuplicates"),
+            "suppressed": total(kept.suppressed, "Suppressed"),
             "events_parsed": total(processed.events_parsed, "EventsParsed", lambda n: n),
         },
     )
@@ -254,7 +260,7 @@ def run(argv: list[str] | None = None) -> IngestSummary:
         raise UnbalancedError(
             f"ingest totals do not balance: {summary.events_parsed} events parsed but lake {summary.lake_rows} + "
             f"dead letters {summary.dead_letters} + duplicates {summary.duplicates} + already in the lake "
-            f"{summary.lake_duplicates} = {summary.events_in} (run summary {summary_path})"
+            f"{summary.lake_duplicates} + suppressed {summary.suppressed} = {summary.events_in} (run summary {summary_path})"
         )
     summary.dead_letters_by_reason = dead_letter_reasons(opts.dead_letters, [tag, *(f.fingerprint for f in files)])
     record_ingested(opts, files, tag)
