@@ -46,6 +46,7 @@ TEST_REQUIRES = [
     "httpx>=0.27",  # collector tests: async clients, Starlette's TestClient
     "segment-analytics-python>=2.3",  # the official Segment library as the collector's client in tests
     "razorpay>=1.4",  # the official SDK's signature check as an independent reference in tests
+    "sqlglot>=25",  # parses the generated Athena/Redshift DDL in tests (schemas.ddl)
 ]
 
 setup(

@@ -26,9 +26,18 @@ import pyarrow.compute as pc
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from connectors.analytics_io import ReadEventBuckets, event_files, load_tables, person_bucket, read_table, write_table
+from connectors.analytics_io import (
+    ReadEventBuckets,
+    event_files,
+    load_tables,
+    person_bucket,
+    read_table,
+    to_arrow,
+    write_table,
+)
 from pipelines.options import DateRangeOptions, main_entry, parse_options, require_lake, run_pipeline
 from schemas.lake import EVENTS_SCHEMA
+from schemas.outputs import PRODUCT_TABLE_SCHEMAS
 from transforms import product_analytics as pa_t
 
 log = logging.getLogger(__name__)
@@ -180,15 +189,18 @@ class _WriteTablesFn(beam.DoFn):
 
     def process(self, tables: dict[str, pd.DataFrame]):
         for name in TABLES:
+            schema = PRODUCT_TABLE_SCHEMAS[name]
             df = tables[name]
+            if df.empty:  # an empty result may lack the columns its rows would have named (name, category)
+                df = df.reindex(columns=schema.names)
             path = f"{self.output}/{name}.parquet"
             if name in DAILY_TABLES:
                 merged = pa_t.merge_daily(read_table(path), df, self.start, self.end, self.tenant)
-                write_table(path, merged)
+                write_table(path, merged, schema=schema)
             else:
-                write_table(path, df)
+                write_table(path, df, schema=schema)
             if self.warehouse:
-                load_tables(self.warehouse, {name: (df, WAREHOUSE_PARTITIONS[name])})
+                load_tables(self.warehouse, {name: (to_arrow(df, schema), WAREHOUSE_PARTITIONS[name])})
             yield name, len(df)
 
 

@@ -53,40 +53,13 @@ from pipelines.options import (
     run_pipeline,
 )
 from schemas.lake import EVENTS_SCHEMA
+from schemas.outputs import RFM_SCHEMA, SEGMENT_MEMBERS_SCHEMA, SEGMENT_SIZES_SCHEMA
 from transforms import segments as seg
 
 log = logging.getLogger(__name__)
 
 # as_of and tenant_id are Hive partition columns: in the path, not in the files (as in the events table)
-MEMBERS_SCHEMA = pa.schema(
-    [
-        pa.field("person_id", pa.string()),
-        pa.field("segment", pa.string()),
-        pa.field("rule_version", pa.string()),
-    ]
-)
-SIZES_SCHEMA = pa.schema(
-    [
-        pa.field("segment", pa.string()),
-        pa.field("rule_version", pa.string()),
-        pa.field("members", pa.int64()),
-        pa.field("evaluated_persons", pa.int64()),
-    ]
-)
-
-
-RFM_SCHEMA = pa.schema(
-    [
-        pa.field("person_id", pa.string()),
-        pa.field("recency_days", pa.float64()),
-        pa.field("orders", pa.int64()),
-        pa.field("monetary_inr", pa.float64()),
-        pa.field("r_score", pa.int64()),
-        pa.field("f_score", pa.int64()),
-        pa.field("m_score", pa.int64()),
-        pa.field("rfm_cell", pa.string()),
-    ]
-)
+MEMBERS_SCHEMA, SIZES_SCHEMA = SEGMENT_MEMBERS_SCHEMA, SEGMENT_SIZES_SCHEMA
 
 
 class SegmentsOptions(DateRangeOptions, AwsOptions):

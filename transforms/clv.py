@@ -37,6 +37,8 @@ import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
 from scipy import optimize, special
 
+from schemas.outputs import CLV_PREDICTIONS_SCHEMA
+
 __all__ = [
     "ORDERS_SCHEMA",
     "PREDICTIONS_SCHEMA",
@@ -612,28 +614,7 @@ def summarise_order_table(
 # Beam wrappers
 # --------------------------------------------------------------------------------------------
 
-PREDICTIONS_SCHEMA = pa.schema(
-    [
-        pa.field("tenant_id", pa.string(), nullable=False),
-        pa.field("person_id", pa.string(), nullable=False),
-        pa.field("user_id", pa.string()),
-        pa.field("currency", pa.string()),
-        pa.field("first_purchase", pa.date32(), nullable=False),
-        pa.field("last_purchase", pa.date32(), nullable=False),
-        pa.field("frequency", pa.int64(), nullable=False),
-        pa.field("recency", pa.float64(), nullable=False),
-        pa.field("T", pa.float64(), nullable=False),
-        pa.field("monetary", pa.float64()),
-        pa.field("expected_purchases", pa.float64()),
-        pa.field("p_alive", pa.float64()),
-        pa.field("expected_aov", pa.float64()),
-        pa.field("clv", pa.float64()),
-        pa.field("holdout_transactions", pa.int64()),
-        pa.field("holdout_value", pa.float64()),
-        pa.field("holdout_expected_purchases", pa.float64()),
-    ]
-)
-"""``clv_predictions.parquet``: one row per (tenant, person) with an order up to the calibration end."""
+PREDICTIONS_SCHEMA = CLV_PREDICTIONS_SCHEMA
 
 
 class _OrdersFromBatchFn(beam.DoFn):

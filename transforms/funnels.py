@@ -43,6 +43,8 @@ import yaml
 from apache_beam.metrics import Metrics
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from schemas.outputs import ENTRY_DAYS_SCHEMA, funnel_steps_schema
+
 __all__ = [
     "BucketLakeBatches",
     "ComputeFunnels",
@@ -728,23 +730,6 @@ def _breakdown_values(table: pa.Table, definition: FunnelDefinition, chain: np.n
 # aggregation
 
 
-def funnel_steps_schema(with_breakdown: bool) -> pa.Schema:
-    fields = [pa.field("tenant_id", pa.string()), pa.field("funnel", pa.string())]
-    if with_breakdown:
-        fields.append(pa.field("breakdown_value", pa.string()))
-    fields += [
-        pa.field("step", pa.int32()),
-        pa.field("step_event", pa.string()),
-        pa.field("persons", pa.int64()),
-        pa.field("conversion_from_previous", pa.float64()),
-        pa.field("conversion_overall", pa.float64()),
-        pa.field("avg_time_to_convert_s", pa.float64()),
-        pa.field("median_time_to_convert_s", pa.float64()),
-        pa.field("p90_time_to_convert_s", pa.float64()),
-    ]
-    return pa.schema(fields)
-
-
 def _quantiles(values: np.ndarray) -> tuple[float | None, float | None, float | None]:
     if len(values) == 0:
         return None, None, None
@@ -816,18 +801,6 @@ def aggregate_funnel(persons: pa.Table, definition: FunnelDefinition, tenants: S
             rows.append(row)
             prev = count
     return pa.Table.from_pylist(rows, schema=funnel_steps_schema(with_bd))
-
-
-ENTRY_DAYS_SCHEMA = pa.schema(
-    [
-        pa.field("tenant_id", pa.string()),
-        pa.field("funnel", pa.string()),
-        pa.field("entry_date", pa.date32()),
-        pa.field("step", pa.int32()),
-        pa.field("step_event", pa.string()),
-        pa.field("persons", pa.int64()),
-    ]
-)
 
 
 def local_dates(ts: pa.Array | pa.ChunkedArray, timezone: str) -> pa.Array:

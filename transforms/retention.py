@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
 from pydantic import BaseModel, ConfigDict, Field
 
+from schemas.outputs import RETENTION_SCHEMA
 from transforms.funnels import BucketLakeBatches, _codes, _person_keys, _sort_order, _tenant_codes
 
 __all__ = [
@@ -40,17 +41,6 @@ __all__ = [
 
 DEFAULT_TIMEZONE = "Asia/Kolkata"
 _EPOCH = dt.date(1970, 1, 1)
-
-RETENTION_SCHEMA = pa.schema(
-    [
-        pa.field("tenant_id", pa.string()),
-        pa.field("cohort_start", pa.date32()),
-        pa.field("period", pa.int32()),
-        pa.field("persons", pa.int64()),
-        pa.field("cohort_size", pa.int64()),
-        pa.field("rate", pa.float64()),
-    ]
-)
 
 
 class RetentionDefinition(BaseModel):
