@@ -26,6 +26,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from connectors.lake import read_dead_letters, read_events
@@ -33,7 +34,7 @@ from infra.local_stack import free_port
 from infra.resources import StreamingResources, create_streaming_resources
 from pipelines import stream_events
 from pipelines.collect import build_collector
-from tests.connectors.collector_helpers import serving
+from tests.connectors.collector_helpers import metric, serving
 from tests.connectors.collector_helpers import stream_events as kinesis_events
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -125,9 +126,7 @@ def _static_site(root: Path) -> Iterator[str]:
         def log_message(self, *args) -> None:  # keep pytest output clean
             pass
 
-    server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", free_port()), functools.partial(Quiet, directory=str(root))
-    )
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), functools.partial(Quiet, directory=str(root)))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -164,12 +163,25 @@ def _wait_records(client, stream: str, n: int, timeout: float = 20) -> list[dict
         time.sleep(0.2)
 
 
-def test_analytics_next_in_chromium_through_collector_into_the_lake(aws, tmp_path, sdk_bundle):
-    res = create_streaming_resources(
-        aws, StreamingResources(stream=f"browser-{uuid.uuid4().hex[:6]}", shards=2, bucket=None)
-    )
-    kinesis = aws.client("kinesis")
-    app = build_collector(stream=res.stream, write_keys=WRITE_KEYS, aws=aws)
+class _Seen:
+    """ASGI wrapper recording (method, path) of every request that reaches the collector's socket."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+        self.requests: list[tuple[str, str]] = []
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http":
+            self.requests.append((scope["method"], scope["path"]))
+        await self.app(scope, receive, send)
+
+
+@contextlib.contextmanager
+def _browser_session(
+    aws, tmp_path, sdk_bundle: Path, stream: str, **collector_options
+) -> Iterator[tuple[str, str, _Seen]]:
+    """Collector and static site up, page written: yields (collector URL, page URL, requests seen)."""
+    app = _Seen(build_collector(stream=stream, write_keys=WRITE_KEYS, aws=aws, **collector_options))
     site = tmp_path / "site"
     site.mkdir()
     shutil.copy(sdk_bundle, site / "analytics-next.js")
@@ -179,15 +191,32 @@ def test_analytics_next_in_chromium_through_collector_into_the_lake(aws, tmp_pat
                 "__COLLECTOR_HOST__", collector_url.removeprefix("http://")
             )
         )
+        yield collector_url, f"{site_url}/index.html", app
+
+
+def test_analytics_next_in_chromium_through_collector_into_the_lake(aws, tmp_path, sdk_bundle):
+    res = create_streaming_resources(
+        aws, StreamingResources(stream=f"browser-{uuid.uuid4().hex[:6]}", shards=2, bucket=None)
+    )
+    kinesis = aws.client("kinesis")
+    with _browser_session(aws, tmp_path, sdk_bundle, res.stream) as (collector_url, page_url, seen):
         with tempfile.TemporaryDirectory(dir=tmp_path) as profile:
-            result = _run_page(f"{site_url}/index.html", Path(profile))
+            result = _run_page(page_url, Path(profile))
         events = _wait_records(kinesis, res.stream, 3)
+        metrics_text = httpx.get(f"{collector_url}/metrics").text
+    site_url = page_url.removesuffix("/index.html")
 
     # What the library says it sent: three calls, none failed, in the page's order.
     assert [c["type"] for c in result["ids"]] == ["identify", "page", "track"]
     assert [c["failed"] for c in result["ids"]] == [None, None, None]
     anonymous_id = result["anonymousId"]
     assert anonymous_id
+
+    # The browser preflighted (analytics-next sends Authorization) and then POSTed each one-letter path.
+    for path in ("/v1/i", "/v1/p", "/v1/t"):
+        assert ("OPTIONS", path) in seen.requests and ("POST", path) in seen.requests
+    for route in ("/v1/identify", "/v1/page", "/v1/track"):
+        assert metric(metrics_text, "livora_collector_requests_total", route=route, status="200") == 1
 
     # What the collector put on Kinesis: exactly those three messages, stamped with acme's tenant.
     by_id = {e["messageId"]: e for e in events}
@@ -242,6 +271,26 @@ def test_analytics_next_in_chromium_through_collector_into_the_lake(aws, tmp_pat
     assert by_type["page"]["name"] == "Home" and by_type["page"]["page_path"] == "/index.html"
     assert by_type["track"]["event"] == "Product Viewed"
     assert json.loads(by_type["track"]["properties"]) == {"product_id": "P1", "price": 499, "currency": "INR"}
+
+
+def test_a_collector_that_does_not_allow_the_page_origin_gets_nothing_from_the_browser(aws, tmp_path, sdk_bundle):
+    """The control for the test above: the same page, but CORS allows only the shop's real origin. The
+    browser's preflight is refused, so the POSTs are never sent: the positive test's delivery really went
+    through Chromium's CORS checks (not around them)."""
+    stream = f"cors-{uuid.uuid4().hex[:6]}"
+    kinesis = aws.client("kinesis")
+    kinesis.create_stream(StreamName=stream, ShardCount=1)
+    kinesis.get_waiter("stream_exists").wait(StreamName=stream, WaiterConfig={"Delay": 0.2})
+    options = {"cors_origins": ("https://shop.acme.in",)}
+    with _browser_session(aws, tmp_path, sdk_bundle, stream, **options) as (collector_url, page_url, seen):
+        with tempfile.TemporaryDirectory(dir=tmp_path) as profile:
+            _run_page(page_url, Path(profile))  # the calls resolve: the library queues them for retry
+        metrics = httpx.get(f"{collector_url}/metrics").text
+    assert ("OPTIONS", "/v1/i") in seen.requests  # the browser asked ...
+    assert not [r for r in seen.requests if r[0] == "POST"]  # ... was refused, and sent nothing
+    assert kinesis_events(kinesis, stream) == []
+    for route in ("/v1/identify", "/v1/page", "/v1/track"):
+        assert metric(metrics, "livora_collector_requests_total", route=route, status="200") == 0
 
 
 def test_build_script_is_a_no_op_when_the_bundle_is_cached(sdk_bundle):
