@@ -66,7 +66,7 @@ const analytics = AnalyticsBrowser.load(
     writeKey,
     cdnSettings: {
       integrations: {
-        "Segment.io": { apiKey: writeKey, apiHost: "__COLLECTOR_HOST__/v1", protocol: "http" },
+        "Segment.io": { apiKey: writeKey, apiHost: "__COLLECTOR_HOST__/v1", protocol: "http"__EXTRA__ },
       },
       metrics: { sampleRate: 0 },
     },
@@ -94,6 +94,12 @@ const analytics = AnalyticsBrowser.load(
 </script>
 </body></html>
 """
+
+
+def _pinned_version() -> str:
+    return json.loads((ROOT / "infra" / "browser_sdk" / "package.json").read_text())["dependencies"][
+        "@segment/analytics-next"
+    ]
 
 
 def _chromium() -> str | None:
@@ -178,18 +184,20 @@ class _Seen:
 
 @contextlib.contextmanager
 def _browser_session(
-    aws, tmp_path, sdk_bundle: Path, stream: str, **collector_options
+    aws, tmp_path, sdk_bundle: Path, stream: str, segment_io_extra: str = "", **collector_options
 ) -> Iterator[tuple[str, str, _Seen]]:
-    """Collector and static site up, page written: yields (collector URL, page URL, requests seen)."""
+    """Collector and static site up, page written: yields (collector URL, page URL, requests seen).
+
+    ``segment_io_extra`` is appended to the page's ``integrations['Segment.io']`` settings (JS text)."""
     app = _Seen(build_collector(stream=stream, write_keys=WRITE_KEYS, aws=aws, **collector_options))
     site = tmp_path / "site"
     site.mkdir()
     shutil.copy(sdk_bundle, site / "analytics-next.js")
     with serving(app) as collector_url, _static_site(site) as site_url:
         (site / "index.html").write_text(
-            PAGE.replace("__WRITE_KEY__", "wk_acme_live").replace(
-                "__COLLECTOR_HOST__", collector_url.removeprefix("http://")
-            )
+            PAGE.replace("__WRITE_KEY__", "wk_acme_live")
+            .replace("__COLLECTOR_HOST__", collector_url.removeprefix("http://"))
+            .replace("__EXTRA__", segment_io_extra)
         )
         yield collector_url, f"{site_url}/index.html", app
 
@@ -228,9 +236,9 @@ def test_analytics_next_in_chromium_through_collector_into_the_lake(aws, tmp_pat
         assert event["userId"] == "user_42"
         assert event["anonymousId"] == anonymous_id  # one browser, one anonymous id across the calls
         assert event["context"]["library"]["name"] == "analytics.js"
-        assert event["context"]["library"]["version"].startswith(("next-", "npm:next-"))
+        assert event["context"]["library"]["version"] == f"npm:next-{_pinned_version()}"
         assert event["context"]["ip"] == "127.0.0.1"
-        assert "HeadlessChrome" in event["context"]["userAgent"] or "Chrome" in event["context"]["userAgent"]
+        assert "Chrome/" in event["context"]["userAgent"]
         assert event["receivedAt"] and event["sentAt"]
     assert identify["type"] == "identify" and identify["traits"] == {"plan": "gold"}
     assert page["type"] == "page" and page["name"] == "Home"
@@ -291,6 +299,26 @@ def test_a_collector_that_does_not_allow_the_page_origin_gets_nothing_from_the_b
     assert kinesis_events(kinesis, stream) == []
     for route in ("/v1/identify", "/v1/page", "/v1/track"):
         assert metric(metrics, "livora_collector_requests_total", route=route, status="200") == 0
+
+
+def test_analytics_next_batching_delivery_posts_one_batch(aws, tmp_path, sdk_bundle):
+    """``deliveryStrategy: batching``: the library buffers the calls and posts them together to ``/v1/b``."""
+    stream = f"batching-{uuid.uuid4().hex[:6]}"
+    kinesis = aws.client("kinesis")
+    kinesis.create_stream(StreamName=stream, ShardCount=1)
+    kinesis.get_waiter("stream_exists").wait(StreamName=stream, WaiterConfig={"Delay": 0.2})
+    batching = ', deliveryStrategy: { strategy: "batching", config: { size: 3, timeout: 1000 } }'
+    with _browser_session(aws, tmp_path, sdk_bundle, stream, segment_io_extra=batching) as (_, page_url, seen):
+        with tempfile.TemporaryDirectory(dir=tmp_path) as profile:
+            result = _run_page(page_url, Path(profile))
+        events = _wait_records(kinesis, stream, 3)
+    assert [r for r in seen.requests if r[0] == "POST"] == [("POST", "/v1/b")]
+    assert sorted(e["messageId"] for e in events) == sorted(c["messageId"] for c in result["ids"])
+    assert sorted(e["type"] for e in events) == ["identify", "page", "track"]
+    for event in events:
+        assert event["tenantId"] == "acme-in" and "writeKey" not in event
+        assert event["userId"] == "user_42" and event["anonymousId"] == result["anonymousId"]
+        assert event["sentAt"]  # the batch's, copied onto each event (the library strips the events' own)
 
 
 def test_build_script_is_a_no_op_when_the_bundle_is_cached(sdk_bundle):
