@@ -148,7 +148,9 @@ def run(argv: Sequence[str] | None = None) -> str:
     tenants = tenants_of(tables)
     if args.tenant is not None:
         if args.tenant not in tenants:
-            raise UsageError(f"--tenant {args.tenant}: not in the input tables (tenants: {', '.join(tenants) or 'none'})")
+            raise UsageError(
+                f"--tenant {args.tenant}: not in the input tables (tenants: {', '.join(tenants) or 'none'})"
+            )
         page = render_tenant_page(tables, args.tenant, definitions=definitions, **common)
         write_bytes_atomically(args.output, page.encode("utf-8"))
         log.info("wrote %s", args.output)

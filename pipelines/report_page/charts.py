@@ -169,4 +169,4 @@ def rfm_chart(scores: pd.DataFrame) -> Chart:
         text = base.mark_text(fontSize=11).encode(text=alt.Text("persons:Q", format="d"))
         return cells + text
 
-    return _render(build, alt.Step(40), alt.Step(36), "Buyers per recency × frequency cell.")
+    return _render(build, alt.Step(40), alt.Step(36), "Buyers per recency and frequency score cell.")

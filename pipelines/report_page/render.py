@@ -46,7 +46,9 @@ class Definitions:
     notes: dict[str, str] = field(default_factory=dict)
 
     def funnel_text(self) -> str:
-        window = "window not recorded" if self.funnel_window_s is None else f"window {fmt_duration(self.funnel_window_s)}"
+        window = (
+            "window not recorded" if self.funnel_window_s is None else f"window {fmt_duration(self.funnel_window_s)}"
+        )
         return f"{window} from step 1 · mode {self.funnel_mode or 'not recorded'}"
 
     def retention_text(self) -> str:
@@ -166,7 +168,9 @@ def _revenue(part: pd.DataFrame) -> dict:
             .reset_index()
             .sort_values(["revenue_inr", col], ascending=[False, True])
         )
-        return _table(g, [(col, title, None), ("orders", "Orders", fmt_count), ("revenue_inr", "Revenue", fmt_inr), *extra])
+        return _table(
+            g, [(col, title, None), ("orders", "Orders", fmt_count), ("revenue_inr", "Revenue", fmt_inr), *extra]
+        )
 
     return {
         "kpis": [
@@ -264,7 +268,9 @@ def render_tenant_page(
     retention = _of(tables, "retention", tenant)
     revenue = _of(tables, "revenue_daily", tenant)
     products = _products(
-        _of(tables, "product_funnel", tenant), _of(tables, "category_funnel", tenant), _of(tables, "cart_abandonment", tenant)
+        _of(tables, "product_funnel", tenant),
+        _of(tables, "category_funnel", tenant),
+        _of(tables, "cart_abandonment", tenant),
     )
     ltv = _of(tables, "ltv_cohorts", tenant)
     segments = _of(tables, "segment_sizes", tenant)
@@ -281,7 +287,9 @@ def render_tenant_page(
         "index_href": index_href,
         "definitions": {"funnel": definitions.funnel_text(), "retention": definitions.retention_text()},
         "funnels": _funnels(funnel_steps) if funnel_steps is not None else None,
-        "retention": {"unit": unit, "chart": charts.retention_chart(retention, unit)} if retention is not None else None,
+        "retention": {"unit": unit, "chart": charts.retention_chart(retention, unit)}
+        if retention is not None
+        else None,
         "revenue": _revenue(revenue) if revenue is not None else None,
         "products": products,
         "ltv": _ltv(ltv) if ltv is not None else None,
