@@ -35,13 +35,16 @@ class Chart:
 
 
 def _config(chart: alt.Chart, width: int, height: int | alt.Step) -> dict:
+    narrow = width < 600
     # fit the width only: the whole SVG (axes and legend included) is exactly `width` wide, and rows of a
     # heatmap keep their step height however many there are
     spec = (
         chart.properties(width=width, height=height, autosize=alt.AutoSizeParams(type="fit-x", contains="padding"))
         .configure(font=FONT, background="white")
         .configure_axis(labelFontSize=11, titleFontSize=12, labelLimit=140, titleLimit=width)
-        .configure_legend(labelFontSize=11, titleFontSize=12, labelLimit=160, orient="bottom", columns=3)
+        .configure_legend(
+            labelFontSize=11, titleFontSize=12, labelLimit=160, orient="bottom", columns=2 if narrow else 4
+        )
         .configure_view(stroke=None)
     )
     return spec.to_dict()
@@ -100,16 +103,29 @@ def daily_revenue_chart(days: pd.DataFrame) -> Chart:
 
 def retention_chart(retention: pd.DataFrame, period_unit: str) -> Chart:
     """Cohorts (rows) by periods since the cohort start (columns), coloured and labelled by the rate."""
+    starts = pd.to_datetime(retention["cohort_start"].astype(str))
+    sizes = " (n=" + retention["cohort_size"].astype(int).astype(str) + ")"
     df = retention.assign(
-        cohort=retention["cohort_start"].astype(str) + " (n=" + retention["cohort_size"].astype(int).astype(str) + ")",
+        cohort=starts.dt.strftime("%Y-%m-%d") + sizes,
+        # a phone has no room for the year: "03 Aug (n=40)"; sorted by the full date all the same
+        cohort_short=starts.dt.strftime("%d %b") + sizes,
+        order=starts.dt.strftime("%Y-%m-%d"),
         pct=(retention["rate"].astype(float) * 100).round(1),
-    )[["cohort", "period", "rate", "pct"]]
+    )[["cohort", "cohort_short", "order", "period", "rate", "pct"]]
     unit = period_unit or "period"
 
     def build(narrow: bool) -> alt.Chart:
         base = alt.Chart(df).encode(
-            x=alt.X("period:O", title=f"{unit.capitalize()}s since the cohort start", axis=alt.Axis(labelAngle=0)),
-            y=alt.Y("cohort:N", title="Cohort (start, size)", sort="ascending"),
+            x=alt.X(
+                "period:O",
+                title=f"{unit.capitalize()}s since {'cohort' if narrow else 'the cohort'} start",
+                axis=alt.Axis(labelAngle=0, titleAnchor="start" if narrow else None),
+            ),
+            y=alt.Y(
+                "cohort_short:N" if narrow else "cohort:N",
+                title="Cohort (start, size)",
+                sort=alt.EncodingSortField("order", op="min"),
+            ),
         )
         cells = base.mark_rect().encode(
             color=alt.Color("rate:Q", scale=alt.Scale(scheme="blues", domain=[0, 1]), legend=None)
