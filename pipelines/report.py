@@ -1,7 +1,7 @@
 """A static HTML report of the batch analytics outputs: one page per tenant, for people who would rather look than read.
 
-    python -m pipelines.report --input OUT_DIR [--input OUT_DIR2 ...] --output report.html \
-        [--tenant T] [--title T] [--funnel-window S --funnel-mode M] \
+    python -m pipelines.report --input OUT_DIR [--input OUT_DIR2 ...] --output report.html
+        [--tenant T] [--title T] [--runs LAKE] [--funnel-window S --funnel-mode M]
         [--retention-start-event E --retention-return-event E --retention-period P]
 
 Reads whichever tables the input directories hold (``funnel_steps``, ``funnel_entry_days``, ``retention``,
@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import glob
+import json
 import logging
 import os
 from collections.abc import Sequence
@@ -25,9 +27,10 @@ import pandas as pd
 import pyarrow.dataset as ds
 
 from connectors.analytics_io import read_table, write_bytes_atomically
-from pipelines.errors import InputError, UsageError
+from connectors.run_records import RECORDS_DIR
+from pipelines.errors import InputError, PipelineError, UsageError
 from pipelines.logs import add_logging_arguments
-from pipelines.options import LivoraArgumentParser, main_entry
+from pipelines.options import LivoraArgumentParser, main_entry, parse_options
 from pipelines.report_page import Definitions, page_file_name, render_index, render_tenant_page, tenants_of
 
 log = logging.getLogger(__name__)
@@ -102,6 +105,12 @@ def parser() -> argparse.ArgumentParser:
         help="Generation time shown in the header, ISO 8601 with a zone (default: now); fixes the bytes for diffs.",
     )
     g = p.add_argument_group("Definitions shown in the header (the tables do not carry them)")
+    g.add_argument(
+        "--runs",
+        action="append",
+        help="A lake whose run records (_runs/records/) hold the funnels/retention runs that wrote the inputs: "
+        "their flags give the definitions (repeatable; local paths). The flags below win over them.",
+    )
     g.add_argument("--funnel-window", type=float, help="The --window (seconds) pipelines.funnels ran with.")
     g.add_argument("--funnel-mode", help="The funnel --mode (ordered, strict, strict_increase, unordered).")
     g.add_argument("--retention-start-event", help="The --start-event pipelines.retention ran with.")
@@ -110,6 +119,62 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--retention-kind", choices=("first_time", "recurring"), help="The retention --kind.")
     add_logging_arguments(p.add_argument_group("Logging"))
     return p
+
+
+def _flag(argv: Sequence[str], name: str) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg == name and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith(name + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def recorded_definitions(roots: Sequence[str], inputs: Sequence[str]) -> Definitions:
+    """The definitions of the newest successful ``funnels`` / ``retention`` runs that wrote one of ``inputs``.
+
+    Their run records (``ROOT/_runs/records/``, ROOT = the runs' ``--lake``) keep the argv; it is parsed by
+    the pipelines' own option code, so defaults and ``--config`` YAML files resolve as they did in the run.
+    A record that no longer parses (e.g. its YAML file is gone) is skipped with a warning.
+    """
+    from pipelines import funnels, retention  # only when asked
+
+    wanted = {os.path.abspath(p).rstrip("/") for p in inputs if "://" not in p}
+    newest: dict[str, dict] = {}
+    for root in roots:
+        for path in sorted(glob.glob(os.path.join(root, RECORDS_DIR, "*", "*.json"))):
+            with open(path, encoding="utf-8") as handle:
+                record = json.load(handle)
+            output = _flag(record.get("argv", []), "--output")
+            if (
+                record.get("pipeline") in ("funnels", "retention")
+                and record.get("status") == "succeeded"
+                and output is not None
+                and os.path.abspath(output).rstrip("/") in wanted
+                and record["started_at"] >= newest.get(record["pipeline"], {}).get("started_at", "")
+            ):
+                newest[record["pipeline"]] = record
+    found: dict = {}
+    for pipeline, record in sorted(newest.items()):
+        try:
+            if pipeline == "funnels":
+                opts = parse_options(record["argv"], funnels.FunnelOptions, "").view_as(funnels.FunnelOptions)
+                found["funnels"] = {
+                    d.name: (float(d.window_seconds), d.mode) for d in funnels.definitions_from_options(opts)
+                }
+            else:
+                opts = parse_options(record["argv"], retention.RetentionOptions, "").view_as(retention.RetentionOptions)
+                d = retention.definition_from_options(opts)
+                found.update(
+                    retention_start_event=d.start_event,
+                    retention_return_event=d.return_event,
+                    retention_period=d.period,
+                    retention_kind=d.kind,
+                )
+            log.info("definitions of %s from its run %s (%s)", pipeline, record.get("run_id"), record["started_at"])
+        except PipelineError as err:
+            log.warning("the flags of %s run %s no longer parse (%s): not shown", pipeline, record.get("run_id"), err)
+    return Definitions(**found)
 
 
 def _sibling(path: str, name: str) -> str:
@@ -132,13 +197,15 @@ def run(argv: Sequence[str] | None = None) -> str:
     tables = load_tables(args.input)
     log.info("report from %s", ", ".join(f"{k} ({len(v)} rows)" for k, v in sorted(tables.items())) or "no tables")
     generated_at = args.generated_at or dt.datetime.now(dt.UTC)
+    recorded = recorded_definitions(args.runs or [], args.input)
     definitions = Definitions(
         funnel_window_s=args.funnel_window,
         funnel_mode=args.funnel_mode,
-        retention_start_event=args.retention_start_event,
-        retention_return_event=args.retention_return_event,
-        retention_period=args.retention_period,
-        retention_kind=args.retention_kind,
+        retention_start_event=args.retention_start_event or recorded.retention_start_event,
+        retention_return_event=args.retention_return_event or recorded.retention_return_event,
+        retention_period=args.retention_period or recorded.retention_period,
+        retention_kind=args.retention_kind or recorded.retention_kind,
+        funnels=recorded.funnels,
     )
     common = {
         "generated_at": generated_at,

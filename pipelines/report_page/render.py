@@ -35,7 +35,11 @@ _ENV = jinja2.Environment(
 
 @dataclass(frozen=True)
 class Definitions:
-    """How the funnel and retention tables were computed: not in the tables, so given to the report."""
+    """How the funnel and retention tables were computed: not in the tables, so given to the report.
+
+    ``funnels`` maps a funnel name to its (window seconds, mode) as recorded by its run; ``funnel_window_s``
+    and ``funnel_mode`` (the report's flags) apply to every funnel and win over the record.
+    """
 
     funnel_window_s: float | None = None
     funnel_mode: str | None = None
@@ -43,13 +47,17 @@ class Definitions:
     retention_return_event: str | None = None
     retention_period: str | None = None
     retention_kind: str | None = None
-    notes: dict[str, str] = field(default_factory=dict)
+    funnels: dict[str, tuple[float, str]] = field(default_factory=dict)
 
-    def funnel_text(self) -> str:
-        window = (
-            "window not recorded" if self.funnel_window_s is None else f"window {fmt_duration(self.funnel_window_s)}"
-        )
-        return f"{window} from step 1 · mode {self.funnel_mode or 'not recorded'}"
+    def funnel_text(self, names: Sequence[str] = ()) -> str:
+        texts = []
+        for name in names or [""]:
+            window, mode = self.funnels.get(name, (None, None))
+            window = self.funnel_window_s if self.funnel_window_s is not None else window
+            mode = self.funnel_mode or mode
+            w = "window not recorded" if window is None else f"window {fmt_duration(window)}"
+            texts.append(f"{name + ': ' if name else ''}{w} from step 1 · mode {mode or 'not recorded'}")
+        return "; ".join(texts)
 
     def retention_text(self) -> str:
         start = self.retention_start_event or "not recorded"
@@ -285,7 +293,12 @@ def render_tenant_page(
         "generated_ist": _times(generated_at)[1],
         "sources": list(sources),
         "index_href": index_href,
-        "definitions": {"funnel": definitions.funnel_text(), "retention": definitions.retention_text()},
+        "definitions": {
+            "funnel": definitions.funnel_text(
+                sorted(funnel_steps["funnel"].astype(str).unique()) if funnel_steps is not None else ()
+            ),
+            "retention": definitions.retention_text(),
+        },
         "funnels": _funnels(funnel_steps) if funnel_steps is not None else None,
         "retention": {"unit": unit, "chart": charts.retention_chart(retention, unit)}
         if retention is not None

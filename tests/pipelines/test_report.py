@@ -382,3 +382,33 @@ def test_chart_axis_labels_follow_the_compact_rule():
     svg = vl_convert.vegalite_to_svg(spec)
     rendered = re.findall(r"<text[^>]*>([^<]*)</text>", svg)
     assert [r for r in rendered if r.startswith(("₹", "-₹"))] == [fmt_inr_compact(v) for v in values]
+
+
+def test_definitions_come_from_the_run_records_of_the_inputs(tmp_path, monkeypatch):
+    """funnels/retention run through main() append run records to the lake; --runs LAKE reads their flags."""
+    from pipelines import funnels, retention
+
+    monkeypatch.setattr("pipelines.options.configure_logging", lambda level, fmt: None)
+    lake = tmp_path / "lake"
+    write_lake(str(lake), generate_rows(persons=20, seed=5, days=30))
+    funnel_out, retention_out = tmp_path / "funnels", tmp_path / "retention"
+    steps = "Product Viewed,Order Completed"
+    funnels.main(["--lake", str(lake), "--steps", steps, "--window", "3600", "--output", str(funnel_out)])
+    funnels.main(  # a later run with other flags into another directory: not the one the report reads
+        ["--lake", str(lake), "--steps", steps, "--window", "60", "--output", str(tmp_path / "other")]
+    )
+    retention.main(
+        ["--lake", str(lake), "--start-event", "Product Viewed", "--return-event", "Order Completed"]
+        + ["--period", "month", "--periods", "2", "--output", str(retention_out)]
+    )
+    args = ["--input", str(funnel_out), "--input", str(retention_out), "--tenant", "acme-in", *FIXED]
+    text = " ".join(parse(render(*args, "--output", str(tmp_path / "a.html"), "--runs", str(lake))).text)
+    assert "adhoc: window 1.0h from step 1 · mode ordered" in text  # ordered: the funnels default, as run
+    assert "start event Product Viewed · return event Order Completed · period month · first_time" in text
+    assert "Months since the cohort start" in text
+    # a flag given to the report wins over the record
+    page = render(*args, "--output", str(tmp_path / "b.html"), "--runs", str(lake), "--funnel-mode", "strict")
+    assert "adhoc: window 1.0h from step 1 · mode strict" in " ".join(parse(page).text)
+    # without --runs: not recorded
+    text = " ".join(parse(render(*args, "--output", str(tmp_path / "c.html"))).text)
+    assert "adhoc: window not recorded" in text and "start event not recorded" in text
