@@ -398,8 +398,10 @@ def test_definitions_come_from_the_run_records_of_the_inputs(tmp_path, monkeypat
         ["--lake", str(lake), "--steps", steps, "--window", "60", "--output", str(tmp_path / "other")]
     )
     retention.main(
-        ["--lake", str(lake), "--start-event", "Product Viewed", "--return-event", "Order Completed"]
-        + ["--period", "month", "--periods", "2", "--output", str(retention_out)]
+        [
+            *("--lake", str(lake), "--start-event", "Product Viewed", "--return-event", "Order Completed"),
+            *("--period", "month", "--periods", "2", "--output", str(retention_out)),
+        ]
     )
     args = ["--input", str(funnel_out), "--input", str(retention_out), "--tenant", "acme-in", *FIXED]
     text = " ".join(parse(render(*args, "--output", str(tmp_path / "a.html"), "--runs", str(lake))).text)
