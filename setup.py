@@ -31,6 +31,11 @@ INSTALL_REQUIRES = [
     "uvicorn[standard]>=0.30",
     "prometheus-client>=0.20",
     "mangum>=0.17",
+    # the HTML report (pipelines/report_page): templates with autoescape, Vega-Lite charts rendered to SVG
+    # in-process (vl-convert embeds Vega and a JS engine: no browser, no network, no script in the page)
+    "jinja2>=3.1",
+    "altair>=5.4",
+    "vl-convert-python>=1.7",
 ]
 
 TEST_REQUIRES = [
@@ -56,6 +61,7 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["pipelines*", "transforms*", "schemas*", "connectors*", "infra*"]),
     package_data={
+        "pipelines": ["report_page/templates/*.j2"],
         "schemas": ["*.yaml", "tracking_plans/*.yaml"],
         "infra": ["*.yaml", "*.json"],
         "connectors": ["samples/*.json"],

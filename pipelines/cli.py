@@ -12,7 +12,8 @@ import pipelines
 
 def available() -> list[str]:
     skip = {"cli", "options", "errors", "logs"}  # modules that are not pipelines
-    return sorted(m.name for m in pkgutil.iter_modules(pipelines.__path__) if m.name not in skip)
+    # a subpackage holds code a pipeline uses (pipelines/report_page: the report's templates), not a pipeline
+    return sorted(m.name for m in pkgutil.iter_modules(pipelines.__path__) if m.name not in skip and not m.ispkg)
 
 
 def main(argv: list[str] | None = None) -> None:

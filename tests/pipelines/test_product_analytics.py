@@ -163,6 +163,8 @@ def test_end_to_end_from_synthetic_traffic_reconciles_with_the_lake(tmp_path):
 
     from connectors.synthetic import generate_events
     from pipelines import ingest_batch, report
+    from pipelines.report_page import page_file_name
+    from pipelines.report_page.formatting import fmt_inr
 
     source = tmp_path / "events.ndjson"
     source.write_bytes(b"".join(r + b"\n" for r in generate_events(6000, seed=5, days=20)))
@@ -186,10 +188,10 @@ def test_end_to_end_from_synthetic_traffic_reconciles_with_the_lake(tmp_path):
     assert int(got["product_funnel"]["views"].sum()) == views
     page = (out / "r.html").as_posix()
     report.run(["--input", str(out), "--output", page])
-    with open(page, encoding="utf-8") as handle:
-        html = handle.read()
-    for tenant, part in daily.groupby("tenant_id"):
-        assert f"Revenue <b>₹{part['revenue_inr'].sum():,.2f}</b>" in html, tenant
+    for tenant, part in daily.groupby("tenant_id"):  # one page per tenant beside the index, whole rupees
+        with open(out / page_file_name("r", tenant), encoding="utf-8") as handle:
+            html = handle.read()
+        assert f"Revenue <b>{fmt_inr(part['revenue_inr'].sum())}</b>" in html, tenant
 
 
 @pytest.mark.integration
