@@ -61,8 +61,11 @@ def run_analytics(lake: str, out: str) -> dict:
     product_analytics.run(["--lake", lake, "--output", f"{out}/products"])
     html = f"{out}/report.html"
     report.run(
-        ["--input", f"{out}/funnels", "--input", f"{out}/retention", "--input", f"{out}/products", "--output", html]
-    )
+        ["--input", f"{out}/funnels", "--input", f"{out}/retention", "--input", f"{out}/products", "--output", html,
+         # the definitions the header shows (run() of a pipeline writes no run record to read them from)
+         "--funnel-window", str(3 * 86400), "--retention-start-event", "Product Viewed",
+         "--retention-return-event", "Product Viewed", "--retention-period", "week"]
+    )  # fmt: skip
     return {"analytics": out, "report": html}
 
 
