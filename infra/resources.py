@@ -29,6 +29,31 @@ DEFAULT_CONSUMER_APP = "livora-stream"
 DEFAULT_DEDUPE_TABLE = "livora-dedupe"
 DEFAULT_PROFILES_TABLE = "livora-profiles"
 DEFAULT_IDENTITY_TABLE = "livora-identity"
+DEFAULT_ONLINE_FEATURES_TABLE = "livora-online-features"
+# segment membership lives in the profile table, beside each profile item (connectors.segment_store)
+DEFAULT_SEGMENTS_TABLE = DEFAULT_PROFILES_TABLE
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """One DynamoDB table's name and key schema, as the connector that creates it locally defines it.
+
+    The CDK stacks (:mod:`infra.cdk`) build the AWS tables from these, and ``tests/infra/test_cdk.py``
+    checks them against the ``create_*`` functions of the connectors, so the three cannot drift.
+
+    Attributes:
+        partition_key, sort_key: string key attributes.
+        ttl_attribute: the item expiry attribute, if the table has one.
+        tenant_prefixed: the partition key starts with ``<tenant_id>#``.
+        tenant_readable: a tenant's dashboards read it (limited to ``<tenant_id>#`` keys by ``dynamodb:LeadingKeys``).
+    """
+
+    name: str
+    partition_key: str
+    sort_key: str | None = None
+    ttl_attribute: str | None = None
+    tenant_prefixed: bool = False
+    tenant_readable: bool = False
 
 
 @dataclass
@@ -47,6 +72,17 @@ class StreamingResources:
     @property
     def checkpoint_table(self) -> str:
         return checkpoint_table_name(self.consumer_app)
+
+    def table_specs(self, online_features_table: str | None = DEFAULT_ONLINE_FEATURES_TABLE) -> tuple[TableSpec, ...]:
+        """Every DynamoDB table of the platform: checkpoints, dedupe, profiles (+ segments), identity, features."""
+        specs = [
+            TableSpec(self.checkpoint_table, "stream", "shard_id"),
+            TableSpec(self.dedupe_table, "dedupe_key", ttl_attribute="expires_at", tenant_prefixed=True),
+        ]
+        specs += [TableSpec(t, "pk", "sk", tenant_prefixed=True, tenant_readable=True) for t in (self.profiles_table, self.identity_table) if t]
+        if online_features_table:
+            specs.append(TableSpec(online_features_table, "entity", "feature_group", tenant_prefixed=True, tenant_readable=True))
+        return tuple(specs)
 
 
 def create_stream(aws: AwsSettings, stream: str, shards: int, client=None) -> bool:
