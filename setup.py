@@ -54,6 +54,13 @@ TEST_REQUIRES = [
     "sqlglot>=25",  # parses the generated Athena/Redshift DDL in tests (schemas.ddl)
 ]
 
+# the CDK app (infra/app.py, docs/infrastructure.md); its jsii runtime needs Node.js on PATH
+INFRA_REQUIRES = [
+    "aws-cdk-lib>=2.170,<3",
+    "constructs>=10,<11",
+    "cfn-lint>=1.20",  # lints the synthesized templates (tests/infra/test_cdk.py)
+]
+
 setup(
     name="livora-pipelines",
     version="0.1.0",
@@ -67,6 +74,6 @@ setup(
         "connectors": ["samples/*.json"],
     },
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": TEST_REQUIRES},
+    extras_require={"test": TEST_REQUIRES + INFRA_REQUIRES, "infra": INFRA_REQUIRES},
     entry_points={"console_scripts": ["livora=pipelines.cli:main"]},
 )

@@ -79,9 +79,15 @@ class StreamingResources:
             TableSpec(self.checkpoint_table, "stream", "shard_id"),
             TableSpec(self.dedupe_table, "dedupe_key", ttl_attribute="expires_at", tenant_prefixed=True),
         ]
-        specs += [TableSpec(t, "pk", "sk", tenant_prefixed=True, tenant_readable=True) for t in (self.profiles_table, self.identity_table) if t]
+        specs += [
+            TableSpec(t, "pk", "sk", tenant_prefixed=True, tenant_readable=True)
+            for t in (self.profiles_table, self.identity_table)
+            if t
+        ]
         if online_features_table:
-            specs.append(TableSpec(online_features_table, "entity", "feature_group", tenant_prefixed=True, tenant_readable=True))
+            specs.append(
+                TableSpec(online_features_table, "entity", "feature_group", tenant_prefixed=True, tenant_readable=True)
+            )
         return tuple(specs)
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import aws_cdk as cdk
 
 from infra.cdk.catalog import CatalogStack
@@ -61,6 +59,5 @@ class LivoraStacks:
 
 def build_app(config: EnvConfig, outdir: str | None = None) -> tuple[cdk.App, LivoraStacks]:
     """The app and its stacks; nothing is looked up in AWS (explicit account and region, no context lookups)."""
-    os.environ.setdefault("JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION", "1")
     app = cdk.App(outdir=outdir) if outdir else cdk.App()
     return app, LivoraStacks(app, config)

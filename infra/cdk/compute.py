@@ -105,7 +105,9 @@ class ComputeStack(cdk.Stack):
             iam.PolicyStatement(actions=["logs:CreateLogGroup"], resources=[f"{log_group}:*"])
         )
         self.collector_role.add_to_policy(
-            iam.PolicyStatement(actions=["logs:CreateLogStream", "logs:PutLogEvents"], resources=[f"{log_group}:log-stream:*"])
+            iam.PolicyStatement(
+                actions=["logs:CreateLogStream", "logs:PutLogEvents"], resources=[f"{log_group}:log-stream:*"]
+            )
         )
         self.collector_role.add_to_policy(_metrics_statement())
 
@@ -154,7 +156,9 @@ class ComputeStack(cdk.Stack):
             )
         )
         self.streaming_role.add_to_policy(
-            iam.PolicyStatement(actions=["kms:Decrypt", "kms:GenerateDataKey", "kms:DescribeKey"], resources=[key.key_arn])
+            iam.PolicyStatement(
+                actions=["kms:Decrypt", "kms:GenerateDataKey", "kms:DescribeKey"], resources=[key.key_arn]
+            )
         )
         self.streaming_role.add_to_policy(_metrics_statement())
 
@@ -178,7 +182,9 @@ class ComputeStack(cdk.Stack):
                 )
             )
             role.add_to_policy(
-                iam.PolicyStatement(actions=["s3:GetObject"], resources=[bucket.arn_for_objects(p + "*") for p in prefixes])
+                iam.PolicyStatement(
+                    actions=["s3:GetObject"], resources=[bucket.arn_for_objects(p + "*") for p in prefixes]
+                )
             )
             role.add_to_policy(
                 iam.PolicyStatement(
@@ -186,7 +192,10 @@ class ComputeStack(cdk.Stack):
                     resources=[key.key_arn],
                     conditions={
                         "StringEquals": {
-                            "kms:ViaService": [f"s3.{self.region}.amazonaws.com", f"dynamodb.{self.region}.amazonaws.com"]
+                            "kms:ViaService": [
+                                f"s3.{self.region}.amazonaws.com",
+                                f"dynamodb.{self.region}.amazonaws.com",
+                            ]
                         }
                     },
                 )

@@ -42,12 +42,24 @@ class WarehouseStack(cdk.Stack):
             iam.PolicyStatement(actions=["s3:ListBucket", "s3:GetBucketLocation"], resources=[bucket.bucket_arn])
         )
         self.role.add_to_policy(iam.PolicyStatement(actions=["s3:GetObject"], resources=[bucket.arn_for_objects("*")]))
-        self.role.add_to_policy(iam.PolicyStatement(actions=["kms:Decrypt", "kms:DescribeKey"], resources=[key.key_arn]))
+        self.role.add_to_policy(
+            iam.PolicyStatement(actions=["kms:Decrypt", "kms:DescribeKey"], resources=[key.key_arn])
+        )
         catalog = f"arn:{self.partition}:glue:{self.region}:{self.account}"
         self.role.add_to_policy(
             iam.PolicyStatement(
-                actions=["glue:GetDatabase", "glue:GetTable", "glue:GetTables", "glue:GetPartition", "glue:GetPartitions"],
-                resources=[f"{catalog}:catalog", f"{catalog}:database/{glue_database}", f"{catalog}:table/{glue_database}/*"],
+                actions=[
+                    "glue:GetDatabase",
+                    "glue:GetTable",
+                    "glue:GetTables",
+                    "glue:GetPartition",
+                    "glue:GetPartitions",
+                ],
+                resources=[
+                    f"{catalog}:catalog",
+                    f"{catalog}:database/{glue_database}",
+                    f"{catalog}:table/{glue_database}/*",
+                ],
             )
         )
 
