@@ -498,8 +498,9 @@ class ReadConfig(NamedTuple):
     batch_limit: int = MAX_RECORDS_PER_CALL
     min_call_interval: float = MIN_CALL_INTERVAL_S
     backoff: Backoff = Backoff()
-    poll_seconds: float = 5.0  # unbounded mode: read this long, then hand back to the runner
+    poll_seconds: float = 0.0  # unbounded mode: read this long, then hand back (0: after every GetRecords)
     idle_resume_seconds: float = 1.0  # unbounded mode: pause before polling a caught-up shard again
+    stop_at: float | None = None  # unbounded mode: wall-clock time (epoch s) after which every shard's read ends
 
 
 def default_kinesis_client(aws: AwsSettings):
@@ -621,6 +622,17 @@ class _ReadShardFn(beam.DoFn):
         counter = Metrics.counter("kinesis", f"records/{task.shard_id}")
         started = time.monotonic()
         state = {"read": 0, "last": None, "high": None}
+        if not cfg.bounded:
+            # processing-time timestamps (KinesisIO's processing-time policy): the watermark is "now" when the
+            # call starts and every output of the call carries that time, so nothing read later can be late,
+            # whichever shard's report a runner keeps (Prism keeps the last bundle's, not the minimum)
+            now = Timestamp.now()
+            current = watermark.current_watermark()
+            state["high"] = now if current is None or now > current else current
+            watermark.set_watermark(state["high"])
+            if cfg.stop_at is not None and time.time() >= cfg.stop_at:
+                tracker.try_claim(_END)  # drain: this shard's read ends here, its windows can close
+                return
 
         def progress(at_end: bool):
             last: Checkpoint | None = state["last"]
@@ -644,10 +656,13 @@ class _ReadShardFn(beam.DoFn):
                 state["read"] += 1
                 state["last"] = rec.position
                 counter.inc()
-                ts = _ts(rec.arrival)
-                if state["high"] is None or ts > state["high"]:
-                    state["high"] = ts
-                    watermark.set_watermark(ts)
+                if cfg.bounded:
+                    ts = _ts(rec.arrival)
+                    if state["high"] is None or ts > state["high"]:
+                        state["high"] = ts
+                        watermark.set_watermark(ts)
+                else:
+                    ts = state["high"]
                 yield beam.window.TimestampedValue(rec.to_source_record(), ts)
                 if cfg.bounded and cfg.max_records is not None and state["read"] >= cfg.max_records:
                     limit_hit = True
@@ -669,11 +684,10 @@ class _ReadShardFn(beam.DoFn):
                     yield progress(at_end=False)
                     return
             elif caught_up or elapsed >= cfg.poll_seconds:
-                if caught_up:  # idle shard: let the watermark move on
-                    idle = Timestamp.now() - Duration(seconds=5)
-                    watermark.set_watermark(max(state["high"] or idle, idle))
-                yield progress(at_end=False)
-                tracker.defer_remainder(Duration(seconds=cfg.idle_resume_seconds if caught_up else 0))
+                # self-checkpoint on every return: portable runners never ask an SDF to split (apache/beam#20979)
+                if records:
+                    yield progress(at_end=False)
+                tracker.defer_remainder(Duration(seconds=cfg.idle_resume_seconds if caught_up and not records else 0))
                 return
 
 
