@@ -672,6 +672,7 @@ class _DiscoverShardsFn(beam.DoFn):
         self.client = default_kinesis_client(self.aws)
         self.store = CheckpointStore(self.aws, self.table)
 
+    @beam.DoFn.unbounded_per_element()  # everything downstream is an unbounded PCollection
     def process(
         self,
         _impulse,

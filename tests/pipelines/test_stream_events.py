@@ -371,7 +371,7 @@ def test_help_and_flag_checks():
 
 
 def test_streaming_graph_builds_with_an_unbounded_reader(aws):
-    """--streaming is for Flink/Dataflow: here we check the graph (the in-process runners cannot stream an SDF)."""
+    """The graph of --streaming (it runs whole on Prism in test_stream_prism.py): unbounded reader and commits."""
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
     from apache_beam.portability.api import beam_runner_api_pb2
@@ -384,14 +384,13 @@ def test_streaming_graph_builds_with_an_unbounded_reader(aws):
     names = {t.unique_name for t in proto.components.transforms.values()}
     for step in (
         "DiscoverShards",
-        "StartOnce",
         "ReadKinesis/ReadShard",
         "Window",
         "ProcessEvents",
         "WriteLake",
         "WriteDeadLetters",
         "LoadWarehouse",
-        "CommitCheckpoints/CommitCheckpoint",
+        "CommitCheckpoints/CommitWindow",
     ):
         assert any(n == step or n.startswith(step + "/") for n in names), step
     unbounded = {
@@ -400,7 +399,7 @@ def test_streaming_graph_builds_with_an_unbounded_reader(aws):
         for out in t.outputs.values()
         if proto.components.pcollections[out].is_bounded == beam_runner_api_pb2.IsBounded.UNBOUNDED
     }
-    assert "ReadKinesis/ReadShard" in unbounded and "CommitCheckpoints/CommitCheckpoint" in unbounded
+    assert "ReadKinesis/ReadShard" in unbounded and "CommitCheckpoints/CommitWindow" in unbounded
 
 
 def test_streaming_windows_write_one_file_set_per_window(tmp_path):
