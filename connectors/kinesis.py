@@ -25,6 +25,7 @@ import datetime as dt
 import hashlib
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from enum import StrEnum
@@ -501,6 +502,7 @@ class ReadConfig(NamedTuple):
     poll_seconds: float = 0.0  # unbounded mode: read this long, then hand back (0: after every GetRecords)
     idle_resume_seconds: float = 1.0  # unbounded mode: pause before polling a caught-up shard again
     stop_at: float | None = None  # unbounded mode: wall-clock time (epoch s) after which every shard's read ends
+    watermark_lag_seconds: float = 2.0  # unbounded mode: reported watermark this far behind the earliest running call
 
 
 def default_kinesis_client(aws: AwsSettings):
@@ -583,6 +585,39 @@ def _ts(when: dt.datetime) -> Timestamp:
     return Timestamp.from_utc_datetime(_utc(when))
 
 
+class _CallsInFlight:
+    """Start times of the unbounded reader's calls running now in this process.
+
+    A call stamps its records with its start time; the watermark it reports on return is the
+    earliest start of any call still running, so no record of a running call is behind a reported
+    watermark even when the runner keeps the last bundle's estimate instead of the minimum over
+    shards (Prism). Shared per process: on Prism (LOOPBACK) every bundle runs in the driver process.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._starts: dict[int, Timestamp] = {}
+        self._next = 0
+
+    def begin(self, at_least: Timestamp | None) -> tuple[int, Timestamp]:
+        """Register a call starting now (never before ``at_least``); returns its token and its stamp."""
+        with self._lock:
+            now = Timestamp.now()
+            start = now if at_least is None or now > at_least else at_least
+            self._next += 1
+            self._starts[self._next] = start
+            return self._next, start
+
+    def end(self, token: int) -> None:
+        with self._lock:
+            self._starts.pop(token, None)
+
+    def floor(self, start: Timestamp) -> Timestamp:
+        with self._lock:
+            return min([start, *self._starts.values()])
+
+
+_IN_FLIGHT = _CallsInFlight()
 _RESTRICTION_PARAM = beam.DoFn.RestrictionParam(_ShardRestrictionProvider())
 _WATERMARK_PARAM = beam.DoFn.WatermarkEstimatorParam(ManualWatermarkEstimator.default_provider())
 
@@ -623,16 +658,27 @@ class _ReadShardFn(beam.DoFn):
         started = time.monotonic()
         state = {"read": 0, "last": None, "high": None}
         if not cfg.bounded:
-            # processing-time timestamps (KinesisIO's processing-time policy): the watermark is "now" when the
-            # call starts and every output of the call carries that time, so nothing read later can be late,
-            # whichever shard's report a runner keeps (Prism keeps the last bundle's, not the minimum)
-            now = Timestamp.now()
-            current = watermark.current_watermark()
-            state["high"] = now if current is None or now > current else current
-            watermark.set_watermark(state["high"])
+            # processing-time timestamps (KinesisIO's processing-time policy): every output of the call carries
+            # the call's start time; the watermark reported on return is at most the start of any call still
+            # running in this process (Prism keeps the last bundle's estimate, not the minimum over shards)
             if cfg.stop_at is not None and time.time() >= cfg.stop_at:
                 tracker.try_claim(_END)  # drain: this shard's read ends here, its windows can close
                 return
+            # registered until finish_bundle, i.e. until the bundle's outputs are on their way to the runner
+            token, state["high"] = _IN_FLIGHT.begin(watermark.current_watermark())
+            self._tokens.append(token)
+        yield from self._read(task, cfg, tracker, watermark, reader, restriction, state, counter, started)
+
+    def start_bundle(self):
+        self._tokens: list[int] = []
+
+    def finish_bundle(self):
+        for token in self._tokens:
+            _IN_FLIGHT.end(token)
+        self._tokens = []
+
+    def _read(self, task, cfg, tracker, watermark, reader, restriction, state, counter, started):
+        """The poll loop of :meth:`process` (bounded: to the tip or a limit; unbounded: one GetRecords)."""
 
         def progress(at_end: bool):
             last: Checkpoint | None = state["last"]
@@ -687,6 +733,10 @@ class _ReadShardFn(beam.DoFn):
                 # self-checkpoint on every return: portable runners never ask an SDF to split (apache/beam#20979)
                 if records:
                     yield progress(at_end=False)
+                floor = _IN_FLIGHT.floor(state["high"]) - Duration(seconds=cfg.watermark_lag_seconds)
+                current = watermark.current_watermark()
+                if current is None or floor > current:
+                    watermark.set_watermark(floor)
                 tracker.defer_remainder(Duration(seconds=cfg.idle_resume_seconds if caught_up and not records else 0))
                 return
 
