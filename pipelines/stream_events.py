@@ -52,6 +52,7 @@ from connectors.dedupe_store import DropSeenDuplicates
 from connectors.kinesis import (
     ReadConfig,
     ReadKinesisShards,
+    ShardProgress,
     ShardReader,
     ShardTask,
     StartPosition,
@@ -763,13 +764,25 @@ class _CommitWindowFn(beam.DoFn):
 
     def process(self, element, sinks_done, win=beam.DoFn.WindowParam):
         del sinks_done  # only there to order this step after the window's sinks
-        progress = list(element[1])
+        progress = furthest_per_shard(element[1])
         _maybe_hold(CommitCheckpoints.HOLD_ENV)
         owner = f"{self.owner}|{self.run_id}|w{_window_start(win)}"
         moved = self.store.commit_progress(progress, owner, self.fence)
         self.committed.inc(len(moved))
         self.refused.inc(sum(1 for p in progress if p.end is not None) - len(moved))
         yield from moved
+
+
+def furthest_per_shard(progress) -> list[ShardProgress]:
+    """One item per shard: the furthest end position of the window's calls (a transaction may touch an item once)."""
+    best: dict[str, ShardProgress] = {}
+    for p in progress:
+        if p.end is None:
+            continue
+        seen = best.get(p.shard_id)
+        if seen is None or (p.end.key(), p.end.shard_end) > (seen.end.key(), seen.end.shard_end):
+            best[p.shard_id] = p
+    return [best[k] for k in sorted(best)]
 
 
 class CommitWindows(beam.PTransform):
