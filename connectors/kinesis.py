@@ -502,6 +502,7 @@ class ReadConfig(NamedTuple):
     poll_seconds: float = 0.0  # unbounded mode: read this long, then hand back (0: after every GetRecords)
     idle_resume_seconds: float = 1.0  # unbounded mode: pause before polling a caught-up shard again
     stop_at: float | None = None  # unbounded mode: wall-clock time (epoch s) after which every shard's read ends
+    closed_check_seconds: float = 5.0  # unbounded mode: how often a caught-up shard checks whether it was closed
     watermark_lag_seconds: float = 2.0  # unbounded mode: reported watermark this far behind the earliest running call
 
 
@@ -586,35 +587,40 @@ def _ts(when: dt.datetime) -> Timestamp:
 
 
 class _CallsInFlight:
-    """Start times of the unbounded reader's calls running now in this process.
+    """Per shard, the start time of the unbounded reader's latest call in this process.
 
     A call stamps its records with its start time; the watermark it reports on return is the
-    earliest start of any call still running, so no record of a running call is behind a reported
+    earliest start registered here, so no record of another shard's call is behind a reported
     watermark even when the runner keeps the last bundle's estimate instead of the minimum over
-    shards (Prism). Shared per process: on Prism (LOOPBACK) every bundle runs in the driver process.
+    shards (Prism). A shard's entry is replaced only when its next call starts: the runner starts
+    that call from the residual of the previous bundle, i.e. after it has taken in that bundle's
+    outputs (ending the entry at ``finish_bundle`` was too early: a 10,000-record bundle was still
+    in transit when another shard's report closed its window). A read that ends keeps its entry
+    for ``grace`` seconds. Shared per process: on Prism (LOOPBACK) every bundle runs in the driver.
     """
 
     def __init__(self):
         self._lock = threading.Lock()
-        self._starts: dict[int, Timestamp] = {}
-        self._next = 0
+        self._starts: dict[tuple[str, str], tuple[Timestamp, float | None]] = {}
 
-    def begin(self, at_least: Timestamp | None) -> tuple[int, Timestamp]:
-        """Register a call starting now (never before ``at_least``); returns its token and its stamp."""
+    def begin(self, key: tuple[str, str], at_least: Timestamp | None) -> Timestamp:
+        """Register the call of ``key`` starting now (never before ``at_least``); returns its stamp."""
         with self._lock:
             now = Timestamp.now()
             start = now if at_least is None or now > at_least else at_least
-            self._next += 1
-            self._starts[self._next] = start
-            return self._next, start
+            self._starts[key] = (start, None)
+            return start
 
-    def end(self, token: int) -> None:
+    def finish(self, key: tuple[str, str], grace: float) -> None:
         with self._lock:
-            self._starts.pop(token, None)
+            if key in self._starts:
+                self._starts[key] = (self._starts[key][0], time.monotonic() + grace)
 
     def floor(self, start: Timestamp) -> Timestamp:
         with self._lock:
-            return min([start, *self._starts.values()])
+            now = time.monotonic()
+            live = [t for t, expires in self._starts.values() if expires is None or expires > now]
+            return min([start, *live])
 
 
 _IN_FLIGHT = _CallsInFlight()
@@ -632,6 +638,19 @@ class _ReadShardFn(beam.DoFn):
     def setup(self):
         self.client = self.client_factory(self.aws)
         self.lag = Metrics.distribution("kinesis", "millis_behind_latest")
+        self._closed_checks: dict[str, tuple[float, str | None]] = {}
+
+    def _ending_sequence(self, task: ShardTask) -> str | None:
+        """The shard's ``EndingSequenceNumber`` if it was closed (split/merge) while being read; ListShards at
+        most every ``closed_check_seconds`` per shard. Real Kinesis also ends the iterator; moto never does."""
+        now = time.monotonic()
+        checked = self._closed_checks.get(task.shard_id)
+        if checked is not None and now - checked[0] < self.config.closed_check_seconds:
+            return checked[1]
+        shards = list_shards(self.client, task.stream)
+        ending = next((s.ending_sequence for s in shards if s.shard_id == task.shard_id), None)
+        self._closed_checks[task.shard_id] = (now, ending)
+        return ending
 
     def process(
         self,
@@ -661,21 +680,15 @@ class _ReadShardFn(beam.DoFn):
             # processing-time timestamps (KinesisIO's processing-time policy): every output of the call carries
             # the call's start time; the watermark reported on return is at most the start of any call still
             # running in this process (Prism keeps the last bundle's estimate, not the minimum over shards)
+            key = (task.stream, task.shard_id)
             if cfg.stop_at is not None and time.time() >= cfg.stop_at:
                 tracker.try_claim(_END)  # drain: this shard's read ends here, its windows can close
+                _IN_FLIGHT.finish(key, grace=10.0)
                 return
-            # registered until finish_bundle, i.e. until the bundle's outputs are on their way to the runner
-            token, state["high"] = _IN_FLIGHT.begin(watermark.current_watermark())
-            self._tokens.append(token)
+            state["high"] = _IN_FLIGHT.begin(key, watermark.current_watermark())
         yield from self._read(task, cfg, tracker, watermark, reader, restriction, state, counter, started)
-
-    def start_bundle(self):
-        self._tokens: list[int] = []
-
-    def finish_bundle(self):
-        for token in self._tokens:
-            _IN_FLIGHT.end(token)
-        self._tokens = []
+        if not cfg.bounded and tracker.current_restriction().done:
+            _IN_FLIGHT.finish((task.stream, task.shard_id), grace=10.0)
 
     def _read(self, task, cfg, tracker, watermark, reader, restriction, state, counter, started):
         """The poll loop of :meth:`process` (bounded: to the tip or a limit; unbounded: one GetRecords)."""
@@ -684,7 +697,7 @@ class _ReadShardFn(beam.DoFn):
             last: Checkpoint | None = state["last"]
             if at_end:  # everything up to the shard's end is consumed: mark it so children may start
                 seqs = [int(c.sequence) for c in (last, restriction.start) if c is not None]
-                seqs.append(int(task.ending_sequence or 0))
+                seqs.append(int(state.get("ending") or task.ending_sequence or 0))
                 last = Checkpoint(str(max(seqs)), None, shard_end=True)
             info = ShardProgress(
                 task.stream, task.shard_id, restriction.start, last, state["read"], reader.millis_behind
@@ -718,7 +731,10 @@ class _ReadShardFn(beam.DoFn):
                 Metrics.gauge("kinesis", f"millis_behind_latest/{task.shard_id}").set(reader.millis_behind)
             caught_up = reader.millis_behind == 0 and len(records) < cfg.batch_limit
             if not limit_hit:
-                ended = reader.at_shard_end or (task.ending_sequence is not None and caught_up and not records)
+                ending = task.ending_sequence
+                if ending is None and not cfg.bounded and caught_up and not records:
+                    ending = state["ending"] = self._ending_sequence(task)  # closed since the task was made?
+                ended = reader.at_shard_end or (ending is not None and caught_up and not records)
                 if ended:  # (moto never ends a closed shard's iterator: an empty read at the tip does)
                     tracker.try_claim(_END)
                     yield progress(at_end=True)

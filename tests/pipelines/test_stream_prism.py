@@ -177,3 +177,38 @@ def test_a_window_commits_each_shard_once_at_its_furthest_position():
         ("a", "9", False),
         ("b", "3", True),
     ]
+
+
+def test_split_while_streaming_reads_parent_then_children(tmp_path):
+    """A shard split mid-run: the parent's reader notices the close, commits shard_end, discovery starts the children."""
+    from tests.connectors.kinesis_helpers import faithful_kinesis_server, split_first_shard
+
+    with faithful_kinesis_server() as aws:
+        res = _resources(aws, shards=2, sinks=False)
+        lake = str(tmp_path / "lake")
+        kinesis = aws.client("kinesis")
+        before = list(generate_events(300, seed=81, bad_fraction=0.05, duplicate_fraction=0.05))
+        after = list(generate_events(300, seed=82, bad_fraction=0.05, duplicate_fraction=0.05))
+        put_records(kinesis, res.stream, before)
+        cmd = [sys.executable, "-m", "pipelines.stream_events", *_argv(aws, res, lake, None)]
+        cmd += ["--window-seconds", str(WINDOW), "--discover-seconds=2", "--streaming", *pipeline_args("prism")]
+        cmd += [f"--max-run-seconds={RUN_SECONDS + 10}", "--lease-seconds=3"]
+        proc = _start(cmd, tmp_path, "split")
+        out = tmp_path / "split.out"
+        deadline = time.monotonic() + 60
+        while not any((tmp_path / "lake" / "events").rglob("part-w*")):
+            assert proc.poll() is None and time.monotonic() < deadline, out.read_text()[-3000:]
+            time.sleep(0.2)
+        parent = split_first_shard(kinesis, res.stream)
+        put_records(kinesis, res.stream, after)
+        _finish(proc, tmp_path, "split")
+        keys = _lake_keys(lake)
+        dead = read_dead_letters(f"{lake}/dead_letters")
+        assert len(keys) == len(set(keys))
+        assert len(keys) + len(dead) == len(set(before + after))
+        stored = CheckpointStore(aws, res.checkpoint_table).load(res.stream)
+        assert stored[parent].shard_end
+        last = _last_positions(aws, res.stream)
+        children = set(last) - {parent, "shardId-000000000001"}
+        assert children, "new records should have gone to the children"
+        assert {s: stored[s].sequence for s in last if s != parent} == {s: q for s, q in last.items() if s != parent}
