@@ -11,9 +11,11 @@ Two ways to run, same transforms:
   Passes repeat until caught up (``--once``: one pass; ``--follow``: forever). Lake and
   dead-letter file names derive from the pass's start positions, so a crashed pass that is
   rerun replaces its own files; leftovers of the crashed attempt are removed first.
-* ``--streaming`` for runners with streaming support (Flink, Dataflow): shard discovery on a
-  timer, the unbounded splittable reader, fixed windows, per-window lake files with names
-  derived from the window and its content, checkpoints committed per window after the sinks.
+* ``--streaming`` for runners that stream (runs whole on Prism; Flink, Dataflow): shard discovery
+  (a splittable DoFn), the unbounded splittable reader, fixed read-time windows, per-window lake
+  files named after the run, the window and the content, checkpoints committed per window after
+  the sinks; ``--max-run-seconds`` drains and ends the job; a new run first removes the files of
+  windows that never committed (docs/streaming.md, "Streaming on Prism").
 """
 
 from __future__ import annotations
