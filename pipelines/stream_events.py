@@ -832,6 +832,16 @@ def remove_uncommitted_windows(lake: str, dead_letters: str, details: list[dict]
     run's last committed window; of a later run, removed."""
     committed = committed_windows(details)
     latest = max(committed) if committed else None
+    # an incremental-mode commit (owner names no run) came after the streaming runs that started before it:
+    # that pass's lake-wide key check (DropLakeDuplicates) kept their leftover rows once, so they stay
+    adopted = max(
+        (
+            f"r{int(dt.datetime.fromisoformat(item['updated_at']).timestamp() * 1000):013d}"
+            for item in details
+            if item.get("updated_at") and not _OWNER_MARK.search(str(item.get("owner", "")))
+        ),
+        default=None,
+    )
     patterns = [f"{table_path(lake, EVENTS_TABLE)}/**/part-w*.parquet", f"{dead_letters.rstrip('/')}/part-w*.jsonl"]
     stale = []
     for result in FileSystems.match(patterns):
@@ -840,6 +850,8 @@ def remove_uncommitted_windows(lake: str, dead_letters: str, details: list[dict]
             if len(parts) < 4 or not parts[2].startswith("r"):
                 continue  # not a streaming window file of a named run
             window, run = parts[1].removeprefix("w"), parts[2]
+            if adopted is not None and run < adopted:
+                continue
             if latest is None or run > latest or (run == latest and window > committed[latest]):
                 stale.append(meta.path)
     if stale:

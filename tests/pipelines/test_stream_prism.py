@@ -164,21 +164,6 @@ def test_streaming_on_prism_then_kill_and_resume_lose_and_double_nothing(aws, tm
     assert files_before <= {p.name for p in (tmp_path / "lake").rglob("part-w*")}
 
 
-def test_a_window_commits_each_shard_once_at_its_furthest_position():
-    """Several reader calls of one shard in one window: one transaction may touch an item only once."""
-    from connectors.kinesis import Checkpoint, ShardProgress
-    from pipelines.stream_events import furthest_per_shard
-
-    def p(shard, seq, end=False):
-        return ShardProgress("s", shard, None, Checkpoint(str(seq), None, end), 1, 0)
-
-    items = [p("a", 5), p("b", 3), p("a", 9), p("a", 7), p("b", 3, end=True), ShardProgress("s", "c", None, None, 0, 0)]
-    assert [(x.shard_id, x.end.sequence, x.end.shard_end) for x in furthest_per_shard(items)] == [
-        ("a", "9", False),
-        ("b", "3", True),
-    ]
-
-
 def test_split_while_streaming_reads_parent_then_children(tmp_path):
     """A shard split mid-run: the parent's reader notices the close, commits shard_end, discovery starts the children."""
     from tests.connectors.kinesis_helpers import faithful_kinesis_server, split_first_shard
