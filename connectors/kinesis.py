@@ -25,6 +25,7 @@ import datetime as dt
 import hashlib
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from enum import StrEnum
@@ -498,8 +499,11 @@ class ReadConfig(NamedTuple):
     batch_limit: int = MAX_RECORDS_PER_CALL
     min_call_interval: float = MIN_CALL_INTERVAL_S
     backoff: Backoff = Backoff()
-    poll_seconds: float = 5.0  # unbounded mode: read this long, then hand back to the runner
+    poll_seconds: float = 0.0  # unbounded mode: read this long, then hand back (0: after every GetRecords)
     idle_resume_seconds: float = 1.0  # unbounded mode: pause before polling a caught-up shard again
+    stop_at: float | None = None  # unbounded mode: wall-clock time (epoch s) after which every shard's read ends
+    closed_check_seconds: float = 5.0  # unbounded mode: how often a caught-up shard checks whether it was closed
+    watermark_lag_seconds: float = 2.0  # unbounded mode: reported watermark this far behind the earliest running call
 
 
 def default_kinesis_client(aws: AwsSettings):
@@ -582,6 +586,44 @@ def _ts(when: dt.datetime) -> Timestamp:
     return Timestamp.from_utc_datetime(_utc(when))
 
 
+class _CallsInFlight:
+    """Per shard, the start time of the unbounded reader's latest call in this process.
+
+    A call stamps its records with its start time; the watermark it reports on return is the
+    earliest start registered here, so no record of another shard's call is behind a reported
+    watermark even when the runner keeps the last bundle's estimate instead of the minimum over
+    shards (Prism). A shard's entry is replaced only when its next call starts: the runner starts
+    that call from the residual of the previous bundle, i.e. after it has taken in that bundle's
+    outputs (ending the entry at ``finish_bundle`` was too early: a 10,000-record bundle was still
+    in transit when another shard's report closed its window). A read that ends keeps its entry
+    for ``grace`` seconds. Shared per process: on Prism (LOOPBACK) every bundle runs in the driver.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._starts: dict[tuple[str, str], tuple[Timestamp, float | None]] = {}
+
+    def begin(self, key: tuple[str, str], at_least: Timestamp | None) -> Timestamp:
+        """Register the call of ``key`` starting now (never before ``at_least``); returns its stamp."""
+        with self._lock:
+            now = Timestamp.now()
+            start = now if at_least is None or now > at_least else at_least
+            self._starts[key] = (start, None)
+            return start
+
+    def finish(self, key: tuple[str, str], grace: float) -> None:
+        with self._lock:
+            if key in self._starts:
+                self._starts[key] = (self._starts[key][0], time.monotonic() + grace)
+
+    def floor(self, start: Timestamp) -> Timestamp:
+        with self._lock:
+            now = time.monotonic()
+            live = [t for t, expires in self._starts.values() if expires is None or expires > now]
+            return min([start, *live])
+
+
+_IN_FLIGHT = _CallsInFlight()
 _RESTRICTION_PARAM = beam.DoFn.RestrictionParam(_ShardRestrictionProvider())
 _WATERMARK_PARAM = beam.DoFn.WatermarkEstimatorParam(ManualWatermarkEstimator.default_provider())
 
@@ -596,6 +638,19 @@ class _ReadShardFn(beam.DoFn):
     def setup(self):
         self.client = self.client_factory(self.aws)
         self.lag = Metrics.distribution("kinesis", "millis_behind_latest")
+        self._closed_checks: dict[str, tuple[float, str | None]] = {}
+
+    def _ending_sequence(self, task: ShardTask) -> str | None:
+        """The shard's ``EndingSequenceNumber`` if it was closed (split/merge) while being read; ListShards at
+        most every ``closed_check_seconds`` per shard. Real Kinesis also ends the iterator; moto never does."""
+        now = time.monotonic()
+        checked = self._closed_checks.get(task.shard_id)
+        if checked is not None and now - checked[0] < self.config.closed_check_seconds:
+            return checked[1]
+        shards = list_shards(self.client, task.stream)
+        ending = next((s.ending_sequence for s in shards if s.shard_id == task.shard_id), None)
+        self._closed_checks[task.shard_id] = (now, ending)
+        return ending
 
     def process(
         self,
@@ -621,12 +676,28 @@ class _ReadShardFn(beam.DoFn):
         counter = Metrics.counter("kinesis", f"records/{task.shard_id}")
         started = time.monotonic()
         state = {"read": 0, "last": None, "high": None}
+        if not cfg.bounded:
+            # processing-time timestamps (KinesisIO's processing-time policy): every output of the call carries
+            # the call's start time; the watermark reported on return is at most the start of any call still
+            # running in this process (Prism keeps the last bundle's estimate, not the minimum over shards)
+            key = (task.stream, task.shard_id)
+            if cfg.stop_at is not None and time.time() >= cfg.stop_at:
+                tracker.try_claim(_END)  # drain: this shard's read ends here, its windows can close
+                _IN_FLIGHT.finish(key, grace=10.0)
+                return
+            state["high"] = _IN_FLIGHT.begin(key, watermark.current_watermark())
+        yield from self._read(task, cfg, tracker, watermark, reader, restriction, state, counter, started)
+        if not cfg.bounded and tracker.current_restriction().done:
+            _IN_FLIGHT.finish((task.stream, task.shard_id), grace=10.0)
+
+    def _read(self, task, cfg, tracker, watermark, reader, restriction, state, counter, started):
+        """The poll loop of :meth:`process` (bounded: to the tip or a limit; unbounded: one GetRecords)."""
 
         def progress(at_end: bool):
             last: Checkpoint | None = state["last"]
             if at_end:  # everything up to the shard's end is consumed: mark it so children may start
                 seqs = [int(c.sequence) for c in (last, restriction.start) if c is not None]
-                seqs.append(int(task.ending_sequence or 0))
+                seqs.append(int(state.get("ending") or task.ending_sequence or 0))
                 last = Checkpoint(str(max(seqs)), None, shard_end=True)
             info = ShardProgress(
                 task.stream, task.shard_id, restriction.start, last, state["read"], reader.millis_behind
@@ -644,10 +715,13 @@ class _ReadShardFn(beam.DoFn):
                 state["read"] += 1
                 state["last"] = rec.position
                 counter.inc()
-                ts = _ts(rec.arrival)
-                if state["high"] is None or ts > state["high"]:
-                    state["high"] = ts
-                    watermark.set_watermark(ts)
+                if cfg.bounded:
+                    ts = _ts(rec.arrival)
+                    if state["high"] is None or ts > state["high"]:
+                        state["high"] = ts
+                        watermark.set_watermark(ts)
+                else:
+                    ts = state["high"]
                 yield beam.window.TimestampedValue(rec.to_source_record(), ts)
                 if cfg.bounded and cfg.max_records is not None and state["read"] >= cfg.max_records:
                     limit_hit = True
@@ -657,7 +731,10 @@ class _ReadShardFn(beam.DoFn):
                 Metrics.gauge("kinesis", f"millis_behind_latest/{task.shard_id}").set(reader.millis_behind)
             caught_up = reader.millis_behind == 0 and len(records) < cfg.batch_limit
             if not limit_hit:
-                ended = reader.at_shard_end or (task.ending_sequence is not None and caught_up and not records)
+                ending = task.ending_sequence
+                if ending is None and not cfg.bounded and caught_up and not records:
+                    ending = state["ending"] = self._ending_sequence(task)  # closed since the task was made?
+                ended = reader.at_shard_end or (ending is not None and caught_up and not records)
                 if ended:  # (moto never ends a closed shard's iterator: an empty read at the tip does)
                     tracker.try_claim(_END)
                     yield progress(at_end=True)
@@ -669,11 +746,14 @@ class _ReadShardFn(beam.DoFn):
                     yield progress(at_end=False)
                     return
             elif caught_up or elapsed >= cfg.poll_seconds:
-                if caught_up:  # idle shard: let the watermark move on
-                    idle = Timestamp.now() - Duration(seconds=5)
-                    watermark.set_watermark(max(state["high"] or idle, idle))
-                yield progress(at_end=False)
-                tracker.defer_remainder(Duration(seconds=cfg.idle_resume_seconds if caught_up else 0))
+                # self-checkpoint on every return: portable runners never ask an SDF to split (apache/beam#20979)
+                if records:
+                    yield progress(at_end=False)
+                floor = _IN_FLIGHT.floor(state["high"]) - Duration(seconds=cfg.watermark_lag_seconds)
+                current = watermark.current_watermark()
+                if current is None or floor > current:
+                    watermark.set_watermark(floor)
+                tracker.defer_remainder(Duration(seconds=cfg.idle_resume_seconds if caught_up and not records else 0))
                 return
 
 

@@ -11,9 +11,11 @@ Two ways to run, same transforms:
   Passes repeat until caught up (``--once``: one pass; ``--follow``: forever). Lake and
   dead-letter file names derive from the pass's start positions, so a crashed pass that is
   rerun replaces its own files; leftovers of the crashed attempt are removed first.
-* ``--streaming`` for runners with streaming support (Flink, Dataflow): shard discovery on a
-  timer, the unbounded splittable reader, fixed windows, per-window lake files with names
-  derived from the window and its content, checkpoints committed per window after the sinks.
+* ``--streaming`` for runners that stream (runs whole on Prism; Flink, Dataflow): shard discovery
+  (a splittable DoFn), the unbounded splittable reader, fixed read-time windows, per-window lake
+  files named after the run, the window and the content, checkpoints committed per window after
+  the sinks; ``--max-run-seconds`` drains and ends the job; a new run first removes the files of
+  windows that never committed (docs/streaming.md, "Streaming on Prism").
 """
 
 from __future__ import annotations
@@ -22,14 +24,21 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import re
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.io.iobase import RestrictionProgress, RestrictionTracker
+from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
+from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.runners.runner import PipelineState
 from apache_beam.transforms import window as beam_window
+from apache_beam.transforms.core import RestrictionProvider
+from apache_beam.utils.timestamp import Duration, Timestamp
 
 from connectors.checkpoints import (
     CheckpointStore,
@@ -37,12 +46,15 @@ from connectors.checkpoints import (
     ConsumerLease,
     LeaseHeldError,
     LeaseLostError,
+    _maybe_hold,
     checkpoint_table_name,
+    default_owner,
 )
 from connectors.dedupe_store import DropSeenDuplicates
 from connectors.kinesis import (
     ReadConfig,
     ReadKinesisShards,
+    ShardProgress,
     ShardReader,
     ShardTask,
     StartPosition,
@@ -60,7 +72,8 @@ from connectors.lake import (
     write_partition_file,
 )
 from connectors.run_summary import read_run_summary, run_summary_path, total
-from pipelines.errors import EXIT_LEASE_HELD, EXIT_LEASE_LOST, PipelineError
+from infra.runners import RunnerUnavailable, portable_options, resolve_runner
+from pipelines.errors import EXIT_LEASE_HELD, EXIT_LEASE_LOST, PipelineError, UsageError
 from pipelines.logs import drop_import_noise
 from pipelines.options import (
     AwsOptions,
@@ -69,6 +82,7 @@ from pipelines.options import (
     main_entry,
     parse_options,
     run_pipeline,
+    with_default_runner,
 )
 from schemas.lake import EVENTS_TABLE
 from transforms.composites import ProcessEvents
@@ -197,6 +211,14 @@ class StreamEventsOptions(ProcessingOptions, AwsOptions):
             type=float,
             default=30.0,
             help="--streaming: how often to look for new (resharded) shards (default 30).",
+        )
+        parser.add_argument(
+            "--max-run-seconds",
+            dest="max_run_seconds",
+            type=float,
+            default=None,
+            help="--streaming: stop reading after N seconds, let the open windows fire and commit, end the job "
+            "(default: run until cancelled).",
         )
         parser.add_argument(
             "--min-call-interval",
@@ -557,110 +579,367 @@ def run_incremental(options: PipelineOptions, opts: StreamEventsOptions, out=sys
 
 # --------------------------------------------------------------------------- streaming mode
 
+WINDOW_FORMAT = "%Y%m%dT%H%M%S"
+_OWNER_MARK = re.compile(r"\|(r\d+)\|w(\d{8}T\d{6})$")
+
+
+def new_run_id() -> str:
+    """A streaming run's name: ``r`` + start time in epoch milliseconds (sortable, unique per driver)."""
+    return f"r{int(time.time() * 1000):013d}"
+
+
+def _window_start(win) -> str:
+    return win.start.to_utc_datetime().strftime(WINDOW_FORMAT) if hasattr(win, "start") else "global"
+
+
+@dataclass(frozen=True)
+class _Handed:
+    """Discovery restriction: the shard ids already handed to the reader in this run."""
+
+    shard_ids: frozenset = frozenset()
+    done: bool = False
+
+
+class _HandedTracker(RestrictionTracker):
+    """Claims shard ids (each once); ``None`` claims the end (drain). Self-checkpoints only."""
+
+    def __init__(self, restriction: _Handed):
+        self._r = restriction
+
+    def current_restriction(self) -> _Handed:
+        return self._r
+
+    def try_claim(self, shard_id) -> bool:
+        if self._r.done:
+            return False
+        if shard_id is None:
+            self._r = _Handed(self._r.shard_ids, done=True)
+            return False
+        self._r = _Handed(self._r.shard_ids | {shard_id})
+        return True
+
+    def try_split(self, fraction_of_remainder):
+        if self._r.done or fraction_of_remainder != 0:
+            return None
+        primary, residual = _Handed(self._r.shard_ids, done=True), _Handed(self._r.shard_ids)
+        self._r = primary
+        return primary, residual
+
+    def check_done(self) -> None:
+        if not self._r.done:
+            raise ValueError("shard discovery returned without finishing or checkpointing")
+
+    def current_progress(self) -> RestrictionProgress:
+        return RestrictionProgress(completed=len(self._r.shard_ids), remaining=0 if self._r.done else 1)
+
+    def is_bounded(self) -> bool:
+        return self._r.done
+
+
+class _HandedProvider(RestrictionProvider):
+    def initial_restriction(self, element) -> _Handed:
+        return _Handed()
+
+    def create_tracker(self, restriction: _Handed) -> _HandedTracker:
+        return _HandedTracker(restriction)
+
+    def restriction_size(self, element, restriction) -> int:
+        return 0 if restriction.done else 1
+
+    def split(self, element, restriction):
+        yield restriction
+
+
+_HANDED_PARAM = beam.DoFn.RestrictionParam(_HandedProvider())
+_DISCOVERY_WATERMARK = beam.DoFn.WatermarkEstimatorParam(ManualWatermarkEstimator.default_provider())
+
 
 class _DiscoverShardsFn(beam.DoFn):
-    """On each timer tick: the shards that may be read now (lineage rule against committed checkpoints)."""
+    """A splittable DoFn on one impulse: every ``interval`` s, the shards that may be read now (lineage rule
+    against the committed checkpoints), each handed out once per run (the restriction remembers them).
 
-    def __init__(self, aws, stream: str, checkpoint_table: str):
-        self.aws, self.stream, self.table = aws, stream, checkpoint_table
+    Replaces ``PeriodicImpulse`` → stateful start-once → ``Reshuffle``, which Prism leaves stuck
+    (apache/beam#33815). The watermark is "now" at every poll, so it never holds the job at 1970
+    (apache/beam#39446: a source that starts empty and only resumes)."""
+
+    def __init__(self, aws, stream: str, checkpoint_table: str, interval: float, stop_at: float | None):
+        self.aws, self.stream, self.table, self.interval, self.stop_at = (
+            aws,
+            stream,
+            checkpoint_table,
+            interval,
+            stop_at,
+        )
 
     def setup(self):
         self.client = default_kinesis_client(self.aws)
         self.store = CheckpointStore(self.aws, self.table)
 
-    def process(self, _tick):
+    @beam.DoFn.unbounded_per_element()  # everything downstream is an unbounded PCollection
+    def process(
+        self,
+        _impulse,
+        tracker=_HANDED_PARAM,
+        watermark=_DISCOVERY_WATERMARK,
+    ):
+        now = Timestamp.now()
+        current = watermark.current_watermark()
+        watermark.set_watermark(now if current is None or now > current else current)
+        if self.stop_at is not None and time.time() >= self.stop_at:
+            tracker.try_claim(None)
+            return
         checkpoints = self.store.load(self.stream)
+        handed = tracker.current_restriction().shard_ids
         for shard in readable_shards(list_shards(self.client, self.stream), checkpoints):
+            if shard.shard_id in handed:
+                continue
+            if not tracker.try_claim(shard.shard_id):
+                return
             task = ShardTask(self.stream, shard.shard_id, checkpoints.get(shard.shard_id), shard.ending_sequence)
-            yield shard.shard_id, task
-
-
-_STARTED = beam.transforms.userstate.ReadModifyWriteStateSpec("started", beam.coders.BooleanCoder())
-_STARTED_PARAM = beam.DoFn.StateParam(_STARTED)
-
-
-class _StartOnceFn(beam.DoFn):
-    """Hands each shard to the reader once per job (discovery fires again and again)."""
-
-    def process(self, element, started=_STARTED_PARAM):
-        _shard_id, task = element
-        if not started.read():
-            started.write(True)
-            yield task
+            yield beam.window.TimestampedValue(task, now)
+        tracker.defer_remainder(Duration(seconds=self.interval))
 
 
 class _WriteWindowFn(beam.DoFn):
     """Streaming lake writer: one file per (partition, bucket, window); the name is derived from the
-    window and the rows' message ids, so a retried bundle rewrites the same file."""
+    run, the window and the rows' message ids, so a retried bundle rewrites the same file."""
 
-    def __init__(self, lake: str):
-        self.lake = lake
+    def __init__(self, lake: str, run_id: str):
+        self.lake, self.run_id = lake, run_id
 
     def process(self, element, win=beam.DoFn.WindowParam):
         (tenant, date, bucket), rows = element
         rows = sorted(rows, key=event_sort_key)
         digest = hashlib.sha1("\n".join(r["message_id"] for r in rows).encode()).hexdigest()[:10]
-        start = win.start.to_utc_datetime().strftime("%Y%m%dT%H%M%S") if hasattr(win, "start") else "global"
-        name = f"part-w{start}-{digest}-{bucket:04d}.parquet"
+        name = f"part-w{_window_start(win)}-{self.run_id}-{digest}-{bucket:04d}.parquet"
         path = write_partition_file(self.lake, EVENTS_TABLE, {"tenant_id": tenant, "event_date": date}, rows, name)
         yield path, len(rows)
 
 
 class _WriteWindowDeadLettersFn(beam.DoFn):
-    def __init__(self, path: str):
-        self.path = path
+    def __init__(self, path: str, run_id: str):
+        self.path, self.run_id = path, run_id
 
     def process(self, element, win=beam.DoFn.WindowParam):
         lines = sorted(f.to_json_line() for f in element[1])
         digest = hashlib.sha1("\n".join(lines).encode()).hexdigest()[:10]
-        start = win.start.to_utc_datetime().strftime("%Y%m%dT%H%M%S") if hasattr(win, "start") else "global"
-        target = f"{self.path.rstrip('/')}/part-w{start}-{digest}.jsonl"
+        target = f"{self.path.rstrip('/')}/part-w{_window_start(win)}-{self.run_id}-{digest}.jsonl"
         with FileSystems.create(target) as handle:  # local: small, written whole; S3: one PUT
             handle.write("".join(line + "\n" for line in lines).encode())
         yield target, len(lines)
 
 
 class _WindowedDeadLetters(beam.PTransform):
-    def __init__(self, path: str):
+    def __init__(self, path: str, run_id: str = "r0"):
         super().__init__()
-        self.path = path
+        self.path, self.run_id = path, run_id
 
     def expand(self, failures):
         return (
             failures
             | "KeyDeadLetters" >> beam.Map(lambda f: (0, f))
             | "GroupDeadLetters" >> beam.GroupByKey()
-            | "WriteDeadLetterFiles" >> beam.ParDo(_WriteWindowDeadLettersFn(self.path))
+            | "WriteDeadLetterFiles" >> beam.ParDo(_WriteWindowDeadLettersFn(self.path, self.run_id))
         )
 
 
 class _WindowedLake(beam.PTransform):
-    def __init__(self, lake: str):
+    def __init__(self, lake: str, run_id: str = "r0"):
         super().__init__()
-        self.lake = lake
+        self.lake, self.run_id = lake, run_id
 
     def expand(self, batches):
-        return batches | "WriteWindowFiles" >> beam.ParDo(_WriteWindowFn(self.lake))
+        return batches | "WriteWindowFiles" >> beam.ParDo(_WriteWindowFn(self.lake, self.run_id))
 
 
-def build_streaming(pipeline, opts: StreamEventsOptions, aws) -> None:
-    from apache_beam.transforms.periodicsequence import PeriodicImpulse
+class _CommitWindowFn(beam.DoFn):
+    """Commits one window's progress (one transaction per stream and window) under an owner that names
+    the run and the window: the mark :func:`remove_uncommitted_windows` reads after a crash."""
 
+    def __init__(self, aws, table: str, owner: str, run_id: str, fence: dict | None):
+        self.aws, self.table, self.owner, self.run_id, self.fence = aws, table, owner, run_id, fence
+
+    def setup(self):
+        self.store = CheckpointStore(self.aws, self.table)
+        self.committed = Metrics.counter("kinesis", "checkpoints_committed")
+        self.refused = Metrics.counter("kinesis", "checkpoints_refused")
+
+    def process(self, element, sinks_done, win=beam.DoFn.WindowParam):
+        del sinks_done  # only there to order this step after the window's sinks
+        progress = furthest_per_shard(element[1])
+        _maybe_hold(CommitCheckpoints.HOLD_ENV)
+        owner = f"{self.owner}|{self.run_id}|w{_window_start(win)}"
+        moved = self.store.commit_progress(progress, owner, self.fence)
+        self.committed.inc(len(moved))
+        self.refused.inc(sum(1 for p in progress if p.end is not None) - len(moved))
+        yield from moved
+
+
+def furthest_per_shard(progress) -> list[ShardProgress]:
+    """One item per shard: the furthest end position of the window's calls (a transaction may touch an item once)."""
+    best: dict[str, ShardProgress] = {}
+    for p in progress:
+        if p.end is None:
+            continue
+        seen = best.get(p.shard_id)
+        if seen is None or (p.end.key(), p.end.shard_end) > (seen.end.key(), seen.end.shard_end):
+            best[p.shard_id] = p
+    return [best[k] for k in sorted(best)]
+
+
+class CommitWindows(beam.PTransform):
+    """Per window: commit the ShardProgress end positions after the window's sink outputs are complete."""
+
+    def __init__(self, aws, table: str, run_id: str, after=(), owner: str | None = None, fence: dict | None = None):
+        super().__init__()
+        self.aws, self.table, self.run_id, self.after = aws, table, run_id, list(after)
+        self.owner, self.fence = owner or default_owner(), fence
+
+    def expand(self, progress):
+        counts = [
+            pc | f"SinkDone{i}" >> beam.combiners.Count.Globally().without_defaults() for i, pc in enumerate(self.after)
+        ]
+        # one side input (ready once every sink's output watermark passed the window): a keyword-only
+        # WindowParam after *side_inputs is not recognised by Beam
+        done = beam.pvalue.AsList(counts | "AllSinksDone" >> beam.Flatten())
+        fn = _CommitWindowFn(self.aws, self.table, self.owner, self.run_id, self.fence)
+        return (
+            progress
+            | "KeyByStream" >> beam.Map(lambda p: (p.stream, p))
+            | "GatherWindow" >> beam.GroupByKey()
+            | "CommitWindow" >> beam.ParDo(fn, done)
+        )
+
+
+def committed_windows(details: list[dict]) -> dict[str, str]:
+    """Run id -> the latest window it committed, from the checkpoint items' owners."""
+    out: dict[str, str] = {}
+    for item in details:
+        match = _OWNER_MARK.search(str(item.get("owner", "")))
+        if match:
+            run, window = match.groups()
+            out[run] = max(out.get(run, window), window)
+    return out
+
+
+def remove_uncommitted_windows(lake: str, dead_letters: str, details: list[dict]) -> list[str]:
+    """Delete the streaming files whose window never committed (a crashed run's last windows).
+
+    A new run reads those records again from the checkpoints and writes them under its own name;
+    without this, a row of an uncommitted window would be in the lake twice. Every run cleans up at
+    start, so only the latest committing run (and later runs that committed nothing) can leave such
+    files: a file of an older run is kept; of the latest run, kept if its window is at or before that
+    run's last committed window; of a later run, removed."""
+    committed = committed_windows(details)
+    latest = max(committed) if committed else None
+    # an incremental-mode commit (owner names no run) came after the streaming runs that started before it:
+    # that pass's lake-wide key check (DropLakeDuplicates) kept their leftover rows once, so they stay
+    adopted = max(
+        (
+            f"r{int(dt.datetime.fromisoformat(item['updated_at']).timestamp() * 1000):013d}"
+            for item in details
+            if item.get("updated_at") and not _OWNER_MARK.search(str(item.get("owner", "")))
+        ),
+        default=None,
+    )
+    patterns = [f"{table_path(lake, EVENTS_TABLE)}/**/part-w*.parquet", f"{dead_letters.rstrip('/')}/part-w*.jsonl"]
+    stale = []
+    for result in FileSystems.match(patterns):
+        for meta in result.metadata_list:
+            parts = meta.path.rsplit("/", 1)[-1].split("-")
+            if len(parts) < 4 or not parts[2].startswith("r"):
+                continue  # not a streaming window file of a named run
+            window, run = parts[1].removeprefix("w"), parts[2]
+            if adopted is not None and run < adopted:
+                continue
+            if latest is None or run > latest or (run == latest and window > committed[latest]):
+                stale.append(meta.path)
+    if stale:
+        log.warning("removing %d file(s) of uncommitted streaming windows", len(stale))
+        FileSystems.delete(stale)
+    return stale
+
+
+def build_streaming(
+    pipeline,
+    opts: StreamEventsOptions,
+    aws,
+    run_id: str = "r0",
+    stop_at: float | None = None,
+    lease: ConsumerLease | None = None,
+) -> None:
+    """The unbounded form: discovery SDF → reader SDF → fixed windows → sinks → per-window commits.
+
+    ``stop_at`` (epoch s): discovery and every shard's read end then (drain), so the last windows fire,
+    commit and the job finishes."""
     tasks = (
         pipeline
-        | "DiscoverTimer" >> PeriodicImpulse(fire_interval=opts.discover_seconds, apply_windowing=False)
-        | "DiscoverShards" >> beam.ParDo(_DiscoverShardsFn(aws, opts.stream, opts.checkpoint_table_name()))
-        | "KeyCoder" >> beam.Map(lambda kv: kv).with_output_types(tuple[str, ShardTask])  # deterministic key coder
-        | "StartOnce" >> beam.ParDo(_StartOnceFn())
-        | "SpreadShards" >> beam.Reshuffle()
+        | "Start" >> beam.Impulse()
+        | "DiscoverShards"
+        >> beam.ParDo(_DiscoverShardsFn(aws, opts.stream, opts.checkpoint_table_name(), opts.discover_seconds, stop_at))
     )
-    read = tasks | "ReadKinesis" >> ReadKinesisShards(aws, opts.read_config(bounded=False))
+    config = opts.read_config(bounded=False)._replace(stop_at=stop_at)
+    read = tasks | "ReadKinesis" >> ReadKinesisShards(aws, config)
     windowing = beam_window.FixedWindows(opts.window_seconds)
     records = read.records | "Window" >> beam.WindowInto(windowing)
     processed = records | "ProcessEvents" >> ProcessEvents(opts.process_config(opts.lake))
-    sinks = write_sinks(processed, opts, aws, _WindowedLake(opts.lake), _WindowedDeadLetters(opts.dead_letters_path()))
+    lake_writer = _WindowedLake(opts.lake, run_id)
+    sinks = write_sinks(processed, opts, aws, lake_writer, _WindowedDeadLetters(opts.dead_letters_path(), run_id))
     progress = read.progress | "WindowProgress" >> beam.WindowInto(windowing)
-    progress | "CommitCheckpoints" >> CommitCheckpoints(aws, opts.checkpoint_table_name(), after=sinks.done)
+    progress | "CommitCheckpoints" >> CommitWindows(
+        aws,
+        opts.checkpoint_table_name(),
+        run_id,
+        after=sinks.done,
+        owner=lease.owner if lease is not None else None,
+        fence=lease.fence() if lease is not None else None,
+    )
+
+
+def run_streaming(options: PipelineOptions, opts: StreamEventsOptions, out=sys.stdout) -> str:
+    """Hold the consumer lease, clean up uncommitted windows, run the job until ``--max-run-seconds``
+    (then drain; cancelled if it has not finished 2 windows later). Returns the run id."""
+    aws = opts.settings()
+    store = CheckpointStore(aws, opts.checkpoint_table_name())
+    store.check_exists()
+    lease = ConsumerLease(store, opts.stream, seconds=opts.lease_seconds)
+    wait = opts.lease_wait if opts.lease_wait is not None else 2 * opts.lease_seconds
+    lease.acquire(wait, say=lambda fmt, *args: print(fmt % args, file=out, flush=True))
+    run_id = new_run_id()
+    try:
+        lease.ensure()
+        remove_uncommitted_windows(opts.lake, opts.dead_letters_path(), store.details(opts.stream))
+        stop_at = time.time() + opts.max_run_seconds if opts.max_run_seconds else None
+        print(f"streaming run {run_id} started", file=out, flush=True)
+        timeout = opts.max_run_seconds + 2 * opts.window_seconds + 60 if opts.max_run_seconds else None
+        state = _run_job(lambda p: build_streaming(p, opts, aws, run_id, stop_at, lease), options, timeout)
+        print(f"streaming run {run_id} ended: {state}", file=out, flush=True)
+    finally:
+        lease.release()
+    return run_id
+
+
+def _run_job(build, options: PipelineOptions, timeout: float | None) -> str:
+    """Like :func:`pipelines.options.run_pipeline`, with a bound on the wait: a streaming job that has not
+    finished by then is cancelled (its uncommitted windows are read again by the next run)."""
+    with_default_runner(options)
+    try:
+        resolve_runner(options)
+    except RunnerUnavailable as err:
+        raise UsageError(str(err)) from None
+    runner = options.view_as(StandardOptions).runner
+    in_process = runner in ("FnApiRunner", "BundleBasedDirectRunner")
+    pipeline = beam.Pipeline(options=options if in_process else portable_options(options))
+    build(pipeline)
+    result = pipeline.run()
+    state = result.wait_until_finish(duration=int(timeout * 1000) if timeout else None)
+    if not PipelineState.is_terminal(state):
+        log.warning("streaming job still %s after %.0f s: cancelling", state, timeout)
+        result.cancel()
+        state = result.wait_until_finish()
+    if state != PipelineState.DONE:
+        raise PipelineError(f"streaming job ended {state}")
+    return state
 
 
 # --------------------------------------------------------------------------- entry points
@@ -682,7 +961,7 @@ def run(argv: list[str] | None = None, out=sys.stdout) -> StreamSummary | None:
             opts = options.view_as(StreamEventsOptions)
     FileSystems.set_options(options)  # the driver lists and deletes files itself (leftovers, summaries)
     if options.view_as(StandardOptions).streaming:
-        run_pipeline(lambda p: build_streaming(p, opts, aws), options)
+        run_streaming(options, opts, out)
         return None
     summary = run_incremental(options, opts, out)
     log.info("done: %s", summary.as_dict())

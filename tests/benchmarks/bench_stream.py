@@ -322,3 +322,81 @@ def test_stream_catch_up_throughput_per_sink(aws, tmp_path):
         f"BatchWriteItem claims instead: lake + {blind_s:.1f} s = {SINK_EVENTS / (lake_s + blind_s):,.0f} events/s"
     )
     print("\n".join(lines))
+
+
+# --------------------------------------------------------------------------- Prism (--streaming)
+# Kept apart from the incremental-mode benchmarks above: one streaming job on Prism, a backlog first
+# (sustained throughput), then steady traffic (put → visible in the lake).
+
+PRISM_BACKLOG = int(os.environ.get("LIVORA_BENCH_PRISM_BACKLOG", "4000"))
+PRISM_RATE = float(os.environ.get("LIVORA_BENCH_PRISM_RATE", "100"))
+PRISM_SECONDS = float(os.environ.get("LIVORA_BENCH_PRISM_SECONDS", "20"))
+PRISM_WINDOW = int(os.environ.get("LIVORA_BENCH_PRISM_WINDOW", "2"))
+
+
+@pytest.mark.benchmark
+def test_stream_prism_throughput_and_latency(aws, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from infra.runners import pipeline_args, prism_path
+
+    if not prism_path().is_file():
+        pytest.skip(f"Prism binary missing at {prism_path()}: run `make runners`")
+    name = "prism"
+    res = create_streaming_resources(
+        aws,
+        StreamingResources(
+            stream=name, shards=2, bucket=None, consumer_app=name, profiles_table=None, identity_table=None
+        ),
+    )
+    lake = str(tmp_path / name)
+    os.makedirs(lake)
+    kinesis = aws.client("kinesis")
+    backlog = list(generate_events(PRISM_BACKLOG, seed=7, bad_fraction=0.0, duplicate_fraction=0.0))
+    steady = list(generate_events(int(PRISM_RATE * PRISM_SECONDS), seed=8, bad_fraction=0.0, duplicate_fraction=0.0))
+    put_records(kinesis, res.stream, backlog)
+    backlog_ids = {json.loads(r)["messageId"] for r in backlog}
+    run_seconds = 40 + PRISM_SECONDS
+    cmd = [sys.executable, "-m", "pipelines.stream_events", "--streaming", *pipeline_args("prism")]
+    cmd += _argv(aws, res, lake, "--dedupe-table=none", f"--window-seconds={PRISM_WINDOW}")
+    cmd += [f"--max-run-seconds={run_seconds}", "--discover-seconds=5"]
+    watcher = LakeWatcher(lake)
+    watcher.start()
+    started = time.time()
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    proc = subprocess.Popen(cmd, cwd=root, env={**os.environ, "PYTHONPATH": root}, stdout=subprocess.DEVNULL)
+    try:
+        while not backlog_ids <= watcher.seen.keys():
+            assert proc.poll() is None and time.time() - started < run_seconds, "backlog not all visible"
+            time.sleep(0.1)
+        backlog_times = sorted(watcher.seen[m] for m in backlog_ids)
+        put_at: dict[str, float] = {}
+        step, t0 = max(1, int(PRISM_RATE / 10)), time.time()
+        for i in range(0, len(steady), step):
+            chunk, now = steady[i : i + step], time.time()
+            put_records(kinesis, res.stream, chunk)
+            for r in chunk:
+                put_at[json.loads(r)["messageId"]] = now
+            wait = t0 + (i + step) / PRISM_RATE - time.time()
+            if wait > 0:
+                time.sleep(wait)
+        deadline = time.time() + 30
+        while not put_at.keys() <= watcher.seen.keys() and time.time() < deadline:
+            time.sleep(0.1)
+    finally:
+        watcher.stop.set()
+        watcher.join()
+        proc.wait(timeout=run_seconds + 120)
+    lat = sorted(watcher.seen[m] - t for m, t in put_at.items() if m in watcher.seen)
+    assert len(lat) == len(put_at), f"{len(put_at) - len(lat)} events never became visible"
+    q = statistics.quantiles(lat, n=100)
+    first_file = backlog_times[0] - started
+    rate = len(backlog_ids) / max(backlog_times[-1] - backlog_times[0], 1e-9)
+    print(
+        f"\n[bench_stream prism] backlog {len(backlog_ids)} events on 2 shards: first lake rows {first_file:.1f}s after "
+        f"start (job start-up included), all in {backlog_times[-1] - started:.1f}s, sustained {rate:.0f} events/s "
+        f"(first to last visible); steady {PRISM_RATE:.0f}/s for {PRISM_SECONDS:.0f}s, {PRISM_WINDOW}s windows: "
+        f"put→lake p50 {q[49]:.2f}s  p95 {q[94]:.2f}s  max {lat[-1]:.2f}s"
+    )

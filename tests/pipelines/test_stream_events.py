@@ -371,7 +371,7 @@ def test_help_and_flag_checks():
 
 
 def test_streaming_graph_builds_with_an_unbounded_reader(aws):
-    """--streaming is for Flink/Dataflow: here we check the graph (the in-process runners cannot stream an SDF)."""
+    """The graph of --streaming (it runs whole on Prism in test_stream_prism.py): unbounded reader and commits."""
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
     from apache_beam.portability.api import beam_runner_api_pb2
@@ -384,14 +384,13 @@ def test_streaming_graph_builds_with_an_unbounded_reader(aws):
     names = {t.unique_name for t in proto.components.transforms.values()}
     for step in (
         "DiscoverShards",
-        "StartOnce",
         "ReadKinesis/ReadShard",
         "Window",
         "ProcessEvents",
         "WriteLake",
         "WriteDeadLetters",
         "LoadWarehouse",
-        "CommitCheckpoints/CommitCheckpoint",
+        "CommitCheckpoints/CommitWindow",
     ):
         assert any(n == step or n.startswith(step + "/") for n in names), step
     unbounded = {
@@ -400,7 +399,7 @@ def test_streaming_graph_builds_with_an_unbounded_reader(aws):
         for out in t.outputs.values()
         if proto.components.pcollections[out].is_bounded == beam_runner_api_pb2.IsBounded.UNBOUNDED
     }
-    assert "ReadKinesis/ReadShard" in unbounded and "CommitCheckpoints/CommitCheckpoint" in unbounded
+    assert "ReadKinesis/ReadShard" in unbounded and "CommitCheckpoints/CommitWindow" in unbounded
 
 
 def test_streaming_windows_write_one_file_set_per_window(tmp_path):
@@ -509,3 +508,65 @@ def test_a_pass_that_does_not_balance_fails_before_its_checkpoints_move():
     assert stream_events.require_balance("k1", parsed=10, lake_rows=7, failed=2, duplicates=1) == 10
     with pytest.raises(RuntimeError, match=r"pass k1 does not balance: 10 events parsed .* = 9; checkpoints not"):
         stream_events.require_balance("k1", parsed=10, lake_rows=7, failed=1, duplicates=1)
+
+
+def test_a_window_commits_each_shard_once_at_its_furthest_position():
+    """Several reader calls of one shard in one window: one transaction may touch an item only once."""
+    from connectors.kinesis import Checkpoint, ShardProgress
+    from pipelines.stream_events import furthest_per_shard
+
+    def p(shard, seq, end=False):
+        return ShardProgress("s", shard, None, Checkpoint(str(seq), None, end), 1, 0)
+
+    items = [p("a", 5), p("b", 3), p("a", 9), p("a", 7), p("b", 3, end=True), ShardProgress("s", "c", None, None, 0, 0)]
+    assert [(x.shard_id, x.end.sequence, x.end.shard_end) for x in furthest_per_shard(items)] == [
+        ("a", "9", False),
+        ("b", "3", True),
+    ]
+
+
+def test_a_new_streaming_run_removes_only_the_files_of_uncommitted_windows(tmp_path):
+    """Owners name (run, window) of each commit; files of later windows or later runs were never committed."""
+    from pipelines.stream_events import remove_uncommitted_windows
+
+    lake = tmp_path / "lake"
+    part = lake / "events" / "tenant_id=acme-in" / "event_date=2026-10-01"
+    dead = lake / "dead_letters"
+    part.mkdir(parents=True)
+    dead.mkdir()
+    names = {
+        "part-w20261202T100000-r0000000000100-aaaa-0000.parquet": True,  # older run: kept
+        "part-w20261202T100100-r0000000000200-bbbb-0000.parquet": True,  # latest run, committed window
+        "part-w20261202T100105-r0000000000200-cccc-0001.parquet": True,  # latest run, its last committed window
+        "part-w20261202T100110-r0000000000200-dddd-0000.parquet": False,  # latest run, after its last commit
+        "part-w20261202T100200-r0000000000300-eeee-0000.parquet": False,  # a later run that never committed
+        "part-k0123456789a-0000.parquet": True,  # incremental-mode file: not ours to judge
+    }
+    for name in names:
+        (part / name).write_bytes(b"x")
+    (dead / "part-w20261202T100110-r0000000000200-ffff.jsonl").write_text("{}\n")
+    (dead / "part-w20261202T100100-r0000000000200-9999.jsonl").write_text("{}\n")
+    details = [
+        {"shard_id": "shardId-0", "owner": "host:1|r0000000000200|w20261202T100105"},
+        {"shard_id": "shardId-1", "owner": "host:1|r0000000000200|w20261202T100100"},
+        {"shard_id": "shardId-2", "owner": "host:1"},  # an incremental-mode commit
+    ]
+    removed = remove_uncommitted_windows(str(lake), str(dead), details)
+    assert {os.path.basename(p) for p in removed} == {n for n, keep in names.items() if not keep} | {
+        "part-w20261202T100110-r0000000000200-ffff.jsonl"
+    }
+    assert sorted(p.name for p in part.iterdir()) == sorted(n for n, keep in names.items() if keep)
+    assert [p.name for p in dead.iterdir()] == ["part-w20261202T100100-r0000000000200-9999.jsonl"]
+    # no streaming commit at all: every named-run window file is uncommitted
+    assert {os.path.basename(p) for p in remove_uncommitted_windows(str(lake), str(dead), [])} == {
+        n for n, keep in names.items() if keep and "-r0" in n
+    } | {"part-w20261202T100100-r0000000000200-9999.jsonl"}
+
+    # an incremental-mode commit after those runs (owner without a run): their files are kept from now on
+    (part / "part-w20261202T100300-r0000000000400-ffff-0000.parquet").write_bytes(b"x")
+    (part / "part-w20261202T100200-r0000000000300-gggg-0000.parquet").write_bytes(b"x")  # before it: kept
+    later = [{"shard_id": "shardId-0", "owner": "host:2", "updated_at": "1970-01-01T00:00:00.350+00:00"}]
+    assert [os.path.basename(p) for p in remove_uncommitted_windows(str(lake), str(dead), later)] == [
+        "part-w20261202T100300-r0000000000400-ffff-0000.parquet"
+    ]
+    assert (part / "part-w20261202T100200-r0000000000300-gggg-0000.parquet").exists()
