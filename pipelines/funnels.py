@@ -42,6 +42,7 @@ from pipelines.options import (
     run_pipeline,
     with_s3_options,
 )
+from pipelines.quality_gate import QualityGateOptions, gate_inputs
 from transforms.funnels import (
     MODES,
     ComputeFunnels,
@@ -56,7 +57,7 @@ STEPS_TABLE = "funnel_steps"
 ENTRY_DAYS_TABLE = "funnel_entry_days"
 
 
-class FunnelOptions(DateRangeOptions, AwsOptions):
+class FunnelOptions(DateRangeOptions, AwsOptions, QualityGateOptions):
     """Which funnels, over which part of the lake, and where the tables go."""
 
     @classmethod
@@ -234,6 +235,7 @@ def run(argv: list[str] | None = None) -> dict[str, pa.Table]:
         entry_before = dt.datetime.combine(opts.end_date + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
         read_end = opts.end_date + dt.timedelta(days=-(-max(d.window_seconds for d in definitions) // 86400))
     require_lake(opts.lake)
+    gate_inputs(opts.lake, opts.start_date, read_end, opts.tenant, opts.quality_gate, "funnels")  # may raise
     patterns = lake_file_patterns(opts.lake, opts.start_date, read_end, opts.tenant)
     if not opts.allow_empty:
         steps = [step.event for d in definitions for step in d.steps]
