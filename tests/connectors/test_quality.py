@@ -422,4 +422,6 @@ def test_one_checkpoint_run_gives_the_same_per_partition_results_as_one_validati
             )
             assert a.unexpected_percent == pytest.approx(b.unexpected_percent)
             assert a.unexpected_examples == b.unexpected_examples
-    assert fast[1].expectations[[e.name for e in fast[1].expectations].index("not_null:person_id")].unexpected_count == 2
+    assert (
+        fast[1].expectations[[e.name for e in fast[1].expectations].index("not_null:person_id")].unexpected_count == 2
+    )
