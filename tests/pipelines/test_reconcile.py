@@ -25,10 +25,8 @@ def platform(tmp_path, aws):
     ingest_batch.main(["--input", str(source), "--lake", lake, "--quality-gate", "off"])  # main: a run record
     warehouse = f"duckdb://{tmp_path}/wh.duckdb"
     aws_flags = ["--aws-profile", "local", "--aws-endpoint-url", aws.endpoint_url]
-    load_sinks.run(
-        ["--lake", lake, "--warehouse", warehouse, "--profiles-table", "prof", "--identity-table", "ident"]
-        + ["--create-tables", *aws_flags]
-    )
+    sinks = ["--warehouse", warehouse, "--profiles-table", "prof", "--identity-table", "ident", "--create-tables"]
+    load_sinks.run(["--lake", lake, *sinks, *aws_flags])
     out = str(tmp_path / "product")
     product_analytics.run(["--lake", lake, "--output", out, "--quality-gate", "off"])
     argv = ["--lake", lake, "--warehouse", warehouse, "--product-output", out, "--profiles-table", "prof", *aws_flags]
