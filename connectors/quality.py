@@ -24,7 +24,7 @@ from apache_beam.io.filesystems import FileSystems
 from pydantic import BaseModel, Field
 
 from connectors import paths
-from connectors.analytics_io import write_bytes_atomically
+from connectors.analytics_io import event_files, read_event_file, write_bytes_atomically
 from connectors.lake import read_events, table_path
 from schemas.expectations import (
     DEFAULT_MAX_FUTURE,
@@ -35,7 +35,7 @@ from schemas.expectations import (
     events_specs,
     suite_fingerprint,
 )
-from schemas.lake import EVENTS_TABLE
+from schemas.lake import EVENTS_SCHEMA, EVENTS_TABLE
 
 __all__ = [
     "ExpectationOutcome",
@@ -162,6 +162,17 @@ def _outcome(spec: ExpectationSpec, validation: Any) -> ExpectationOutcome:
         unexpected_examples=_examples(result),
         error=error,
     )
+
+
+def _read_chunk(lake: str, part, start: dt.date, end: dt.date, tenant: str | None) -> pa.Table:
+    """The rows of a chunk of partitions: pyarrow's dataset for a local lake; Beam's filesystems (the run's
+    ``--s3_*`` options, as the analytics read) for an object store."""
+    if "://" not in lake:
+        return read_events(lake, start, end, tenant)
+    wanted = set(part)
+    files = [f for f in event_files(lake, start, end, tenant) if (f.tenant_id, f.event_date) in wanted]
+    tables = [read_event_file(f, EVENTS_SCHEMA.names).cast(EVENTS_SCHEMA) for f in files]
+    return pa.concat_tables(tables) if tables else EVENTS_SCHEMA.empty_table()
 
 
 def _missing_mask(spec: ExpectationSpec, frame: Any):
@@ -343,7 +354,7 @@ class QualityChecker:
             tenants = sorted({t for t, _ in part})
             dates = [d for _, d in part]
             try:
-                table = read_events(lake, min(dates), max(dates), tenants[0] if len(tenants) == 1 else None)
+                table = _read_chunk(lake, part, min(dates), max(dates), tenants[0] if len(tenants) == 1 else None)
             except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
                 for tenant, date in part:
                     by_key[(tenant, date)] = self.check_partition(lake, tenant, date)

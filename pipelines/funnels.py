@@ -235,11 +235,11 @@ def run(argv: list[str] | None = None) -> dict[str, pa.Table]:
         entry_before = dt.datetime.combine(opts.end_date + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
         read_end = opts.end_date + dt.timedelta(days=-(-max(d.window_seconds for d in definitions) // 86400))
     require_lake(opts.lake)
-    gate_inputs(opts.lake, opts.start_date, read_end, opts.tenant, opts.quality_gate, "funnels")  # may raise
     patterns = lake_file_patterns(opts.lake, opts.start_date, read_end, opts.tenant)
     if not opts.allow_empty:
         steps = [step.event for d in definitions for step in d.steps]
         require_events(patterns, steps, f"{opts.lake} {opts.describe_range()}")
+    gate_inputs(opts.lake, opts.start_date, read_end, opts.tenant, opts.quality_gate, "funnels")  # may raise
     log.info("%d funnel(s) over %d lake partitions of %s", len(definitions), len(patterns), opts.lake)
     out = opts.output.rstrip("/")
     if patterns:

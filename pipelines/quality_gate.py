@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from connectors.lake import partition_dirs, run_files_pattern, table_path
+from connectors.analytics_io import event_files
+from connectors.lake import run_files_pattern, table_path
 from connectors.quality import check_and_write, parse_partition_dir
 from connectors.run_records import current as current_run
 from pipelines.errors import QualityError
@@ -170,8 +171,8 @@ def gate_inputs(
     if mode == "off":
         outcome = GateOutcome(mode)
     else:
-        dirs = partition_dirs(lake, start, end, tenant)
-        outcome = _check(lake, map(parse_partition_dir, dirs), mode, pipeline, max_future_hours)
+        files = event_files(lake, start, end, tenant)  # Beam's filesystems: the pipelines' own S3 options
+        outcome = _check(lake, {(f.tenant_id, f.event_date) for f in files}, mode, pipeline, max_future_hours)
     _record(outcome)
     if mode == "block" and outcome.failed:
         raise QualityError(outcome.message("refusing to compute from them (fix and re-ingest, or --quality-gate warn)"))

@@ -158,11 +158,12 @@ def run(argv: list[str] | None = None) -> pa.Table:
         patterns = (
             lake_file_patterns(opts.lake, None, last, opts.tenant) if definition.kind == "first_time" else in_range
         )
-        history = None if definition.kind == "first_time" else first
-        gate_inputs(opts.lake, history, last, opts.tenant, opts.quality_gate, "retention")  # may raise
     if not opts.allow_empty:  # history before the range does not count: the cohorts are in the range
         events = [definition.start_event, definition.return_event]
         require_events(in_range, events, f"{opts.lake} {opts.describe_range()}")
+    if span:  # the partitions read: the range +-1 day, and all history before it for first_time
+        history = None if definition.kind == "first_time" else first
+        gate_inputs(opts.lake, history, last, opts.tenant, opts.quality_gate, "retention")  # may raise
     if patterns:
         log.info("retention %s over %d partitions, %s..%s (%s)", definition.kind, len(patterns), *span, opts.timezone)
         run_pipeline(
