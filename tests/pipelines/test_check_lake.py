@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import pathlib
 
 import pyarrow.parquet as pq
 import pytest
@@ -56,7 +57,8 @@ def test_clean_slice_passes_and_exits_zero(lake, capsys):
     # the checkpoint's UpdateDataDocsAction built the site; the run's JSON names what it checked
     assert os.path.exists(os.path.join(lake, "_quality", "docs", "index.html"))
     runs = os.path.join(lake, "_quality", "runs")
-    (document,) = [json.load(open(os.path.join(runs, f))) for f in os.listdir(runs) if f.startswith("check_lake-")]
+    (name,) = [f for f in os.listdir(runs) if f.startswith("check_lake-")]
+    document = json.loads(pathlib.Path(runs, name).read_text())
     assert document["partitions"] == len(expected) and document["success"] and document["failed_partitions"] == {}
 
 

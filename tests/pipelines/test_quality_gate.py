@@ -91,7 +91,8 @@ def _partition(lake: str, table: str = "events") -> str:
 
 def _last_record(lake: str, pipeline: str) -> dict:
     paths = sorted(glob.glob(f"{lake}/_runs/records/*/*-{pipeline}-*.json"))
-    return json.load(open(paths[-1]))
+    with open(paths[-1]) as handle:
+        return json.load(handle)
 
 
 def _warehouse_rows(url: str, partition: tuple[str, str]) -> int:
