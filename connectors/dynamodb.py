@@ -648,3 +648,16 @@ class WriteIdentityGraph(beam.PTransform):
         return rows | "WriteIdentityItems" >> beam.ParDo(self._fn).with_outputs(
             _BufferedSinkFn.FAILURES, main="applied"
         )
+
+
+def profile_order_counts(aws: AwsSettings, table: str, client=None) -> dict[str, int]:
+    """Tenant -> sum of ``order_count`` over its profile items (a full scan: for reconciliation, not serving)."""
+    client = client or _default_client(aws)
+    totals: dict[str, int] = {}
+    for page in client.get_paginator("scan").paginate(TableName=table, ProjectionExpression="pk, sk, order_count"):
+        for item in page.get("Items", []):
+            if item.get("sk", {}).get("S") != PROFILE_SORT_KEY:
+                continue
+            tenant = item["pk"]["S"].split("#", 1)[0]
+            totals[tenant] = totals.get(tenant, 0) + int(item.get("order_count", {}).get("N", "0"))
+    return totals

@@ -24,7 +24,7 @@ from apache_beam.io.filesystems import FileSystems
 from pydantic import BaseModel, Field
 
 from connectors import paths
-from connectors.analytics_io import write_bytes_atomically
+from connectors.analytics_io import event_files, read_event_file, write_bytes_atomically
 from connectors.lake import read_events, table_path
 from schemas.expectations import (
     DEFAULT_MAX_FUTURE,
@@ -35,7 +35,7 @@ from schemas.expectations import (
     events_specs,
     suite_fingerprint,
 )
-from schemas.lake import EVENTS_TABLE
+from schemas.lake import EVENTS_SCHEMA, EVENTS_TABLE
 
 __all__ = [
     "ExpectationOutcome",
@@ -48,6 +48,7 @@ __all__ = [
 ]
 
 QUALITY_DIR = "_quality"
+DOCS_SITE = "lake_quality"
 EXAMPLES = 5
 """Unexpected examples kept per expectation."""
 INDEX_COLUMN = "message_id"
@@ -163,14 +164,80 @@ def _outcome(spec: ExpectationSpec, validation: Any) -> ExpectationOutcome:
     )
 
 
+def _read_chunk(lake: str, part, start: dt.date, end: dt.date, tenant: str | None) -> pa.Table:
+    """The rows of a chunk of partitions: pyarrow's dataset for a local lake; Beam's filesystems (the run's
+    ``--s3_*`` options, as the analytics read) for an object store."""
+    if "://" not in lake:
+        return read_events(lake, start, end, tenant)
+    wanted = set(part)
+    files = [f for f in event_files(lake, start, end, tenant) if (f.tenant_id, f.event_date) in wanted]
+    tables = [read_event_file(f, EVENTS_SCHEMA.names).cast(EVENTS_SCHEMA) for f in files]
+    return pa.concat_tables(tables) if tables else EVENTS_SCHEMA.empty_table()
+
+
+def _missing_mask(spec: ExpectationSpec, frame: Any):
+    """Rows GX leaves out of a row-level expectation's percentage (nulls, as GX's ignore rules)."""
+    kwargs = spec.kwargs
+    if "column" in kwargs:
+        return frame[kwargs["column"]].isna().to_numpy()
+    if "column_A" in kwargs:
+        return (frame[kwargs["column_A"]].isna() & frame[kwargs["column_B"]].isna()).to_numpy()
+    return frame[list(kwargs["column_list"])].isna().all(axis=1).to_numpy()
+
+
+def _split_outcome(spec: ExpectationSpec, validation: Any, frame: Any, codes: Any, n: int, message_ids: Any):
+    """One expectation's result on a multi-partition frame -> one outcome per partition (code 0..n-1)."""
+    import numpy as np
+
+    whole = _outcome(spec, validation)
+    result = dict(validation.result or {})
+    if "unexpected_index_list" not in result or whole.error:  # table-level (or failed to run): same for all
+        return [whole.model_copy() for _ in range(n)]
+    indices = np.asarray(result.get("unexpected_index_list") or [], dtype=np.int64)
+    values = result.get("unexpected_list") or []
+    rows = np.bincount(codes, minlength=n)
+    unexpected = np.bincount(codes[indices], minlength=n) if len(indices) else np.zeros(n, dtype=np.int64)
+    if "missing_count" in result:
+        counted = rows - np.bincount(codes, weights=_missing_mask(spec, frame), minlength=n).astype(np.int64)
+    else:  # not-null expectations: every row counts
+        counted = rows
+    examples: list[list[Any]] = [[] for _ in range(n)]
+    for position, row in enumerate(indices):
+        bucket = examples[codes[row]]
+        if len(bucket) < EXAMPLES:
+            value = values[position] if position < len(values) else None
+            bucket.append({INDEX_COLUMN: _jsonable(message_ids[row]), "value": _jsonable(value)})
+    outcomes = []
+    for i in range(n):
+        bad = int(unexpected[i])
+        outcomes.append(
+            whole.model_copy(
+                update={
+                    "success": bad == 0,
+                    "element_count": int(rows[i]),
+                    "unexpected_count": bad,
+                    "unexpected_percent": 100.0 * bad / counted[i] if counted[i] else None,
+                    "unexpected_examples": examples[i],
+                }
+            )
+        )
+    return outcomes
+
+
 class QualityChecker:
     """A GX ephemeral context with the events suite, built once and reused for many slices.
 
-    Building it imports GX and registers the suite (seconds): build one per process or Beam
-    worker (``DoFn.setup``), not one per partition.
+    Building it imports GX and registers the suite (seconds): build one per process, not one per
+    partition. :meth:`check_partitions` is the fast path (one GX Checkpoint run over many partitions,
+    results split per partition); :meth:`check_partition` / :meth:`check_range` validate one slice.
+
+    Args:
+        max_future: tolerated lead of ``timestamp`` over ``received_at``.
+        docs_dir: local directory of a GX Data Docs site; when given, every checkpoint run updates it
+            (GX's ``UpdateDataDocsAction``). None: no docs.
     """
 
-    def __init__(self, max_future: dt.timedelta = DEFAULT_MAX_FUTURE) -> None:
+    def __init__(self, max_future: dt.timedelta = DEFAULT_MAX_FUTURE, docs_dir: str | None = None) -> None:
         import great_expectations as gx
         from great_expectations.data_context.types.base import (
             DataContextConfig,
@@ -196,6 +263,30 @@ class QualityChecker:
             "unexpected_index_column_names": [INDEX_COLUMN],
             "include_unexpected_rows": False,
         }
+        self.docs_dir = docs_dir
+        actions = []
+        if docs_dir:
+            self.context.add_data_docs_site(
+                DOCS_SITE,
+                {
+                    "class_name": "SiteBuilder",
+                    "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": docs_dir},
+                    "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+                },
+            )
+            actions.append(gx.checkpoint.UpdateDataDocsAction(name="update_data_docs", site_names=[DOCS_SITE]))
+        definition = self.context.validation_definitions.add(
+            gx.ValidationDefinition(name=f"{self.suite.name}_partitions", data=self.batch_definition, suite=self.suite)
+        )
+        # COMPLETE: every unexpected row's index, so that one validation splits into per-partition results
+        self.checkpoint = self.context.checkpoints.add(
+            gx.Checkpoint(
+                name=f"{self.suite.name}_checkpoint",
+                validation_definitions=[definition],
+                actions=actions,
+                result_format={"result_format": "COMPLETE", "partial_unexpected_count": EXAMPLES},
+            )
+        )
 
     def check_table(
         self, table: pa.Table, tenant: str | None, start: dt.date | None, end: dt.date | None
@@ -241,8 +332,64 @@ class QualityChecker:
         return self.check_table(table, tenant, start, end)
 
     def check_partition(self, lake: str, tenant: str, date: dt.date) -> QualityResult:
-        """Check one Hive partition ``tenant_id=T/event_date=D``."""
+        """Check one Hive partition ``tenant_id=T/event_date=D`` (one validation; slow for many)."""
         return self.check_range(lake, date, date, tenant)
+
+    def check_partitions(
+        self, lake: str, partitions: Sequence[tuple[str, dt.date]], chunk: int = 200, on_chunk=None
+    ) -> list[QualityResult]:
+        """Check many partitions with one checkpoint run per ``chunk`` partitions; results in the order given.
+
+        The rows of a chunk are read at once (partition columns included) and validated once; each
+        row-level expectation's unexpected rows are then attributed to their partition, and table-level
+        expectations (columns, dtypes) hold for every partition of the chunk. Uniqueness is checked over
+        the whole chunk: a message id repeated in two dates of a tenant fails both partitions (a
+        one-partition check cannot see that). A chunk that cannot be read is checked partition by partition,
+        so that the unreadable one is named (``partition_readable``). ``on_chunk(n)`` is called after each chunk.
+        """
+        wanted = list(dict.fromkeys(partitions))
+        by_key: dict[tuple[str, dt.date], QualityResult] = {}
+        for i in range(0, len(wanted), chunk):
+            part = wanted[i : i + chunk]
+            tenants = sorted({t for t, _ in part})
+            dates = [d for _, d in part]
+            try:
+                table = _read_chunk(lake, part, min(dates), max(dates), tenants[0] if len(tenants) == 1 else None)
+            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+                for tenant, date in part:
+                    by_key[(tenant, date)] = self.check_partition(lake, tenant, date)
+            else:
+                by_key.update(self.check_table_by_partition(table, part))
+            if on_chunk:
+                on_chunk(len(part))
+        return [by_key[key] for key in wanted]
+
+    def check_table_by_partition(
+        self, table: pa.Table, partitions: Sequence[tuple[str, dt.date]]
+    ) -> dict[tuple[str, dt.date], QualityResult]:
+        """One checkpoint run over ``table``'s rows of ``partitions``, split into one result per partition."""
+        import numpy as np
+        import pyarrow.compute as pc
+
+        keys = list(dict.fromkeys(partitions))
+        if table.num_rows:  # keep the rows of the partitions asked for (a date range may hold others)
+            pairs = pc.binary_join_element_wise(table["tenant_id"], pc.cast(table["event_date"], pa.string()), "\x1f")
+            wanted = pa.array([f"{t}\x1f{d.isoformat()}" for t, d in keys])
+            table = table.filter(pc.is_in(pairs, value_set=wanted))
+        frame = add_check_columns(events_frame(table)).reset_index(drop=True)
+        index = {key: i for i, key in enumerate(keys)}
+        dates = frame["event_date"].dt.date if len(frame) else frame["event_date"]
+        codes = np.array([index[(t, d)] for t, d in zip(frame["tenant_id"], dates, strict=True)], dtype=np.int64)
+        rows = np.bincount(codes, minlength=len(keys))
+        run = self.checkpoint.run(batch_parameters={"dataframe": frame})
+        (validation,) = run.run_results.values()
+        by_name = {r.expectation_config.meta.get("name"): r for r in validation.results}
+        per_key: list[list[ExpectationOutcome]] = [[] for _ in keys]
+        message_ids = frame[INDEX_COLUMN].to_numpy(dtype=object)
+        for spec in self.specs:
+            for i, outcome in enumerate(_split_outcome(spec, by_name[spec.name], frame, codes, len(keys), message_ids)):
+                per_key[i].append(outcome)
+        return {key: self._result(key[0], key[1], key[1], int(rows[i]), per_key[i]) for i, key in enumerate(keys)}
 
 
 def parse_partition_dir(path: str) -> tuple[str, dt.date]:
@@ -281,6 +428,65 @@ def write_result(lake: str, result: QualityResult) -> str:
 def read_result(path: str) -> QualityResult:
     with FileSystems.open(path) as handle:
         return QualityResult.model_validate_json(handle.read())
+
+
+def docs_dir(lake: str) -> str | None:
+    """Where the lake's GX Data Docs site goes: ``LAKE/_quality/docs`` for a local lake; None on object
+    stores (GX's filesystem site builder writes local files only)."""
+    return None if "://" in lake else table_path(lake, f"{QUALITY_DIR}/docs")
+
+
+_CHECKERS: dict[tuple[float, str | None], QualityChecker] = {}
+
+
+def shared_checker(max_future: dt.timedelta = DEFAULT_MAX_FUTURE, docs: str | None = None) -> QualityChecker:
+    """One checker per (max_future, docs site) per process: GX's import and context cost seconds, once."""
+    key = (max_future.total_seconds(), docs)
+    if key not in _CHECKERS:
+        _CHECKERS[key] = QualityChecker(max_future, docs_dir=docs)
+    return _CHECKERS[key]
+
+
+def run_document(run_id: str, pipeline: str, checker: QualityChecker, results: Sequence[QualityResult]) -> dict:
+    """The per-run JSON: which partitions one run checked, which failed and why (details in result.json)."""
+    failed = [r for r in results if not r.success]
+    return {
+        "run_id": run_id,
+        "pipeline": pipeline,
+        "checked_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "suite": checker.suite.name,
+        "suite_fingerprint": checker.fingerprint,
+        "gx_version": checker.gx_version,
+        "success": not failed,
+        "partitions": len(results),
+        "rows": sum(r.rows for r in results),
+        "failed_partitions": {f"{r.tenant_id}/{r.start_date}": r.failed for r in failed},
+        "data_docs": checker.docs_dir,
+    }
+
+
+def check_and_write(
+    lake: str,
+    partitions: Sequence[tuple[str, dt.date]],
+    pipeline: str,
+    run_id: str,
+    max_future: dt.timedelta = DEFAULT_MAX_FUTURE,
+    on_chunk=None,
+) -> list[QualityResult]:
+    """Check ``partitions`` (the fast path), write each result.json, the run's JSON and the Data Docs site.
+
+    The run's JSON goes to ``LAKE/_quality/runs/<pipeline>-<run_id>.json``.
+    """
+    checker = shared_checker(max_future, docs_dir(lake))
+    results = checker.check_partitions(lake, partitions, on_chunk=on_chunk)
+    for result in results:
+        write_result(lake, result)
+    document = run_document(run_id, pipeline, checker, results)
+    path = table_path(lake, f"{QUALITY_DIR}/runs/{pipeline}-{run_id}.json")
+    write_bytes_atomically(
+        path, (json.dumps(document, indent=2, sort_keys=True) + "\n").encode(), table_path(lake, QUALITY_DIR)
+    )
+    return results
 
 
 def read_results(lake: str, partitions: Sequence[tuple[str, dt.date]]) -> list[QualityResult]:

@@ -737,3 +737,22 @@ class LoadToWarehouse(beam.PTransform):
             | "BatchRows" >> beam.BatchElements(min_batch_size=1, max_batch_size=self._batch_size)
             | "MergeBatches" >> beam.ParDo(self._fn).with_outputs(_LoadBatchFn.FAILURES, main="loaded")
         )
+
+
+def rows_per_partition(url: str, table: str = EVENTS_TABLE) -> dict[tuple[str, str], int]:
+    """``(tenant_id, event_date as YYYY-MM-DD)`` -> rows of a warehouse table (DuckDB, PostgreSQL); {} when the
+    table does not exist yet."""
+    warehouse = connect(url)
+    if not isinstance(warehouse, (DuckDBWarehouse, PostgresWarehouse)):
+        raise ValueError(f"rows per partition: not supported for {warehouse.dialect}")
+    sql = f"SELECT tenant_id, CAST(event_date AS VARCHAR), count(*) FROM {quote(table)} GROUP BY 1, 2"
+    con = warehouse._connect()
+    try:
+        rows = con.execute(sql).fetchall()
+    except Exception as err:
+        if "does not exist" in str(err) or "Catalog Error" in str(err) or "UndefinedTable" in type(err).__name__:
+            return {}
+        raise
+    finally:
+        con.close()
+    return {(tenant, str(date)[:10]): int(n) for tenant, date, n in rows}

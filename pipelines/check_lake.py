@@ -2,7 +2,9 @@
 
     python -m pipelines.check_lake --lake ./lake [--start-date D --end-date D] [--tenant T] [--fail-on-error]
 
-One partition per task, partitions in parallel; each worker builds the GX context once. Each
+One GX context and suite per process; the partitions are validated in chunks of 200 by one GX
+Checkpoint run each (results split per partition), which also updates the Data Docs site
+LAKE/_quality/docs (local lakes) and writes the run's JSON to LAKE/_quality/runs/. Each
 partition's result is written to LAKE/_quality/events/tenant_id=T/event_date=D/result.json
 (a rerun replaces it); a summary table is printed. With --fail-on-error the command exits 1
 when any expectation failed on any partition (for schedulers and CI). See docs/quality.md.
@@ -13,14 +15,13 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 
-import apache_beam as beam
-from apache_beam.metrics import Metrics
-
 from connectors.lake import partition_dirs
-from connectors.quality import QualityChecker, QualityResult, parse_partition_dir, read_results, write_result
+from connectors.quality import QualityResult, check_and_write, parse_partition_dir
+from connectors.run_records import current as current_run
 from pipelines.errors import UsageError
 from pipelines.logs import Progress
 from pipelines.options import (
@@ -29,12 +30,10 @@ from pipelines.options import (
     main_entry,
     parse_options,
     require_lake,
-    run_pipeline,
     with_s3_options,
 )
 
 log = logging.getLogger("livora.check_lake")
-NAMESPACE = "quality"
 
 
 class CheckLakeOptions(DateRangeOptions, AwsOptions):
@@ -57,43 +56,6 @@ class CheckLakeOptions(DateRangeOptions, AwsOptions):
             default=24.0,
             help="How far timestamp may lie after received_at (default 24, the ingest's --max-future-hours).",
         )
-
-
-class _CheckPartitionFn(beam.DoFn):
-    """Run the suite on one partition and write its result; the GX context is built once per worker."""
-
-    def __init__(self, lake: str, max_future_hours: float, total: int | None = None):
-        self.lake, self.max_future_hours, self.total = lake, max_future_hours, total
-        self.checked = Metrics.counter(NAMESPACE, "partitions_checked")
-        self.failed = Metrics.counter(NAMESPACE, "partitions_failed")
-        self.rows = Metrics.counter(NAMESPACE, "rows_checked")
-        self.expectations_failed = Metrics.counter(NAMESPACE, "expectations_failed")
-
-    def setup(self):
-        self.checker = QualityChecker(max_future=dt.timedelta(hours=self.max_future_hours))
-        # per worker: with several workers each reports its own share (the total is the whole run's)
-        self.progress = Progress(log, "partitions checked", self.total)
-
-    def process(self, partition: tuple[str, str]):
-        tenant, date = partition
-        result = self.checker.check_partition(self.lake, tenant, dt.date.fromisoformat(date))
-        path = write_result(self.lake, result)
-        self.checked.inc()
-        self.rows.inc(result.rows)
-        if not result.success:
-            self.failed.inc()
-            self.expectations_failed.inc(len(result.failed))
-        self.progress.add()
-        yield path
-
-
-def build(pipeline: beam.Pipeline, opts: CheckLakeOptions, partitions: list[tuple[str, str]]):
-    return (
-        pipeline
-        | "Partitions" >> beam.Create(partitions)
-        | "SpreadPartitions" >> beam.Reshuffle()
-        | "CheckPartitions" >> beam.ParDo(_CheckPartitionFn(opts.lake, opts.max_future_hours, len(partitions)))
-    )
 
 
 @dataclass
@@ -167,13 +129,17 @@ def run(argv: list[str] | None = None) -> CheckSummary:
         )
     )
     log.info("checking %d partitions of %s", len(selected), opts.lake)
-    if selected:
-        run_pipeline(lambda p: build(p, opts, selected), options)
-    progress = Progress(log, "partition results read", len(selected))
-    results = []
-    for tenant, date in selected:  # driver-side: one small file per partition
-        results += read_results(opts.lake, [(tenant, dt.date.fromisoformat(date))])
-        progress.add()
+    progress = Progress(log, "partitions checked", len(selected))
+    record = current_run()
+    run_id = record.run_id if record is not None else uuid.uuid4().hex[:12]
+    results = check_and_write(
+        opts.lake,
+        [(tenant, dt.date.fromisoformat(date)) for tenant, date in selected],
+        "check_lake",
+        run_id,
+        dt.timedelta(hours=opts.max_future_hours),
+        on_chunk=progress.add,
+    )
     progress.finish()
     summary = CheckSummary.of(results)
     summary.fail_on_error = opts.fail_on_error

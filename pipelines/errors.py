@@ -17,6 +17,8 @@ EXIT_LEASE_HELD = 3  # stream_events: another consumer holds the lease; try agai
 EXIT_LEASE_LOST = 4  # stream_events: the lease was lost mid-pass; nothing committed
 EXIT_INPUT = 5  # input missing or empty: no lake, a glob matching nothing, an event never seen in range
 EXIT_UNBALANCED = 6  # ingest: events in != lake rows + dead letters + duplicates
+EXIT_RECONCILE = 8  # reconcile: the lake, the warehouse, the run records or the sinks disagree
+EXIT_QUALITY = 7  # --quality-gate block: a partition failed the data-quality suite; its outputs not published
 
 
 class PipelineError(Exception):
@@ -50,6 +52,18 @@ class UnbalancedError(PipelineError, RuntimeError):
     """Ingest accounting does not balance: an event was dropped or doubled somewhere."""
 
     exit_code = EXIT_UNBALANCED
+
+
+class QualityError(PipelineError):
+    """``--quality-gate block``: data failed its quality suite, so the run did not publish it / compute from it."""
+
+    exit_code = EXIT_QUALITY
+
+
+class ReconciliationError(PipelineError):
+    """``pipelines.reconcile`` found numbers that should agree and do not."""
+
+    exit_code = EXIT_RECONCILE
 
 
 def _loc(loc: Sequence[Any]) -> str:

@@ -42,6 +42,7 @@ from pipelines.options import (
     run_pipeline,
     with_s3_options,
 )
+from pipelines.quality_gate import QualityGateOptions, gate_inputs
 from transforms.funnels import (
     MODES,
     ComputeFunnels,
@@ -56,7 +57,7 @@ STEPS_TABLE = "funnel_steps"
 ENTRY_DAYS_TABLE = "funnel_entry_days"
 
 
-class FunnelOptions(DateRangeOptions, AwsOptions):
+class FunnelOptions(DateRangeOptions, AwsOptions, QualityGateOptions):
     """Which funnels, over which part of the lake, and where the tables go."""
 
     @classmethod
@@ -238,6 +239,7 @@ def run(argv: list[str] | None = None) -> dict[str, pa.Table]:
     if not opts.allow_empty:
         steps = [step.event for d in definitions for step in d.steps]
         require_events(patterns, steps, f"{opts.lake} {opts.describe_range()}")
+    gate_inputs(opts.lake, opts.start_date, read_end, opts.tenant, opts.quality_gate, "funnels")  # may raise
     log.info("%d funnel(s) over %d lake partitions of %s", len(definitions), len(patterns), opts.lake)
     out = opts.output.rstrip("/")
     if patterns:

@@ -49,6 +49,7 @@ from pipelines.options import (
     run_pipeline,
     with_s3_options,
 )
+from pipelines.quality_gate import QualityGateOptions, gate_ingest
 from schemas import PIPELINE_VERSION
 from schemas.lake import EVENTS_TABLE
 from transforms.composites import ProcessEvents
@@ -56,7 +57,7 @@ from transforms.composites import ProcessEvents
 log = logging.getLogger("livora.ingest_batch")
 
 
-class IngestBatchOptions(ProcessingOptions, AwsOptions):
+class IngestBatchOptions(ProcessingOptions, AwsOptions, QualityGateOptions):
     """Where to read and write."""
 
     @classmethod
@@ -262,6 +263,9 @@ def run(argv: list[str] | None = None) -> IngestSummary:
             f"dead letters {summary.dead_letters} + duplicates {summary.duplicates} + already in the lake "
             f"{summary.lake_duplicates} + suppressed {summary.suppressed} = {summary.events_in} (run summary {summary_path})"
         )
+    # Quality gate (pipelines/quality_gate.py): block quarantines failing partitions and raises QualityError,
+    # before the manifest records the input, so that a re-run after the fix ingests it again.
+    gate_ingest(opts.lake, [tag, *(f.fingerprint for f in files)], opts.quality_gate, opts.max_future_hours)
     summary.dead_letters_by_reason = dead_letter_reasons(opts.dead_letters, [tag, *(f.fingerprint for f in files)])
     record_ingested(opts, files, tag)
     return summary

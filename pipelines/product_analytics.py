@@ -36,6 +36,7 @@ from connectors.analytics_io import (
     write_table,
 )
 from pipelines.options import DateRangeOptions, main_entry, parse_options, require_lake, run_pipeline
+from pipelines.quality_gate import QualityGateOptions, gate_inputs
 from schemas.lake import EVENTS_SCHEMA
 from schemas.outputs import PRODUCT_TABLE_SCHEMAS
 from transforms import product_analytics as pa_t
@@ -54,7 +55,7 @@ WAREHOUSE_PARTITIONS = {  # what a load replaces: the run's days for daily table
 ORDER_EVENT = "Order Completed"
 
 
-class ProductAnalyticsOptions(DateRangeOptions):
+class ProductAnalyticsOptions(DateRangeOptions, QualityGateOptions):
     """Flags of ``pipelines.product_analytics`` (plus --start-date/--end-date/--tenant and Beam's own)."""
 
     @classmethod
@@ -252,6 +253,9 @@ def run(argv: list[str] | None = None) -> ProductAnalyticsOptions:
         raise ValueError(f"--timezone {opts.timezone!r} is not an IANA timezone") from err
     FileSystems.set_options(opts)
     require_lake(opts.lake)
+    day = dt.timedelta(days=1)  # the partitions build() reads: one more on each side
+    first, last = (opts.start_date - day if opts.start_date else None), (opts.end_date + day if opts.end_date else None)
+    gate_inputs(opts.lake, first, last, opts.tenant, opts.quality_gate, "product_analytics")  # may raise
     log.info("product analytics on %s %s", opts.lake, opts.describe_range())
     run_pipeline(lambda p: build(p, opts), opts)
     log.info("wrote the product tables under %s", opts.output)

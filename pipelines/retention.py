@@ -32,13 +32,14 @@ from pipelines.options import (
     run_pipeline,
     with_s3_options,
 )
+from pipelines.quality_gate import QualityGateOptions, gate_inputs
 from transforms.retention import RETENTION_SCHEMA, ComputeRetention, RetentionDefinition
 
 log = logging.getLogger("livora.retention")
 RETENTION_TABLE = "retention"
 
 
-class RetentionOptions(DateRangeOptions, AwsOptions):
+class RetentionOptions(DateRangeOptions, AwsOptions, QualityGateOptions):
     """Which cohorts, over which part of the lake, and where the table goes."""
 
     @classmethod
@@ -160,6 +161,9 @@ def run(argv: list[str] | None = None) -> pa.Table:
     if not opts.allow_empty:  # history before the range does not count: the cohorts are in the range
         events = [definition.start_event, definition.return_event]
         require_events(in_range, events, f"{opts.lake} {opts.describe_range()}")
+    if span:  # the partitions read: the range +-1 day, and all history before it for first_time
+        history = None if definition.kind == "first_time" else first
+        gate_inputs(opts.lake, history, last, opts.tenant, opts.quality_gate, "retention")  # may raise
     if patterns:
         log.info("retention %s over %d partitions, %s..%s (%s)", definition.kind, len(patterns), *span, opts.timezone)
         run_pipeline(

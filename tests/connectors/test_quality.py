@@ -368,3 +368,60 @@ def test_a_missing_column_fails_the_column_checks_and_its_type_check(lake, check
     assert result.failed == ["column_set_matches_contract", "column_order_matches_contract", "type:locale"]
     type_check = next(o for o in result.expectations if o.name == "type:locale")
     assert type_check.error  # GX 1.24 reports an IndexError text ("list index out of range") for a missing column
+
+
+def test_one_checkpoint_run_gives_the_same_per_partition_results_as_one_validation_each(lake, checker, tmp_path):
+    """The fast path (check_partitions) against the slow one (check_partition), on three corruptions."""
+    chosen = partitions(lake)[:5]
+    target = str(tmp_path / "lake")
+    for tenant, date in chosen:
+        copy_partition(lake, target, tenant, date)
+
+    def duplicate(rows):
+        rows.append(dict(rows[0]))
+
+    def null_persons(rows):
+        rows[0]["person_id"] = None
+        rows[-1]["person_id"] = None
+
+    def negative(rows):
+        row = next(r for r in rows if r["revenue_inr"] is not None)
+        row["revenue_inr"] = Decimal("-5")
+
+    money = next(
+        (t, d)
+        for t, d in chosen[2:]
+        if any(
+            pq.read_table(f, columns=["revenue_inr"]).column(0).null_count < pq.read_metadata(f).num_rows
+            for f in part_files(partition_dir(target, t, d))
+        )
+    )
+    rewrite_file(part_files(partition_dir(target, *chosen[0]))[0], duplicate)
+    rewrite_file(part_files(partition_dir(target, *chosen[1]))[0], null_persons)
+    money_file = next(
+        f
+        for f in part_files(partition_dir(target, *money))
+        if pq.read_table(f, columns=["revenue_inr"]).column(0).null_count < pq.read_metadata(f).num_rows
+    )
+    rewrite_file(money_file, negative)
+
+    slow = [checker.check_partition(target, t, d) for t, d in chosen]
+    fast = checker.check_partitions(target, chosen, chunk=3)  # two chunks
+    assert [r.failed for r in slow] == [r.failed for r in fast]
+    assert fast[0].failed == ["unique:tenant_id,message_id"]
+    assert fast[1].failed == ["not_null:person_id"]
+    assert fast[chosen.index(money)].failed == ["non_negative:revenue_inr"]
+    for s, f in zip(slow, fast, strict=True):
+        assert (s.tenant_id, s.start_date, s.rows) == (f.tenant_id, f.start_date, f.rows)
+        for a, b in zip(s.expectations, f.expectations, strict=True):
+            assert (a.name, a.success, a.element_count, a.unexpected_count) == (
+                b.name,
+                b.success,
+                b.element_count,
+                b.unexpected_count,
+            )
+            assert a.unexpected_percent == pytest.approx(b.unexpected_percent)
+            assert a.unexpected_examples == b.unexpected_examples
+    assert (
+        fast[1].expectations[[e.name for e in fast[1].expectations].index("not_null:person_id")].unexpected_count == 2
+    )

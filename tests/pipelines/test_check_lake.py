@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import pathlib
 
 import pyarrow.parquet as pq
 import pytest
@@ -53,6 +54,12 @@ def test_clean_slice_passes_and_exits_zero(lake, capsys):
     assert rows == sum(pq.read_metadata(f).num_rows for f in files)
     others = [(t, d) for t, d in partitions(lake) if (t, d) not in expected]
     assert not any(os.path.exists(_result_file(lake, t, d)) for t, d in others)
+    # the checkpoint's UpdateDataDocsAction built the site; the run's JSON names what it checked
+    assert os.path.exists(os.path.join(lake, "_quality", "docs", "index.html"))
+    runs = os.path.join(lake, "_quality", "runs")
+    (name,) = [f for f in os.listdir(runs) if f.startswith("check_lake-")]
+    document = json.loads(pathlib.Path(runs, name).read_text())
+    assert document["partitions"] == len(expected) and document["success"] and document["failed_partitions"] == {}
 
 
 def test_corrupted_partitions_are_reported_by_name_and_fail_the_run(lake, tmp_path, capsys):

@@ -155,6 +155,7 @@ def test_missing_lake_exits_5_with_exactly_one_line(tmp_path):
         ("segments", ["--config", "S", "--as-of", "2026-10-01"]),
         ("clv", ["--calibration-end", "2026-10-01", "--output", "O"]),
         ("check_lake", []),
+        ("reconcile", []),
         ("compact_lake", []),
         ("training_set", ["--spine", "S", "--output", "O"]),
     ],
