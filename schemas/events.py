@@ -108,15 +108,30 @@ class Event(_Model):
 
     @model_validator(mode="after")
     def _check_shape(self) -> Event:
-        if not (self.user_id or self.anonymous_id):
-            raise ValueError("one of userId or anonymousId is required")
-        if self.type is EventType.TRACK and not self.event:
-            raise ValueError("track events need an event name")
-        if self.type is EventType.ALIAS and not self.previous_id:
-            raise ValueError("alias events need previousId")
-        if self.type is EventType.GROUP and not self.group_id:
-            raise ValueError("group events need groupId")
+        problem = shape_error(self.type, self.user_id, self.anonymous_id, self.event, self.previous_id, self.group_id)
+        if problem is not None:
+            raise ValueError(problem)
         return self
+
+
+def shape_error(
+    type_: EventType,
+    user_id: str | None,
+    anonymous_id: str | None,
+    event: str | None,
+    previous_id: str | None,
+    group_id: str | None,
+) -> str | None:
+    """The Segment spec's rules across fields (``Event``'s model validator; the batch parser's too)."""
+    if not (user_id or anonymous_id):
+        return "one of userId or anonymousId is required"
+    if type_ is EventType.TRACK and not event:
+        return "track events need an event name"
+    if type_ is EventType.ALIAS and not previous_id:
+        return "alias events need previousId"
+    if type_ is EventType.GROUP and not group_id:
+        return "group events need groupId"
+    return None
 
 
 # --- E-commerce spec v2 properties -------------------------------------------------------

@@ -46,7 +46,6 @@ from transforms.event_tables import (
     NODE,
     assign_person_ids,
     attach_ids,
-    events_table,
     from_ipc,
     node_buckets,
     person_buckets,
@@ -57,7 +56,7 @@ from transforms.event_tables import (
     to_ipc,
 )
 from transforms.identity import resolve_components
-from transforms.pipeline_core import EventParser, ProcessConfig, edges_of, parse_records
+from transforms.pipeline_core import EventParser, ProcessConfig, edges_of_table, parse_to_table
 from transforms.sessions import sessionize_table
 
 __all__ = ["ProcessConfig", "ProcessEvents", "ProcessedEvents"]
@@ -120,17 +119,16 @@ class _ParseBatchFn(beam.DoFn):
     def process(self, batch: list[SourceRecord] | bytes, win=beam.DoFn.WindowParam):
         if isinstance(batch, bytes):
             batch = unpack_records(batch)
-        rows, failures = parse_records(batch, self.parser)
+        table, failures = parse_to_table(batch, self.parser)
         self.records_in.inc(len(batch))
-        self.rows_parsed.inc(len(rows))
-        yield pvalue.TaggedOutput(PARSED, len(rows) + len(failures))
+        self.rows_parsed.inc(table.num_rows)
+        yield pvalue.TaggedOutput(PARSED, table.num_rows + len(failures))
         for failure in failures:
             Metrics.counter(NAMESPACE, f"dead_letter.{failure.stage}.{failure.reason}").inc()
             yield pvalue.TaggedOutput(FAILURES, failure)
-        for tenant, edges in edges_of(rows).items():
+        for tenant, edges in edges_of_table(table).items():
             yield pvalue.TaggedOutput(EDGES, (tenant, sorted(edges)))
-        if rows:
-            table = events_table(rows)
+        if table.num_rows:
             self._held[win].append(table.drop_columns([NODE]))
             self._held_rows += table.num_rows
             keys = table.select(KEY_COLUMNS)

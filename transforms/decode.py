@@ -38,6 +38,7 @@ __all__ = [
     "RawEvent",
     "decode_record",
     "json_depth_exceeds",
+    "plain_event",
 ]
 
 MAX_EVENT_BYTES = 32 * 1024
@@ -253,6 +254,25 @@ def _parse(body: bytes) -> tuple[Any, Reason | None, str]:
         return None, Reason.TOO_DEEP, "JSON nesting too deep"
 
 
+def plain_event(record: Any, max_event_bytes: int = MAX_EVENT_BYTES, max_depth: int = MAX_DEPTH) -> dict | None:
+    """The object of a record that is one plain JSON event, as almost every file line and SDK request is; else None.
+
+    The fast path of :func:`decode_record` (and of the batch parser): anything else (batches, webhook
+    wrappers, arrays, gzip, integers beyond 64 bits, deep nesting, bytes orjson refuses) is None and
+    takes :func:`decode_record`'s full path, which names what is wrong.
+    """
+    if type(record) is bytes and record[:1] == b"{" and record[-1:] == b"}" and len(record) <= max_event_bytes:
+        try:
+            value = _loads(record)
+        except orjson.JSONDecodeError:
+            return None
+        if type(value) is dict and "batch" not in value and WEBHOOK_KEY not in value and not _may_hold_big_int(record):
+            if _may_be_deep(record, max_depth) and json_depth_exceeds(value, max_depth):
+                return None
+            return value
+    return None
+
+
 def decode_record(
     record: bytes,
     *,
@@ -274,16 +294,9 @@ def decode_record(
             :func:`transforms.webhooks.verify_and_convert`); without them a wrapper fails with ``bad_signature``.
         max_record_bytes: bound on a record's (decompressed) size.
     """
-    # Fast path: one plain JSON object, as almost every file line and SDK request is.
-    if type(record) is bytes and record[:1] == b"{" and record[-1:] == b"}" and len(record) <= max_event_bytes:
-        try:
-            value = _loads(record)
-        except orjson.JSONDecodeError:
-            value = None
-        if type(value) is dict and "batch" not in value and WEBHOOK_KEY not in value and not _may_hold_big_int(record):
-            if record.count(b"{") + record.count(b"[") > max_depth and json_depth_exceeds(value, max_depth):
-                return [_fail(record, Reason.TOO_DEEP, f"JSON nested deeper than {max_depth}", source_ref, value)]
-            return [RawEvent(record, value, source_ref)]
+    value = plain_event(record, max_event_bytes, max_depth)
+    if value is not None:
+        return [RawEvent(record, value, source_ref)]
     if not isinstance(record, bytes):
         if isinstance(record, str):
             record = record.encode("utf-8", "surrogatepass")

@@ -221,6 +221,17 @@ class _Resources:
         fx = self.fx.rate(currency, day)
         return fx.rate, float(fx.rate), fx.rate_date
 
+    def convert(self, raw_amount: Any, currency: str, day: dt.date) -> tuple[Decimal, Decimal, float, dt.date]:
+        """(amount, amount in the base currency, rate, rate date); raises UnknownCurrency, InvalidAmount, ArithmeticError."""
+        amount = self.amount(raw_amount) if type(raw_amount) in _CACHEABLE_AMOUNTS else _amount(raw_amount)
+        rate, rate_float, rate_date = self.rate(currency, day)
+        converted = (amount * rate).quantize(MONEY_QUANTUM, rounding=ROUND_HALF_EVEN)
+        if abs(converted) >= MAX_MONEY:
+            raise InvalidAmount(
+                f"{amount} {currency} is {converted} {self.base_currency}: too large for Decimal(18, 4)"
+            )
+        return amount, converted, rate_float, rate_date
+
     @property
     def fx(self) -> FxTable:
         if self._fx is None:  # ~0.2 s to load the ECB history: only when money is first seen
@@ -283,6 +294,13 @@ class Enricher:
             self._r = _Resources(self.config)
         if preload_rates:
             _ = self._r.fx
+
+    def resources(self) -> _Resources:
+        """The per-worker resources, opened on first use (the batch parser reads its caches and policies)."""
+        if self._r is None:
+            self.setup(preload_rates=False)
+        assert self._r is not None
+        return self._r
 
     def cache_stats(self) -> dict[str, dict[str, int]]:
         """Hits, misses and size of each per-worker cache (for metrics and tuning the cache sizes)."""
@@ -386,18 +404,11 @@ class Enricher:
                 )
             currency = r.base_currency
         try:
-            amount = r.amount(raw_amount) if type(raw_amount) in _CACHEABLE_AMOUNTS else _amount(raw_amount)
-            rate, rate_float, rate_date = r.rate(currency, _event_day(ev.event))
-            converted = (amount * rate).quantize(MONEY_QUANTUM, rounding=ROUND_HALF_EVEN)
-            if abs(converted) >= MAX_MONEY:
-                raise InvalidAmount(
-                    f"{amount} {currency} is {converted} {r.base_currency}: too large for Decimal(18, 4)"
-                )
+            return (currency, *r.convert(raw_amount, currency, _event_day(ev.event)))
         except UnknownCurrency as exc:
             return self._failure(ev, Reason.UNKNOWN_CURRENCY, "properties.currency", str(exc))
         except (InvalidAmount, ArithmeticError) as exc:
             return self._failure(ev, Reason.INVALID_VALUE, f"properties.{field}", str(exc))
-        return currency, amount, converted, rate_float, rate_date
 
     @staticmethod
     def _failure(ev: ValidEvent, reason: Reason, field_path: str, message: str) -> FailedEvent:

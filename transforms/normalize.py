@@ -19,12 +19,20 @@ import phonenumbers
 from schemas.failures import FailedEvent, Reason, Stage
 from transforms.validate import ValidEvent
 
-__all__ = ["EARLIEST", "normalize_email", "normalize_event", "normalize_phone"]
+__all__ = [
+    "EARLIEST",
+    "corrected_times",
+    "normalize_contacts",
+    "normalize_email",
+    "normalize_event",
+    "normalize_phone",
+]
 
 EARLIEST = dt.datetime(1990, 1, 1, tzinfo=dt.UTC)
 """Timestamps before this are a broken clock (epoch 0, year 1), not history."""
 
 UTC = dt.UTC
+_ZERO = dt.timedelta(0)
 EMAIL_KEYS = ("email",)
 PHONE_KEYS = ("phone",)
 
@@ -35,6 +43,8 @@ def _utc(value: dt.datetime) -> dt.datetime:
         return value.replace(tzinfo=UTC)
     if value.tzinfo is UTC:
         return value
+    if value.utcoffset() == _ZERO:  # pydantic's own UTC tzinfo: a relabel, a third of astimezone's cost
+        return value.replace(tzinfo=UTC)
     return value.astimezone(UTC)
 
 
@@ -75,6 +85,74 @@ def _contact_fields(container: object, path: str, region: str, notes: list[str])
             container["phone"] = e164
 
 
+TimeFailure = tuple[Reason, str, str]
+"""(reason, field path, message) of an event whose times cannot be right."""
+
+
+def corrected_times(
+    received_at: dt.datetime | None,
+    original_timestamp: dt.datetime | None,
+    sent_at: dt.datetime | None,
+    timestamp: dt.datetime | None,
+    *,
+    now: dt.datetime,
+    max_future: dt.timedelta,
+    sdk_timestamp_is_original: bool,
+) -> tuple[dt.datetime, dt.datetime, dt.datetime | None, dt.datetime | None] | TimeFailure:
+    """(received, timestamp, original, sent) in UTC with the clock-skew correction, or a :data:`TimeFailure`.
+
+    The one implementation of the time rules, for the per-event and the batch parser alike.
+    """
+    try:
+        received = _utc(received_at) if received_at is not None else _utc(now)
+        original = _utc(original_timestamp) if original_timestamp is not None else None
+        sent = _utc(sent_at) if sent_at is not None else None
+        own = _utc(timestamp) if timestamp is not None else None
+        if sdk_timestamp_is_original and original is None and sent is not None and own is not None:
+            original = own
+        if original is not None and sent is not None and original - sent > max_future:
+            # sent before it was recorded, on one device clock: one of the two is wrong (a zero-valued sentAt,
+            # year 1, is the usual culprit) and the correction would move the event that far past receivedAt
+            return (
+                Reason.BAD_TIMESTAMP,
+                "sentAt",
+                f"sentAt {sent.isoformat()} is more than {max_future} before originalTimestamp {original.isoformat()}: "
+                "an event cannot be sent before it happened",
+            )
+        if original is not None and sent is not None:
+            corrected = received - (sent - original)
+        else:
+            corrected = own or original or received
+    except OverflowError:
+        return Reason.BAD_TIMESTAMP, "timestamp", "clock-skew correction overflows the calendar"
+    if sent is not None and original is None and sent < EARLIEST:
+        # without originalTimestamp nothing cancels the device clock: a year-1 sentAt is a zero value, not a time
+        return Reason.BAD_TIMESTAMP, "sentAt", f"sentAt {sent.isoformat()} is before 1990"
+    if received < EARLIEST:
+        return Reason.BAD_TIMESTAMP, "receivedAt", f"receivedAt {received.isoformat()} is before 1990"
+    if corrected < EARLIEST:
+        return Reason.BAD_TIMESTAMP, "timestamp", f"timestamp {corrected.isoformat()} is before 1990"
+    if corrected - received > max_future:
+        return (
+            Reason.FUTURE_TIMESTAMP,
+            "timestamp",
+            f"timestamp {corrected.isoformat()} is more than {max_future} after receivedAt {received.isoformat()}",
+        )
+    return received, corrected, original, sent
+
+
+def normalize_contacts(traits: object, properties: object, context_traits: object, region: str = "IN") -> list[str]:
+    """Emails lower-cased and phones in E.164, in place in the three dicts that carry them; the notes."""
+    notes: list[str] = []
+    if traits:
+        _contact_fields(traits, "traits", region, notes)
+    if properties and ("email" in properties or "phone" in properties):  # type: ignore[operator]
+        _contact_fields(properties, "properties", region, notes)
+    if context_traits:
+        _contact_fields(context_traits, "context.traits", region, notes)
+    return notes
+
+
 def normalize_event(
     ev: ValidEvent,
     *,
@@ -96,43 +174,18 @@ def normalize_event(
             explicit ``timestamp`` is kept as sent (history imports).
     """
     event = ev.event
-    try:
-        received = _utc(event.received_at) if event.received_at is not None else _utc(now)
-        original = _utc(event.original_timestamp) if event.original_timestamp is not None else None
-        sent = _utc(event.sent_at) if event.sent_at is not None else None
-        own = _utc(event.timestamp) if event.timestamp is not None else None
-        if sdk_timestamp_is_original and original is None and sent is not None and own is not None:
-            original = own
-        if original is not None and sent is not None and original - sent > max_future:
-            # sent before it was recorded, on one device clock: one of the two is wrong (a zero-valued sentAt,
-            # year 1, is the usual culprit) and the correction would move the event that far past receivedAt
-            return _fail(
-                ev,
-                Reason.BAD_TIMESTAMP,
-                "sentAt",
-                f"sentAt {sent.isoformat()} is more than {max_future} before originalTimestamp {original.isoformat()}: "
-                "an event cannot be sent before it happened",
-            )
-        if original is not None and sent is not None:
-            timestamp = received - (sent - original)
-        else:
-            timestamp = own or original or received
-    except OverflowError:
-        return _fail(ev, Reason.BAD_TIMESTAMP, "timestamp", "clock-skew correction overflows the calendar")
-    if sent is not None and original is None and sent < EARLIEST:
-        # without originalTimestamp nothing cancels the device clock: a year-1 sentAt is a zero value, not a time
-        return _fail(ev, Reason.BAD_TIMESTAMP, "sentAt", f"sentAt {sent.isoformat()} is before 1990")
-    if received < EARLIEST:
-        return _fail(ev, Reason.BAD_TIMESTAMP, "receivedAt", f"receivedAt {received.isoformat()} is before 1990")
-    if timestamp < EARLIEST:
-        return _fail(ev, Reason.BAD_TIMESTAMP, "timestamp", f"timestamp {timestamp.isoformat()} is before 1990")
-    if timestamp - received > max_future:
-        return _fail(
-            ev,
-            Reason.FUTURE_TIMESTAMP,
-            "timestamp",
-            f"timestamp {timestamp.isoformat()} is more than {max_future} after receivedAt {received.isoformat()}",
-        )
+    times = corrected_times(
+        event.received_at,
+        event.original_timestamp,
+        event.sent_at,
+        event.timestamp,
+        now=now,
+        max_future=max_future,
+        sdk_timestamp_is_original=sdk_timestamp_is_original,
+    )
+    if type(times[0]) is Reason:
+        return _fail(ev, *times)
+    received, timestamp, original, sent = times
     # Straight into the model's field storage: what pydantic's __setattr__ does for these plain fields
     # (no validate_assignment on Event), at a quarter of the per-event cost.
     fields = event.__dict__
@@ -142,16 +195,8 @@ def normalize_event(
     fields["sent_at"] = sent
     event.__pydantic_fields_set__.update(("received_at", "timestamp"))
 
-    notes: list[str] = []
-    if event.traits:
-        _contact_fields(event.traits, "traits", default_phone_region, notes)
-    if event.properties:
-        props = event.properties
-        if "email" in props or "phone" in props:
-            _contact_fields(props, "properties", default_phone_region, notes)
     context_traits = (event.context.__pydantic_extra__ or {}).get("traits")
-    if context_traits:
-        _contact_fields(context_traits, "context.traits", default_phone_region, notes)
+    notes = normalize_contacts(event.traits, event.properties, context_traits, default_phone_region)
     if notes:
         ev.notes = (*ev.notes, *notes)
     return ev

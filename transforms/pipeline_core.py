@@ -12,9 +12,10 @@ from __future__ import annotations
 import datetime as dt
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.failures import FailedEvent
@@ -69,6 +70,11 @@ class ProcessConfig(BaseModel):
         default_factory=WebhookConfig,
         description="Webhook secrets (provider:tenant -> secret), shop/account bindings and the replay window.",
     )
+    parse_mode: Literal["batch", "per_event"] = Field(
+        default="batch",
+        description="batch: the batch-at-a-time parse step (transforms.batch_parse); per_event: one event at a "
+        "time, the reference it is tested against and the benchmark's baseline. Same rows, same failures.",
+    )
     sdk_timestamp_is_original: bool = Field(
         default=True,
         description="Treat an SDK's `timestamp` (sent with `sentAt`) as the device time and skew-correct it, as Segment's API does.",
@@ -92,6 +98,30 @@ class EventParser:
 
             self._plans = TrackingPlans.load(self.config.tracking_plans_dir) if self.config.tracking_plans_dir else None
             self._enricher = Enricher(self.config.enrich)
+
+    @property
+    def plans(self) -> Any:
+        """The tenants' tracking plans (None without a plans directory)."""
+        if self._enricher is None:
+            self._setup()
+        return self._plans
+
+    @property
+    def tenants(self) -> TenantAssigner | None:
+        """Tenant assignment by default tenant / writeKey (None when neither is configured)."""
+        return self._tenants
+
+    def resources(self) -> Any:
+        """The enricher's per-worker resources (parsers, caches, rates, compiled PII policies)."""
+        if self._enricher is None:
+            self._setup()
+        return self._enricher.resources()
+
+    def parse_table(self, records: Sequence[SourceRecord], now: dt.datetime) -> tuple[pa.Table, list[FailedEvent]]:
+        """Records -> (rows in ``WORK_SCHEMA``, failures), a batch at a time (:mod:`transforms.batch_parse`)."""
+        from transforms.batch_parse import parse_table
+
+        return parse_table(self, records, now)
 
     def parse_into(
         self, records: Iterable[SourceRecord], now: dt.datetime, rows: list[dict[str, Any]], failures: list[FailedEvent]
@@ -144,6 +174,27 @@ def parse_records(
     return rows, failures
 
 
+def parse_to_table(
+    records: Sequence[SourceRecord], parser: EventParser, now: dt.datetime | None = None
+) -> tuple[pa.Table, list[FailedEvent]]:
+    """Records -> (rows in ``WORK_SCHEMA``, failures) by the configured ``parse_mode``: what the pipeline runs."""
+    now = now or parser.config.now or dt.datetime.now(dt.UTC)
+    if parser.config.parse_mode == "batch":
+        return parser.parse_table(records, now)
+    rows, failures = parse_records(records, parser, now)
+    return events_table(rows), failures
+
+
+def edges_of_table(table: pa.Table) -> dict[str, set[tuple[str, str]]]:
+    """:func:`edges_of` for a table: only rows that can assert a link are turned into Python values."""
+    links = table.select(["tenant_id", "type", "user_id", "anonymous_id", "previous_id"])
+    may_link = pc.or_(
+        pc.and_(pc.is_valid(links["user_id"]), pc.is_valid(links["anonymous_id"])),
+        pc.equal(links["type"], "alias"),
+    )
+    return edges_of(links.filter(pc.fill_null(may_link, False)).to_pylist())
+
+
 def edges_of(rows: Iterable[Mapping]) -> dict[str, set[tuple[str, str]]]:
     """Identity edges per tenant (a set: the same link asserted by many events counts once)."""
     edges: dict[str, set[tuple[str, str]]] = defaultdict(set)
@@ -166,11 +217,11 @@ def process_in_memory(
     parser, now = EventParser(config), config.now or dt.datetime.now(dt.UTC)
     tables, failures, edges = [], [], defaultdict(set)
     for start in range(0, len(records), config.batch_size):
-        rows, failed = parse_records(records[start : start + config.batch_size], parser, now)
+        parsed, failed = parse_to_table(records[start : start + config.batch_size], parser, now)
         failures += failed
-        for tenant, found in edges_of(rows).items():
+        for tenant, found in edges_of_table(parsed).items():
             edges[tenant].update(found)
-        tables.append(events_table(rows))
+        tables.append(parsed)
     identity = {tenant: resolve_components(sorted(found)) for tenant, found in edges.items()}
     table = assign_person_ids(pa.concat_tables(tables) if tables else WORK_SCHEMA.empty_table(), identity)
     unique, duplicates = dedupe_table(table)

@@ -186,7 +186,7 @@ def validate_event(raw: RawEvent, plans: TrackingPlans | None = None) -> ValidEv
             return _fail(raw, Reason.INVALID_VALUE, props_key, f"invalid properties: {exc}", Stage.VALIDATE)
         currency = getattr(typed, "currency", None)
         if currency is not None:
-            if currency not in ISO_CURRENCIES:
+            if not isinstance(currency, str) or currency not in ISO_CURRENCIES:  # an extra of an open model: any JSON
                 got = _short(event.properties.get("currency", currency))
                 return _fail(
                     raw,
