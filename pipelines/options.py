@@ -142,6 +142,14 @@ class ProcessingOptions(TenantOptions):
             default=2000,
             help="Records per batch inside the pipeline (default 2000).",
         )
+        parser.add_argument(
+            "--parse-mode",
+            dest="parse_mode",
+            choices=("batch", "per-event"),
+            default="batch",
+            help="batch (default): parse, validate and enrich a batch at a time; per-event: one event at a time, "
+            "the reference path (same rows, same dead letters; about 1.6x the CPU per event).",
+        )
 
     def process_config(self, lake: str | None = None) -> ProcessConfig:
         """The processing config; without --pii-salt, the PII master secret is the one kept with ``lake``
@@ -176,6 +184,7 @@ class ProcessingOptions(TenantOptions):
             buckets=self.buckets,
             files_per_partition=self.files_per_partition,
             batch_size=self.batch_size,
+            parse_mode=self.parse_mode.replace("-", "_"),
         )
 
 

@@ -6,7 +6,7 @@ as the baseline and the reference), at a fraction of its cost:
 - events are validated into plain dicts (:mod:`schemas.dict_validators`), not model instances;
 - device (IP, user agent -> ua_* / geo_*) and page (URL, referrer, campaign -> UTM / channel) columns are
   looked up once per distinct value in the batch and gathered with Arrow's ``take``;
-- rows are born as Arrow columns: no dict per row.
+- each event leaves as one tuple of column values (no dict per row), transposed once per batch into Arrow arrays.
 
 Only the happy path is fast. A record that is not one plain event (batches, webhooks, gzip), that any
 rule refuses (contract, shape, e-commerce properties, currency, times, money) or whose tenant has a
@@ -74,6 +74,7 @@ _PAGE_COLUMNS = (
     "channel",
 )
 _TYPES = {field.name: field.type for field in WORK_SCHEMA}
+_TYPE_NAMES = {member: member.value for member in EventType}
 
 
 class _Slow(Exception):
@@ -95,44 +96,28 @@ def parse_table(
     sdk_original = config.sdk_timestamp_is_original
     policies: dict[str, Any] = {}
 
-    columns: dict[str, list[Any]] = {name: [] for name in _COLUMN_ORDER}
+    rows: list[tuple] = []
     devices: dict[tuple, int] = {}
     pages: dict[tuple, int] = {}
-    device_rows: list[int] = []
-    page_rows: list[int] = []
     slow: list[SourceRecord] = []
+    add = rows.append
     for record in records:
         data = plain_event(record.payload)
         if data is None:
             slow.append(record)
             continue
         try:
-            _one(
-                record,
-                data,
-                columns,
-                devices,
-                pages,
-                device_rows,
-                page_rows,
-                policies,
-                resources,
-                plans,
-                tenants,
-                now,
-                max_future,
-                sdk_original,
-            )
+            add(_one(record, data, devices, pages, policies, resources, plans, tenants, now, max_future, sdk_original))
         except _Slow:
             slow.append(record)
 
-    table = _table(columns, devices, pages, device_rows, page_rows, resources, policies)
+    table = _table(rows, devices, pages, resources, policies)
     failures: list[FailedEvent] = []
     if slow:
-        rows: list[dict[str, Any]] = []
-        parser.parse_into(slow, now, rows, failures)
-        if rows:
-            table = pa.concat_tables([table, events_table(rows)])
+        slow_rows: list[dict[str, Any]] = []
+        parser.parse_into(slow, now, slow_rows, failures)
+        if slow_rows:
+            table = pa.concat_tables([table, events_table(slow_rows)])
     return table, failures
 
 
@@ -167,11 +152,8 @@ _COLUMN_ORDER = (
 def _one(
     record: SourceRecord,
     data: dict[str, Any],
-    columns: dict[str, list[Any]],
     devices: dict[tuple, int],
     pages: dict[tuple, int],
-    device_rows: list[int],
-    page_rows: list[int],
     policies: dict[str, Any],
     resources: Any,
     plans: Any,
@@ -179,8 +161,8 @@ def _one(
     now: dt.datetime,
     max_future: dt.timedelta,
     sdk_original: bool,
-) -> None:
-    """Append one plain event's values to ``columns``; raise :class:`_Slow` at the first doubt."""
+) -> tuple:
+    """One plain event's column values (a tuple, not a dict); raise :class:`_Slow` at the first doubt."""
     if tenants is not None:
         assigned = tenants.assign(RawEvent(record.payload, data, record.source_ref))
         if isinstance(assigned, FailedEvent):
@@ -267,17 +249,8 @@ def _one(
     if campaign is not None:
         campaign = tuple(map(campaign.get, ("source", "medium", "name", "term", "content")))
     device_key = (tenant, context.get("ip"), context.get("user_agent"))
-    device_rows.append(devices.setdefault(device_key, len(devices)))
-    page_rows.append(pages.setdefault((url, path, referrer, campaign), len(pages)))
 
     has_traits = bool(traits) or event_type is _IDENTIFY or event_type is _GROUP
-    c = columns
-    c["tenant_id"].append(tenant)
-    c["message_id"].append(event["message_id"])
-    c["type"].append(event_type.value)
-    c["event"].append(name)
-    c["name"].append(get("name"))
-    c["source"].append(get("source"))
     if policy.hash_ids:
         salt, hash_id = policy.salt, resources.hash_id
         user_id, anonymous_id, previous_id = (
@@ -285,50 +258,55 @@ def _one(
             hash_id(salt, anonymous_id),
             hash_id(salt, previous_id),
         )
-    c["user_id"].append(user_id)
-    c["anonymous_id"].append(anonymous_id)
-    c["previous_id"].append(previous_id)
-    c["group_id"].append(get("group_id"))
-    c["timestamp"].append(timestamp)
-    c["original_timestamp"].append(original)
-    c["sent_at"].append(sent_at)
-    c["received_at"].append(received)
-    c["properties"].append(dumps_json(apply_policy(properties, "properties", policy)))
-    c["traits"].append(dumps_json(apply_policy(traits, "traits", policy)) if has_traits else None)
-    c["locale"].append(context.get("locale"))
-    c["order_id"].append(order_id)
-    c["currency"].append(currency)
-    c["revenue"].append(revenue)
-    c["revenue_inr"].append(revenue_inr)
-    c["fx_rate"].append(fx_rate)
-    c["fx_rate_date"].append(fx_rate_date)
-    c["_source_ref"].append(record.source_ref)
+    return (  # in _COLUMN_ORDER, then the device and page keys' indexes
+        tenant,
+        event["message_id"],
+        _TYPE_NAMES[event_type],
+        name,
+        get("name"),
+        get("source"),
+        user_id,
+        anonymous_id,
+        previous_id,
+        get("group_id"),
+        timestamp,
+        original,
+        sent_at,
+        received,
+        dumps_json(apply_policy(properties, "properties", policy)),
+        dumps_json(apply_policy(traits, "traits", policy)) if has_traits else None,
+        context.get("locale"),
+        order_id,
+        currency,
+        revenue,
+        revenue_inr,
+        fx_rate,
+        fx_rate_date,
+        record.source_ref,
+        devices.setdefault(device_key, len(devices)),
+        pages.setdefault((url, path, referrer, campaign), len(pages)),
+    )
 
 
 def _table(
-    columns: dict[str, list[Any]],
-    devices: dict[tuple, int],
-    pages: dict[tuple, int],
-    device_rows: list[int],
-    page_rows: list[int],
-    resources: Any,
-    policies: dict[str, Any],
+    rows: list[tuple], devices: dict[tuple, int], pages: dict[tuple, int], resources: Any, policies: dict[str, Any]
 ) -> pa.Table:
-    """The fast path's columns, plus device and page columns looked up once per distinct key."""
-    count = len(columns["tenant_id"])
+    """The fast path's rows as columns, plus device and page columns looked up once per distinct key."""
+    count = len(rows)
     if not count:
         return WORK_SCHEMA.empty_table()
+    values = dict(zip((*_COLUMN_ORDER, "_device", "_page"), zip(*rows, strict=True), strict=True))
     device_of = resources.device
     device_table = pa.Table.from_pylist(
         [device_of(policies[tenant], ip, ua) for tenant, ip, ua in devices],
         schema=pa.schema([(name, _TYPES[name]) for name in _DEVICE_COLUMNS]),
-    ).take(pa.array(device_rows, pa.int32()))
+    ).take(pa.array(values["_device"], pa.int32()))
     attribution = resources.attribution
     page_table = pa.Table.from_pylist(
         [attribution(url, path, referrer, campaign) for url, path, referrer, campaign in pages],
         schema=pa.schema([(name, _TYPES[name]) for name in _PAGE_COLUMNS]),
-    ).take(pa.array(page_rows, pa.int32()))
-    timestamps = pa.array(columns["timestamp"], _TYPES["timestamp"])
+    ).take(pa.array(values["_page"], pa.int32()))
+    timestamps = pa.array(values["timestamp"], _TYPES["timestamp"])
     arrays: dict[str, pa.Array] = {
         "event_date": timestamps.cast(pa.date32()),
         "timestamp": timestamps,
@@ -340,14 +318,14 @@ def _table(
         "_node": pa.array(
             [
                 USER + user if user else ANONYMOUS + anonymous
-                for user, anonymous in zip(columns["user_id"], columns["anonymous_id"], strict=True)
+                for user, anonymous in zip(values["user_id"], values["anonymous_id"], strict=True)
             ],
             pa.string(),
         ),
     }
     for name in _COLUMN_ORDER:
         if name not in arrays:
-            arrays[name] = pa.array(columns[name], _TYPES[name])
+            arrays[name] = pa.array(values[name], _TYPES[name])
     for name in _DEVICE_COLUMNS:
         arrays[name] = device_table.column(name)
     for name in _PAGE_COLUMNS:

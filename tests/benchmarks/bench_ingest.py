@@ -1,57 +1,85 @@
-"""Benchmark: batch ingest over >= 1M generated events, plain loop vs the Beam pipeline, same run.
+"""Benchmark: CPU per event of batch ingest, per-event (before) vs batch-at-a-time (after), in one run.
 
     make bench            # or: pytest tests/benchmarks/bench_ingest.py -m benchmark -s
     LIVORA_BENCH_EVENTS=200000 pytest ... for a quicker look
     LIVORA_BENCH_BEAM_ARGS='--direct_num_workers=2 --direct_running_mode=multi_processing' to try a runner mode
 
-(a) the pure transform functions in a plain Python loop (decode → … → sessions → Parquet files), in
-    one process: parsing per batch of records, then the same Arrow-table functions as the pipeline;
-(b) ``pipelines.ingest_batch`` on the in-process FnApiRunner with the same functions.
-Also (c): the per-event parse step alone on every core (one process per core, each reading its own
-byte range; no tables, files or Beam), the ceiling of any pipeline built on these functions here.
-Prints events/s of both and (b)/(a), by wall clock and by CPU time (user + system of this process
-and of any worker processes the runner started), with the load average: the machine is shared, so
-wall-clock rates move with the other jobs while CPU-time rates and their ratio are what a change is
-judged by. Targets (issue 2): (b) >= 100k events/s on this 2-core machine and (b) >= 50 % of (a).
+On one generated file of >= 1M events, each measured in its own child process (so that its peak RSS is
+its own), with CPU time (user + system, every thread) of the measured work only, imports excluded:
+
+- **parse step**: records -> lake rows and failures (decode, validate, normalize, enrich), no tables after;
+- **plain loop**: the whole core without Beam (``process_in_memory``: parse, person ids, dedupe,
+  sessions) plus the Parquet lake files;
+- **Beam**: ``pipelines.ingest_batch`` on the in-process runner;
+- **DuckDB floor**: DuckDB's own NDJSON -> Parquet of the same file (no validation, no enrichment).
+
+Each of the first three runs twice, ``--parse-mode per-event`` (the reference path) and ``batch``.
+Figures are µs of CPU per event and events per CPU-second (the machine is shared: CPU time moves less
+than wall time with other jobs), ratios against the same run's baseline, and a profile of the batch
+parse step (where the remaining time goes). Targets (issue 15): Beam <= 16 µs/event, plain loop <= 10,
+parse <= 6.
 """
 
 from __future__ import annotations
 
+import cProfile
 import datetime as dt
-import multiprocessing
+import io
+import json
 import os
+import pstats
 import resource
 import shlex
+import subprocess
+import sys
 import time
 
 import pytest
 
-from connectors.files import FileRange, file_ranges, range_records, read_file_records
-from connectors.lake import write_partition_file
-from connectors.synthetic import generate_events
-from pipelines.ingest_batch import run
-from transforms.enrich import EnrichConfig
-from transforms.event_tables import file_table
-from transforms.pipeline_core import EventParser, ProcessConfig, lake_files, parse_records, process_in_memory
-
 EVENTS = int(os.environ.get("LIVORA_BENCH_EVENTS", "1000000"))
 BEAM_ARGS = shlex.split(os.environ.get("LIVORA_BENCH_BEAM_ARGS", ""))
-
-CONFIG = ProcessConfig(enrich=EnrichConfig(pii_secret="be" * 32))
-"""The plain loop's config: the Beam run keeps its own random PII secret with its lake (same cost)."""
-
-
-def _input_file(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("bench") / "events.ndjson"
-    with open(path, "wb") as handle:
-        for record in generate_events(EVENTS, seed=42):
-            handle.write(record.replace(b"\n", b" ") + b"\n")
-    return str(path)
+SALT = "be" * 32
+TARGETS = {"parse": 6.0, "loop": 10.0, "beam": 16.0}
 
 
-def plain_loop(path: str, lake: str, config: ProcessConfig) -> tuple[int, int, int]:
-    """(lake rows, dead letters, duplicates) of the same input, through the same functions, no Beam."""
-    records = list(read_file_records(path))  # the records (and source refs) the pipeline reads
+def _cpu() -> float:
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    return own.ru_utime + own.ru_stime
+
+
+def _config(mode: str):
+    from transforms.enrich import EnrichConfig
+    from transforms.pipeline_core import ProcessConfig
+
+    return ProcessConfig(enrich=EnrichConfig(pii_secret=SALT), parse_mode=mode.replace("-", "_"))
+
+
+def _records(path: str):
+    from connectors.files import read_file_records
+
+    return list(read_file_records(path))
+
+
+def _measure_parse(path: str, mode: str) -> tuple[int, float]:
+    from transforms.pipeline_core import EventParser, parse_to_table
+
+    records, config = _records(path), _config(mode)
+    parser, now, events = EventParser(config), dt.datetime.now(dt.UTC), 0
+    parse_to_table(records[:200], parser, now)  # open the parsers and rate table outside the timing
+    start = _cpu()
+    for first in range(0, len(records), config.batch_size):
+        table, failures = parse_to_table(records[first : first + config.batch_size], parser, now)
+        events += table.num_rows + len(failures)
+    return events, _cpu() - start
+
+
+def _measure_loop(path: str, mode: str, lake: str) -> tuple[int, float]:
+    from connectors.lake import write_partition_file
+    from transforms.event_tables import file_table
+    from transforms.pipeline_core import lake_files, process_in_memory
+
+    records, config = _records(path), _config(mode)
+    start = _cpu()
     table, failures, duplicates = process_in_memory(records, config)
     for (tenant, date, shard), part in lake_files(table, config):
         write_partition_file(
@@ -61,79 +89,135 @@ def plain_loop(path: str, lake: str, config: ProcessConfig) -> tuple[int, int, i
             file_table(part),
             f"part-loop-{shard:04d}.parquet",
         )
-    return table.num_rows, len(failures), len(duplicates)
+    return table.num_rows + len(failures) + len(duplicates), _cpu() - start
 
 
-def _parse_range(job: tuple[str, int, int | None]) -> int:
-    """Events out of decode → validate → normalize → enrich for one byte range of the file (no tables, no files)."""
-    path, start, end = job
-    parser, now, events, batch = EventParser(CONFIG), dt.datetime.now(dt.UTC), 0, []
-    with open(path, "rb") as handle:
-        for record in range_records(handle, FileRange(path, start, end)):
-            batch.append(record)
-            if len(batch) == 2000:
-                rows, failures = parse_records(batch, parser, now)
-                events, batch = events + len(rows) + len(failures), []
-    rows, failures = parse_records(batch, parser, now)
-    return events + len(rows) + len(failures)
+def _measure_beam(path: str, mode: str, lake: str) -> tuple[int, float]:
+    from pipelines.ingest_batch import run
+
+    start = _cpu()
+    summary = run(["--input", path, "--lake", lake, "--pii-salt", SALT, "--parse-mode", mode, *BEAM_ARGS])
+    return summary.events_in, _cpu() - start
 
 
-def parse_ceiling(path: str, processes: int) -> int:
-    """(c): only the per-event parse step, on every core, each process reading its own byte range.
+def _measure_duckdb(path: str, out: str) -> tuple[int, float]:
+    import duckdb
 
-    Not a pipeline: an upper bound for any pipeline built on these per-event functions on this machine.
-    """
-    size = os.path.getsize(path)
-    ranges = file_ranges(path, size, -(-size // processes))
-    with multiprocessing.get_context("spawn").Pool(processes) as pool:
-        return sum(pool.map(_parse_range, [tuple(r) for r in ranges]))
+    con = duckdb.connect()
+    start = _cpu()
+    con.execute(
+        f"COPY (SELECT * FROM read_json('{path}', format='newline_delimited', ignore_errors=true)) "
+        f"TO '{out}' (FORMAT parquet)"
+    )
+    rows = con.execute(f"SELECT count(*) FROM read_parquet('{out}')").fetchall()[0][0]
+    return rows, _cpu() - start
 
 
-class Clock:
-    """Wall time and CPU time (this process plus finished child processes) of a block."""
+def _profile_batch(path: str) -> str:
+    from transforms.pipeline_core import EventParser, parse_to_table
 
-    def __enter__(self):
-        self.load = os.getloadavg()[0]
-        self.wall, self.cpu = time.perf_counter(), self._cpu()
-        return self
+    records, config = _records(path)[:100_000], _config("batch")
+    parser, now = EventParser(config), dt.datetime.now(dt.UTC)
+    parse_to_table(records[:200], parser, now)
+    profile = cProfile.Profile()
+    profile.enable()
+    for first in range(0, len(records), config.batch_size):
+        parse_to_table(records[first : first + config.batch_size], parser, now)
+    profile.disable()
+    text = io.StringIO()
+    pstats.Stats(profile, stream=text).sort_stats("tottime").print_stats(14)
+    return text.getvalue()
 
-    def __exit__(self, *exc):
-        self.wall, self.cpu = time.perf_counter() - self.wall, self._cpu() - self.cpu
-        self.load = max(self.load, os.getloadavg()[0])
 
-    @staticmethod
-    def _cpu() -> float:
-        own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-        return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+def child(kind: str, path: str, mode: str, out: str) -> None:
+    """One measurement in this (child) process; the result as JSON on the last line of stdout."""
+    if kind == "profile":
+        print(json.dumps({"profile": _profile_batch(path)}))
+        return
+    measured = {
+        "parse": lambda: _measure_parse(path, mode),
+        "loop": lambda: _measure_loop(path, mode, out),
+        "beam": lambda: _measure_beam(path, mode, out),
+        "duckdb": lambda: _measure_duckdb(path, out),
+    }[kind]
+    events, cpu = measured()
+    print(json.dumps({"events": events, "cpu": cpu}))
+
+
+def _run_child(kind: str, path: str, mode: str, out: str) -> dict:
+    """Run :func:`child` in a new interpreter; its result plus its peak RSS (from the kernel, via wait4)."""
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    proc = subprocess.Popen(
+        [sys.executable, __file__, kind, path, mode, out], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env
+    )
+    started = time.perf_counter()
+    stdout = proc.stdout.read()  # small: one JSON line (and whatever the pipeline prints)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    assert proc.returncode == 0, f"{kind} {mode} failed ({proc.returncode})"
+    result = json.loads(stdout.decode().strip().splitlines()[-1])
+    return {**result, "wall": time.perf_counter() - started, "rss_mib": usage.ru_maxrss / 1024}
+
+
+def _input_file(tmp_path_factory) -> str:
+    from connectors.synthetic import generate_events
+
+    path = tmp_path_factory.mktemp("bench") / "events.ndjson"
+    with open(path, "wb") as handle:
+        for record in generate_events(EVENTS, seed=42):
+            handle.write(record.replace(b"\n", b" ") + b"\n")
+    return str(path)
 
 
 @pytest.mark.benchmark
-def test_ingest_throughput_plain_loop_vs_beam(tmp_path_factory, tmp_path):
+def test_ingest_cpu_per_event_per_event_vs_batch(tmp_path_factory, tmp_path):
     path = _input_file(tmp_path_factory)
-    config = CONFIG
+    results: dict[tuple[str, str], dict] = {}
+    for kind in ("parse", "loop", "beam"):
+        for mode in ("per-event", "batch"):
+            out = str(tmp_path / f"{kind}-{mode}")
+            results[kind, mode] = _run_child(kind, path, mode, out)
+            print(f"[bench_ingest] {kind:5s} {mode:9s} done: {results[kind, mode]}", flush=True)
+    floor = _run_child("duckdb", path, "-", str(tmp_path / "duckdb.parquet"))
+    profile = _run_child("profile", path, "batch", "-")["profile"]
 
-    with Clock() as a:
-        lake_a, dead_a, dups_a = plain_loop(path, str(tmp_path / "lake_a"), config)
-    with Clock() as b:
-        summary = run(["--input", path, "--lake", str(tmp_path / "lake_b"), *BEAM_ARGS])
+    def us(r: dict) -> float:
+        return r["cpu"] / r["events"] * 1e6
 
-    with Clock() as c:
-        events_c = parse_ceiling(path, os.cpu_count() or 1)
-
-    events_a = lake_a + dead_a + dups_a
-    mode = " ".join(BEAM_ARGS) or "default: FnApiRunner, in-process, 1 worker"
-    wall_a, wall_b = events_a / a.wall, summary.events_in / b.wall
-    cpu_a, cpu_b = events_a / a.cpu, summary.events_in / b.cpu
-    print(
-        f"\n[bench_ingest] events={EVENTS:,} cores={os.cpu_count()} Beam mode: {mode}"
-        f"\n  {'':16s} {'wall s':>8s} {'events/s':>10s} {'CPU s':>8s} {'events/CPU-s':>13s} {'load avg':>9s}"
-        f"\n  (a) plain loop : {a.wall:8.1f} {wall_a:10,.0f} {a.cpu:8.1f} {cpu_a:13,.0f} {a.load:9.1f}"
-        f"\n  (b) Beam       : {b.wall:8.1f} {wall_b:10,.0f} {b.cpu:8.1f} {cpu_b:13,.0f} {b.load:9.1f}"
-        f"\n  ratio (b)/(a)  : wall {wall_b / wall_a:5.2f}   CPU {cpu_b / cpu_a:5.2f}"
-        f"   targets: (b) >= 100,000 events/s, ratio >= 0.50"
-        f"\n  (c) ceiling    : {c.wall:8.1f} {events_c / c.wall:10,.0f} {c.cpu:8.1f} {events_c / c.cpu:13,.0f} {c.load:9.1f}"
-        f"   parse step only (decode..enrich), {os.cpu_count()} processes, no tables/files/Beam"
+    lines = [
+        f"\n[bench_ingest] {EVENTS:,} events, {os.cpu_count()} cores, load avg {os.getloadavg()[0]:.1f}, "
+        f"Beam: {' '.join(BEAM_ARGS) or 'in-process FnApiRunner, 1 worker'}",
+        f"  {'step':28s} {'µs CPU/event':>13s} {'events/CPU-s':>13s} {'peak RSS MiB':>13s} {'wall s':>7s}",
+    ]
+    for kind, label in (("parse", "parse step"), ("loop", "plain loop + lake files"), ("beam", "Beam ingest_batch")):
+        for mode in ("per-event", "batch"):
+            r = results[kind, mode]
+            lines.append(
+                f"  {label + ' (' + mode + ')':28s} {us(r):13.1f} {1e6 / us(r):13,.0f} {r['rss_mib']:13.0f} {r['wall']:7.1f}"
+            )
+        before, after = us(results[kind, "per-event"]), us(results[kind, "batch"])
+        met = "met" if after <= TARGETS[kind] else "NOT met"
+        lines.append(
+            f"  {'':28s} batch/per-event CPU {after / before:.2f} ({before / after:.2f}x cheaper); "
+            f"target <= {TARGETS[kind]:.0f} µs: {met}"
+        )
+    lines.append(
+        f"  {'DuckDB NDJSON -> Parquet':28s} {us(floor):13.1f} {1e6 / us(floor):13,.0f} {floor['rss_mib']:13.0f} "
+        f"{floor['wall']:7.1f}   (floor: no validation, no enrichment)"
     )
-    assert events_c == EVENTS
-    assert summary.events_in == events_a == EVENTS  # every event accounted for, on both paths
-    assert (summary.lake_rows, summary.dead_letters, summary.duplicates) == (lake_a, dead_a, dups_a)
+    lines.append(
+        f"  Beam (batch) / DuckDB floor: {us(results['beam', 'batch']) / us(floor):.1f}x the CPU per event; "
+        f"Beam overhead over the plain loop (batch): {us(results['beam', 'batch']) / us(results['loop', 'batch']):.2f}x"
+    )
+    lines.append("  profile of the batch parse step (100k events, cProfile, by own time):")
+    lines += ["    " + line for line in profile.splitlines() if line.strip()][:24]
+    print("\n".join(lines))
+
+    # every event accounted for on every path, and both parse modes agree on the counts
+    for kind in ("parse", "loop", "beam"):
+        assert results[kind, "per-event"]["events"] == results[kind, "batch"]["events"] == EVENTS
+    assert results["beam", "batch"]["rss_mib"] <= results["beam", "per-event"]["rss_mib"] * 1.1
+
+
+if __name__ == "__main__":
+    child(*sys.argv[1:5])
