@@ -131,9 +131,17 @@ def _check(
 
 
 def _record(outcome: GateOutcome) -> None:
+    """Add the outcome to the run record; a run of several gated steps (stream passes) sums them."""
     record = current_run()
-    if record is not None:
-        record.add_counts(outcome.counts())
+    if record is None:
+        return
+    counts, before = outcome.counts(), record.counts
+    if before.get("quality_gate") == outcome.mode:
+        for name in ("quality_partitions_checked", "quality_partitions_failed", "quality_files_quarantined"):
+            counts[name] += int(before.get(name, 0))
+        counts["quality_failed"] = {**before.get("quality_failed", {}), **counts["quality_failed"]}
+        counts["quality_partitions_failed"] = len(counts["quality_failed"])
+    record.add_counts(counts)
 
 
 def _partitions_of(paths: Iterable[str]) -> set[tuple[str, dt.date]]:
