@@ -15,11 +15,13 @@ import datetime as dt
 import decimal
 import json
 import math
+import posixpath
 import re
 from collections.abc import Sequence
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from pydantic import BaseModel, Field
 
@@ -44,6 +46,7 @@ __all__ = [
     "parse_partition_dir",
     "read_result",
     "result_path",
+    "rows_by_partition",
     "write_result",
 ]
 
@@ -398,6 +401,18 @@ def parse_partition_dir(path: str) -> tuple[str, dt.date]:
     if not match:
         raise ValueError(f"not an events partition directory: {path!r}")
     return match.group(1), dt.date.fromisoformat(match.group(2))
+
+
+def rows_by_partition(pattern: str) -> dict[str, int]:
+    """``"tenant/day"`` -> rows of the lake files ``pattern`` matches (Parquet footers): what a run published
+    per partition, for its run record and :mod:`pipelines.reconcile`'s per-day books."""
+    out: dict[str, int] = {}
+    for meta in FileSystems.match([pattern])[0].metadata_list:
+        tenant, day = parse_partition_dir(posixpath.dirname(meta.path.replace("\\", "/")))
+        with FileSystems.open(meta.path, compression_type="uncompressed") as handle:
+            rows = pq.read_metadata(handle).num_rows
+        out[f"{tenant}/{day}"] = out.get(f"{tenant}/{day}", 0) + rows
+    return dict(sorted(out.items()))
 
 
 def result_path(lake: str, result: QualityResult) -> str:

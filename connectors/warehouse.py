@@ -39,6 +39,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from connectors.dynamodb import sink_failure
+from schemas.ddl import is_nested, sql_type  # the one Arrow -> SQL type mapping (contracts live in schemas/)
 from schemas.failures import FailedEvent
 from schemas.lake import EVENTS_SCHEMA, EVENTS_TABLE
 
@@ -70,47 +71,10 @@ class TransientWarehouseError(RuntimeError):
 
 # --- SQL generation -----------------------------------------------------------------------------------
 
-_JSON_TYPE = {"duckdb": "JSON", "postgresql": "JSONB", "redshift": "SUPER"}
-_STRING_TYPE = {"duckdb": "VARCHAR", "postgresql": "TEXT", "redshift": "VARCHAR(65535)"}
-_BINARY_TYPE = {"duckdb": "BLOB", "postgresql": "BYTEA", "redshift": "VARBYTE(1024000)"}
-_DOUBLE_TYPE = {"duckdb": "DOUBLE", "postgresql": "DOUBLE PRECISION", "redshift": "DOUBLE PRECISION"}
-
 
 def quote(identifier: str) -> str:
     """Quote a (possibly schema-qualified) identifier: event columns include reserved words (timestamp, type)."""
     return ".".join('"' + part.replace('"', '""') + '"' for part in identifier.split("."))
-
-
-def sql_type(arrow_type: pa.DataType, dialect: str, json_column: bool = False, staging: bool = False) -> str:
-    """The SQL type of an Arrow type in ``dialect`` (duckdb, postgresql, redshift)."""
-    if json_column or _is_nested(arrow_type):
-        if dialect == "redshift" and staging:
-            return _STRING_TYPE[dialect]  # Parquet text; JSON_PARSE in the MERGE turns it into SUPER
-        return _JSON_TYPE[dialect]
-    t = arrow_type
-    if pa.types.is_string(t) or pa.types.is_large_string(t):
-        return _STRING_TYPE[dialect]
-    if pa.types.is_boolean(t):
-        return "BOOLEAN"
-    if pa.types.is_integer(t):
-        return "BIGINT" if t.bit_width == 64 or (pa.types.is_unsigned_integer(t) and t.bit_width >= 32) else "INTEGER"
-    if pa.types.is_float32(t):
-        return "REAL"
-    if pa.types.is_floating(t):
-        return _DOUBLE_TYPE[dialect]
-    if pa.types.is_decimal(t):
-        return f"DECIMAL({t.precision},{t.scale})"
-    if pa.types.is_timestamp(t):
-        return "TIMESTAMPTZ" if t.tz else "TIMESTAMP"
-    if pa.types.is_date(t):
-        return "DATE"
-    if pa.types.is_binary(t) or pa.types.is_large_binary(t):
-        return _BINARY_TYPE[dialect]
-    raise TypeError(f"no {dialect} type for Arrow {arrow_type}")
-
-
-def _is_nested(t: pa.DataType) -> bool:
-    return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_struct(t) or pa.types.is_map(t)
 
 
 def create_table_sql(
@@ -192,7 +156,7 @@ def rows_to_arrow(rows: Sequence[Mapping[str, Any]], schema: pa.Schema = EVENTS_
 def _jsonify_nested(table: pa.Table) -> pa.Table:
     """Lists/structs/maps become JSON text: every dialect stores them as JSON."""
     for i, field in enumerate(table.schema):
-        if _is_nested(field.type):
+        if is_nested(field.type):
             values = [None if v is None else json.dumps(v, default=str) for v in table.column(i).to_pylist()]
             table = table.set_column(i, pa.field(field.name, pa.string()), pa.array(values, pa.string()))
     return table

@@ -36,6 +36,7 @@ from connectors.lake import (
 )
 from connectors.manifest import read_manifest, write_manifest_entry
 from connectors.paths import remove_stale_temp_files
+from connectors.quality import rows_by_partition
 from connectors.run_records import current as current_run
 from connectors.run_summary import WriteRunSummary, read_run_summary, run_summary_path, total
 from pipelines.errors import InputError, UnbalancedError
@@ -267,6 +268,17 @@ def run(argv: list[str] | None = None) -> IngestSummary:
     # before the manifest records the input, so that a re-run after the fix ingests it again.
     gate_ingest(opts.lake, [tag, *(f.fingerprint for f in files)], opts.quality_gate, opts.max_future_hours)
     summary.dead_letters_by_reason = dead_letter_reasons(opts.dead_letters, [tag, *(f.fingerprint for f in files)])
+    if record is not None:  # per tenant and day, per file tag: pipelines.reconcile's books against the lake
+        events_dir = table_path(opts.lake, EVENTS_TABLE)
+        record.add_counts(
+            {
+                "lake_rows_by_partition": {
+                    t: rows
+                    for t in [tag, *(f.fingerprint for f in files)]
+                    if (rows := rows_by_partition(run_files_pattern(events_dir, t, ".parquet", 2)))
+                }
+            }
+        )
     record_ingested(opts, files, tag)
     return summary
 

@@ -11,6 +11,14 @@
     no reader of ``events/`` (the warehouse load, analytics, DuckDB) sees them, and the lake's manifest does not
     record the input, so a re-run after the fix ingests it again. A re-run rewrites the same file names (they
     derive from the input's content) and removes their quarantined copies.
+  * stream passes (``pipelines.stream_events``, local incremental mode; :class:`GateWrittenFiles` in the pass,
+    :func:`gate_pass` after it): the partitions the pass wrote are checked inside the pass, after the lake
+    write and before anything else is published; under ``block`` a failing verdict holds back the rows bound
+    for the warehouse and DynamoDB and the checkpoint commit, then the driver quarantines the pass's files
+    of the failing partitions (as for ingest) and exits 7. The checkpoints stay where the pass started, so
+    the records stay in Kinesis and a re-run of the pass (after the fix, or with ``--quality-gate warn|off``)
+    reads them again, removes the quarantined copies and publishes; nothing is lost as long as the fix comes
+    within the stream's retention (24 h by default), and the quarantine keeps a copy meanwhile.
   * analytics (:func:`gate_inputs`): the input partitions are checked before computing; a failing one stops
     the run before anything is written.
 
@@ -25,8 +33,9 @@ import logging
 import os
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
+import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -37,7 +46,18 @@ from connectors.run_records import current as current_run
 from pipelines.errors import QualityError
 from schemas.lake import EVENTS_TABLE
 
-__all__ = ["GATE_MODES", "QUARANTINE_DIR", "GateOutcome", "QualityGateOptions", "gate_ingest", "gate_inputs"]
+__all__ = [
+    "GATE_MODES",
+    "QUARANTINE_DIR",
+    "GateOutcome",
+    "GateWrittenFiles",
+    "HeldByGate",
+    "QualityGateOptions",
+    "gate_ingest",
+    "gate_inputs",
+    "gate_pass",
+    "remove_quarantined",
+]
 
 GATE_MODES = ("off", "warn", "block")
 QUARANTINE_DIR = "_quarantine"
@@ -90,14 +110,19 @@ class GateOutcome:
 
 
 def _check(
-    lake: str, partitions: Iterable[tuple[str, dt.date]], mode: str, pipeline: str, max_future_hours: float
+    lake: str,
+    partitions: Iterable[tuple[str, dt.date]],
+    mode: str,
+    pipeline: str,
+    max_future_hours: float,
+    run_id: str | None = None,
 ) -> GateOutcome:
     chosen = sorted(set(partitions))
     outcome = GateOutcome(mode, len(chosen))
     if mode == "off" or not chosen:
         return outcome
     record = current_run()
-    run_id = record.run_id if record is not None else uuid.uuid4().hex[:12]
+    run_id = run_id or (record.run_id if record is not None else uuid.uuid4().hex[:12])
     results = check_and_write(lake, chosen, pipeline, run_id, dt.timedelta(hours=max_future_hours))
     outcome.failed = {f"{r.tenant_id}/{r.start_date}": r.failed for r in results if not r.success}
     for key, names in outcome.failed.items():
@@ -106,9 +131,17 @@ def _check(
 
 
 def _record(outcome: GateOutcome) -> None:
+    """Add the outcome to the run record; a run of several gated steps (stream passes) sums them."""
     record = current_run()
-    if record is not None:
-        record.add_counts(outcome.counts())
+    if record is None:
+        return
+    counts, before = outcome.counts(), record.counts
+    if before.get("quality_gate") == outcome.mode:
+        for name in ("quality_partitions_checked", "quality_partitions_failed", "quality_files_quarantined"):
+            counts[name] += int(before.get(name, 0))
+        counts["quality_failed"] = {**before.get("quality_failed", {}), **counts["quality_failed"]}
+        counts["quality_partitions_failed"] = len(counts["quality_failed"])
+    record.add_counts(counts)
 
 
 def _partitions_of(paths: Iterable[str]) -> set[tuple[str, dt.date]]:
@@ -121,25 +154,26 @@ def _move(source: str, target: str) -> None:
     FileSystems.rename([source], [target])
 
 
-def gate_ingest(lake: str, tags: Sequence[str], mode: str, max_future_hours: float = 24.0) -> GateOutcome:
-    """Check the partitions that ingest files tagged ``tags`` are in; ``block``: quarantine a failing partition's
-    files of these tags and raise :class:`QualityError`. Quarantined copies of these tags are removed first: the
-    run has just rewritten them under ``events/``."""
-    events = table_path(lake, EVENTS_TABLE)
-    quarantine = table_path(lake, f"{QUARANTINE_DIR}/{EVENTS_TABLE}")
-    stale = [
-        m.path
-        for t in tags
-        for m in FileSystems.match([run_files_pattern(quarantine, t, ".parquet", 2)])[0].metadata_list
-    ]
+def _tagged(directory: str, tags: Sequence[str]) -> list[str]:
+    patterns = [run_files_pattern(directory, t, ".parquet", 2) for t in tags]
+    return [m.path for result in FileSystems.match(patterns) for m in result.metadata_list] if patterns else []
+
+
+def remove_quarantined(lake: str, tags: Sequence[str]) -> int:
+    """Delete the quarantined files of these run tags: the run about to (re)write them publishes or
+    re-quarantines its own copy."""
+    stale = _tagged(table_path(lake, f"{QUARANTINE_DIR}/{EVENTS_TABLE}"), tags)
     if stale:
         FileSystems.delete(stale)
-        log.info("removed %d quarantined file(s) of this input: the run rewrote them", len(stale))
-    written = [
-        m.path for t in tags for m in FileSystems.match([run_files_pattern(events, t, ".parquet", 2)])[0].metadata_list
-    ]
-    outcome = _check(lake, _partitions_of(written), mode, "ingest_batch", max_future_hours)
-    if mode == "block" and outcome.failed:
+        log.info("removed %d quarantined file(s) of this input: the run rewrites them", len(stale))
+    return len(stale)
+
+
+def _enforce(lake: str, written: Sequence[str], outcome: GateOutcome, consequence: str) -> GateOutcome:
+    """Record the outcome; ``block`` with failures: quarantine the failing partitions' ``written`` files and
+    raise :class:`QualityError` (``consequence`` says what the run did not do)."""
+    if outcome.mode == "block" and outcome.failed:
+        quarantine = table_path(lake, f"{QUARANTINE_DIR}/{EVENTS_TABLE}")
         for path in written:
             tenant, date = parse_partition_dir(os.path.dirname(path))
             if f"{tenant}/{date}" in outcome.failed:
@@ -148,13 +182,97 @@ def gate_ingest(lake: str, tags: Sequence[str], mode: str, max_future_hours: flo
                 outcome.quarantined.append(path)
         _record(outcome)
         raise QualityError(
-            outcome.message(
-                f"{len(outcome.quarantined)} file(s) of this run moved to {quarantine}, input not recorded as "
-                "ingested (re-run after the fix); load nothing downstream"
-            )
+            outcome.message(f"{len(outcome.quarantined)} file(s) of this run moved to {quarantine}, {consequence}")
         )
     _record(outcome)
     return outcome
+
+
+def gate_ingest(lake: str, tags: Sequence[str], mode: str, max_future_hours: float = 24.0) -> GateOutcome:
+    """Check the partitions that ingest files tagged ``tags`` are in; ``block``: quarantine a failing partition's
+    files of these tags and raise :class:`QualityError`. Quarantined copies of these tags are removed first: the
+    run has just rewritten them under ``events/``."""
+    remove_quarantined(lake, tags)
+    written = _tagged(table_path(lake, EVENTS_TABLE), tags)
+    outcome = _check(lake, _partitions_of(written), mode, "ingest_batch", max_future_hours)
+    return _enforce(
+        lake,
+        written,
+        outcome,
+        "input not recorded as ingested (re-run after the fix); load nothing downstream",
+    )
+
+
+class _CheckWrittenFn(beam.DoFn):
+    def __init__(self, lake: str, mode: str, pipeline: str, max_future_hours: float, run_id: str | None):
+        self.lake, self.mode, self.pipeline = lake, mode, pipeline
+        self.max_future_hours, self.run_id = max_future_hours, run_id
+
+    def process(self, paths):
+        outcome = _check(self.lake, _partitions_of(paths), self.mode, self.pipeline, self.max_future_hours, self.run_id)
+        yield asdict(outcome)
+
+
+class GateWrittenFiles(beam.PTransform):
+    """``(path, rows)`` of the lake files a pipeline wrote -> ONE :class:`GateOutcome` (as a dict), once every
+    file is written: the in-pipeline half of the gate, for pipelines that publish further in the same job.
+
+    Args:
+        lake: the lake root (results go to ``LAKE/_quality``).
+        mode: ``warn`` or ``block`` (``off`` builds no gate).
+        pipeline: named in the results.
+        run_id: the driver's run record id (a worker has no run record of its own).
+    """
+
+    def __init__(self, lake: str, mode: str, pipeline: str, max_future_hours: float = 24.0, run_id: str | None = None):
+        super().__init__()
+        if mode not in ("warn", "block"):
+            raise ValueError(f"GateWrittenFiles needs mode warn or block, not {mode!r}")
+        self.lake, self.mode, self.pipeline, self.max_future_hours, self.run_id = (
+            lake,
+            mode,
+            pipeline,
+            max_future_hours,
+            run_id,
+        )
+
+    def expand(self, written):
+        return (
+            written
+            | "Paths" >> beam.Map(lambda path_rows: path_rows[0])
+            | "AllPaths" >> beam.combiners.ToList()
+            | "Check"
+            >> beam.ParDo(_CheckWrittenFn(self.lake, self.mode, self.pipeline, self.max_future_hours, self.run_id))
+        )
+
+
+class HeldByGate(beam.PTransform):
+    """Elements pass once the gate's verdict is in, and only if nothing failed (``block``); the side input makes
+    every consumer (warehouse, DynamoDB, checkpoint commit) wait for the check."""
+
+    def __init__(self, verdict):
+        super().__init__()
+        self.verdict = verdict
+
+    def expand(self, pcoll):
+        return pcoll | "IfPassed" >> beam.FlatMap(
+            lambda element, verdict: [element] if not verdict["failed"] else [], beam.pvalue.AsSingleton(self.verdict)
+        )
+
+
+def gate_pass(lake: str, tags: Sequence[str], verdict: dict) -> GateOutcome:
+    """After a stream pass that ran :class:`GateWrittenFiles`: record the verdict; ``block`` with failures:
+    quarantine the pass's files (tags ``tags``) of the failing partitions and raise :class:`QualityError`
+    (the pass held back its other sinks and its checkpoints)."""
+    outcome = GateOutcome(**verdict)
+    written = _tagged(table_path(lake, EVENTS_TABLE), tags)
+    return _enforce(
+        lake,
+        written,
+        outcome,
+        "warehouse and DynamoDB not loaded, checkpoints not committed (the records stay in the stream; re-run "
+        "after the fix, or with --quality-gate warn|off, within the stream's retention)",
+    )
 
 
 def gate_inputs(

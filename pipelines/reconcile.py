@@ -7,8 +7,15 @@ Checks (each mismatch is one line naming the check, tenant, day and both numbers
 
 - ``lake_vs_warehouse`` (with ``--warehouse``), per tenant and UTC day: lake rows = warehouse ``events`` rows.
 - ``ingest_books`` (always), per ingest run record under ``LAKE/_runs/records`` that ended with exit 0:
-  events in = lake rows + dead letters + duplicates (+ already in the lake + suppressed erasures). Run records
-  hold run totals, not per-tenant-and-day splits, so this check is per run.
+  events in = lake rows + dead letters + duplicates (+ already in the lake + suppressed erasures). Only the
+  run's totals can be balanced: the parse stage counts events per run, and duplicates and suppressed rows
+  carry no event day, so this check is per run; its lake part is split per tenant and day next.
+- ``ingest_vs_lake`` (always), per tenant and UTC day: the lake rows ingest runs recorded publishing there
+  (``lake_rows_by_partition``: per file tag, the latest successful run of a tag wins, so a ``--reprocess``
+  counts once) = the rows of the lake files with those tags now. Catches a lost, truncated or doubled lake
+  file, and a run whose recorded split does not add up to its ``lake_rows`` (named ``run <id>``). A
+  partition compacted since (``part-c*`` files) is skipped (listed in ``skipped``); an erasure since shows
+  as fewer lake rows.
 - ``revenue_vs_lake_orders`` (with ``--product-output``, a product_analytics output), per tenant and local day:
   ``revenue_daily.revenue_inr`` summed over channel and geo = ``revenue_inr`` of the lake's orders (``Order
   Completed``, one per order id, earliest copy), computed here from the lake, independently of the analytics.
@@ -115,6 +122,52 @@ def ingest_books(records: list[dict]) -> list[Mismatch]:
     return out
 
 
+def recorded_lake_rows(records: list[dict]) -> tuple[dict[tuple[str, str], int], list[Mismatch]]:
+    """(rows per (tenant, day) that successful ingest runs recorded publishing, latest run per file tag;
+    runs whose per-partition split does not add up to their ``lake_rows``)."""
+    per_tag: dict[str, dict[str, int]] = {}
+    bad = []
+    for record in sorted(records, key=lambda r: str(r.get("started_at"))):
+        counts = record.get("counts") or {}
+        split = counts.get("lake_rows_by_partition")
+        if record.get("pipeline") != "ingest_batch" or record.get("exit_code") != 0 or not isinstance(split, dict):
+            continue
+        placed = sum(n for parts in split.values() for n in parts.values())
+        if placed != int(counts.get("lake_rows", 0)):
+            bad.append(
+                Mismatch(
+                    "ingest_vs_lake",
+                    f"run {record.get('run_id')}",
+                    "lake rows",
+                    counts.get("lake_rows", 0),
+                    "lake rows per tenant and day",
+                    placed,
+                )
+            )
+        per_tag.update(split)
+    out: dict[tuple[str, str], int] = {}
+    for parts in per_tag.values():
+        for key, rows in parts.items():
+            tenant, day = key.rsplit("/", 1)
+            out[(tenant, day)] = out.get((tenant, day), 0) + int(rows)
+    return out, bad
+
+
+def ingest_tagged_rows(lake: str, tags, partitions) -> tuple[dict[tuple[str, str], int], list[str]]:
+    """(rows of the lake files named after ``tags`` per (tenant, day) of ``partitions``; compacted partitions)."""
+    rows: dict[tuple[str, str], int] = {}
+    compacted = []
+    for tenant, day in sorted(partitions):
+        directory = os.path.join(lake, "events", f"tenant_id={tenant}", f"event_date={day}")
+        if glob.glob(os.path.join(directory, "part-c*.parquet")):
+            compacted.append(f"{tenant}/{day}")
+            continue
+        for tag in tags:
+            for path in glob.glob(os.path.join(directory, f"part-{tag}-*.parquet")):
+                rows[(tenant, day)] = rows.get((tenant, day), 0) + pq.read_metadata(path).num_rows
+    return rows, compacted
+
+
 def lake_orders(lake: str, start=None, end=None, tenant=None):
     """The lake's orders as a pandas frame: Order Completed track events, one per (tenant, order key)."""
     columns = ["tenant_id", "type", "event", "order_id", "message_id", "timestamp", "revenue_inr"]
@@ -145,9 +198,24 @@ def _in_range(day: str, opts: ReconcileOptions) -> bool:
     return (not opts.start_date or date >= opts.start_date) and (not opts.end_date or date <= opts.end_date)
 
 
-def reconcile(opts: ReconcileOptions) -> tuple[list[str], list[Mismatch]]:
-    """(checks run, mismatches)."""
-    checks, mismatches = ["ingest_books"], ingest_books(_records(opts.lake))
+def reconcile(opts: ReconcileOptions, skipped: list[str] | None = None) -> tuple[list[str], list[Mismatch]]:
+    """(checks run, mismatches); ``skipped`` collects what a check left out, and why."""
+    records = _records(opts.lake)
+    checks, mismatches = ["ingest_books"], ingest_books(records)
+    recorded, bad_splits = recorded_lake_rows(records)
+    recorded = {k: v for k, v in recorded.items() if (not opts.tenant or k[0] == opts.tenant) and _in_range(k[1], opts)}
+    tags = {t for r in records for t in ((r.get("counts") or {}).get("lake_rows_by_partition") or {})}
+    present, compacted = ingest_tagged_rows(opts.lake, sorted(tags), recorded)
+    checks.append("ingest_vs_lake")
+    mismatches += bad_splits + compare(
+        "ingest_vs_lake",
+        "rows ingest recorded",
+        {k: v for k, v in recorded.items() if "/".join(k) not in compacted},
+        "lake rows in ingest files",
+        present,
+    )
+    if skipped is not None:
+        skipped += [f"ingest_vs_lake {key}: compacted since ingest" for key in compacted]
     if opts.warehouse:
         from connectors.warehouse import rows_per_partition
 
@@ -201,10 +269,12 @@ def run(argv: list[str] | None = None) -> dict:
     if "://" in opts.lake:
         raise UsageError("--lake: reconcile reads a local lake (run records and files)")
     require_lake(opts.lake)
-    checks, mismatches = reconcile(opts)
+    skipped: list[str] = []
+    checks, mismatches = reconcile(opts, skipped)
     summary = {
         "checks": checks,
         "mismatches": [asdict(m) for m in mismatches],
+        "skipped": skipped,
         "success": not mismatches,
         "ingest_runs": sum(1 for r in _records(opts.lake) if r.get("pipeline") == "ingest_batch"),
     }

@@ -71,6 +71,7 @@ from connectors.lake import (
     table_path,
     write_partition_file,
 )
+from connectors.run_records import current as current_run
 from connectors.run_summary import read_run_summary, run_summary_path, total
 from infra.runners import RunnerUnavailable, portable_options, resolve_runner
 from pipelines.errors import EXIT_LEASE_HELD, EXIT_LEASE_LOST, PipelineError, UsageError
@@ -84,13 +85,14 @@ from pipelines.options import (
     run_pipeline,
     with_default_runner,
 )
+from pipelines.quality_gate import GateWrittenFiles, HeldByGate, QualityGateOptions, gate_pass, remove_quarantined
 from schemas.lake import EVENTS_TABLE
 from transforms.composites import ProcessEvents
 
 log = logging.getLogger("livora.stream_events")
 
 
-class StreamEventsOptions(ProcessingOptions, AwsOptions):
+class StreamEventsOptions(ProcessingOptions, AwsOptions, QualityGateOptions):
     """Which stream, where it goes, and how far to read."""
 
     @classmethod
@@ -271,15 +273,24 @@ class Sinks:
     duplicates: object  # (tenant_id, message_id)
     done: list = field(default_factory=list)  # every sink output the checkpoint commit waits for
     counts: dict = field(default_factory=dict)  # label -> PCollection of ints to sum for the summary
+    verdict: object = None  # the quality gate's one GateOutcome dict (None: --quality-gate off)
 
 
 def write_sinks(
-    processed, opts: StreamEventsOptions, aws, lake_writer, dead_writer, own_tag: str | None = None
+    processed,
+    opts: StreamEventsOptions,
+    aws,
+    lake_writer,
+    dead_writer,
+    own_tag: str | None = None,
+    gate: GateWrittenFiles | None = None,
 ) -> Sinks:
     """Cross-pass dedupe, then lake, DynamoDB, warehouse; every failure into the dead letters.
 
     ``own_tag``: in local incremental mode, the pass whose files (any attempt) are being rewritten;
-    rows whose key is in the lake's other files of their partition are then counted duplicates."""
+    rows whose key is in the lake's other files of their partition are then counted duplicates.
+    ``gate``: checks the lake files written; under ``block`` DynamoDB and the warehouse get rows only
+    if they pass (pipelines/quality_gate.py)."""
     batches = processed.row_batches
     duplicates = [processed.duplicates]
     if (opts.dedupe_table or "none") != "none":
@@ -290,6 +301,11 @@ def write_sinks(
         batches, duplicates = known.rows, [*duplicates, known.duplicates]
     written = batches | "WriteLake" >> lake_writer
     rows = batches | "LakeRows" >> beam.FlatMap(lambda kv: kv[1])
+    verdict = None
+    if gate is not None:
+        verdict = written | "QualityGate" >> gate
+        if gate.mode == "block":
+            rows = rows | "HeldByQualityGate" >> HeldByGate(verdict)
     failures = [processed.failures]
     done = [written]
     counts = {}
@@ -316,7 +332,7 @@ def write_sinks(
     dead = all_failures | "WriteDeadLetters" >> dead_writer
     all_duplicates = duplicates | "AllDuplicates" >> beam.Flatten()
     done += [dead, all_duplicates]
-    return Sinks(written, dead, all_duplicates, done, counts)
+    return Sinks(written, dead, all_duplicates, done, counts, verdict)
 
 
 # --------------------------------------------------------------------------- local incremental mode
@@ -404,6 +420,11 @@ def build_pass(
     file_tag = f"{tag}-{lease.token[:8]}" if lease is not None and lease.token else tag
     read = pipeline | "ShardTasks" >> beam.Create(tasks) | "ReadKinesis" >> ReadKinesisShards(aws, config)
     processed = read.records | "ProcessEvents" >> ProcessEvents(opts.process_config(opts.lake))
+    gate = None
+    if opts.quality_gate != "off":
+        record = current_run()
+        run_id = record.run_id if record is not None else None
+        gate = GateWrittenFiles(opts.lake, opts.quality_gate, "stream_events", opts.max_future_hours, run_id)
     sinks = write_sinks(
         processed,
         opts,
@@ -411,6 +432,7 @@ def build_pass(
         WriteLakePartitions(opts.lake, file_tag),
         WriteDeadLetters(opts.dead_letters_path(), file_tag),
         own_tag=tag,
+        gate=gate,
     )
     totals = {
         "records_read": total(read.records, "Records"),
@@ -422,6 +444,11 @@ def build_pass(
         "duplicates": total(sinks.duplicates, "Duplicates"),
         **{label: total(pc, label.title().replace("_", "")) for label, pc in sinks.counts.items()},
     }
+    progress = read.progress
+    if sinks.verdict is not None:
+        totals["quality"] = beam.pvalue.AsSingleton(sinks.verdict)
+        if opts.quality_gate == "block":  # a failing pass commits nothing: its records stay in the stream
+            progress = progress | "CommitIfPassed" >> HeldByGate(sinks.verdict)
     balanced = (
         pipeline
         | "BalanceTrigger" >> beam.Create([None])
@@ -431,7 +458,7 @@ def build_pass(
             *(totals[name] for name in ("events_parsed", "lake_rows", "failed_processing", "duplicates")),
         )
     )
-    committed = read.progress | "CommitCheckpoints" >> CommitCheckpoints(
+    committed = progress | "CommitCheckpoints" >> CommitCheckpoints(
         aws,
         opts.checkpoint_table_name(),
         after=[*sinks.done, balanced],
@@ -468,6 +495,8 @@ class PassSummary:
     checkpoints_committed: int = 0
     seconds: float = 0.0
     shards: list = field(default_factory=list)
+    quality: dict | None = None
+    """The quality gate's verdict on the pass's lake files (None: --quality-gate off)."""
 
 
 @dataclass
@@ -538,9 +567,12 @@ def _one_pass(
     if tasks and has_work(client, tasks, config):
         lease.ensure()
         remove_attempt_leftovers(opts.lake, opts.dead_letters_path(), tag)
+        remove_quarantined(opts.lake, [tag])  # a blocked earlier attempt of this pass: redone now
         summary_path = run_summary_path(opts.lake, f"stream-{opts.stream}-{tag}")
         run_pipeline(lambda p: build_pass(p, opts, aws, tasks, tag, summary_path, config, lease), options)
         this = PassSummary(tag, **read_run_summary(summary_path))
+        if this.quality is not None:  # block + failed: quarantine, QualityError (nothing else was published)
+            gate_pass(opts.lake, [tag], this.quality)
     this.seconds = round(time.monotonic() - started, 2)
     return this
 
@@ -961,6 +993,12 @@ def run(argv: list[str] | None = None, out=sys.stdout) -> StreamSummary | None:
             opts = options.view_as(StreamEventsOptions)
     FileSystems.set_options(options)  # the driver lists and deletes files itself (leftovers, summaries)
     if options.view_as(StandardOptions).streaming:
+        if opts.quality_gate == "block":
+            raise UsageError(
+                "--quality-gate block needs the incremental mode: --streaming commits per window (docs/quality.md)"
+            )
+        if opts.quality_gate == "warn":
+            log.warning("--streaming runs without the quality gate (docs/quality.md); check_lake checks its files")
         run_streaming(options, opts, out)
         return None
     summary = run_incremental(options, opts, out)

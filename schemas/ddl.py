@@ -1,9 +1,10 @@
 """Catalog definitions of the published tables, generated from their Arrow schemas (no IO).
 
 One Arrow → Hive mapping (:func:`hive_type`) gives the Glue ``TableInput`` columns and the Athena DDL;
-one Arrow → Redshift mapping (:func:`redshift_type`) gives the Redshift Spectrum external tables and the
-native warehouse tables (the latter identical to what ``connectors.warehouse.create_table_sql`` creates on
-the first load, which a test checks). ``python -m schemas.export`` writes them to files.
+one Arrow → SQL mapping (:func:`sql_type`, per dialect) is the warehouse loader's (``connectors.warehouse``
+imports it) and, through :func:`redshift_type`, gives the Redshift Spectrum external tables and the native
+warehouse tables (the latter identical to what ``connectors.warehouse.create_table_sql`` creates on the
+first load, which a test checks). ``python -m schemas.export`` writes them to files.
 
 Partitions: Athena and Glue use *partition projection* (no crawler, no ``MSCK REPAIR``): ``tenant_id`` is
 ``injected`` (every query names its tenant, ``WHERE tenant_id = 'acme-in'``) or an ``enum`` of known
@@ -29,10 +30,12 @@ __all__ = [
     "athena_ddl",
     "glue_create_table",
     "hive_type",
+    "is_nested",
     "projection_parameters",
     "redshift_type",
     "spectrum_add_partition_sql",
     "spectrum_ddl",
+    "sql_type",
     "symlink_manifest",
     "table_columns",
     "warehouse_ddl",
@@ -125,23 +128,31 @@ def hive_type(t: pa.DataType) -> str:
     raise TypeError(f"no Hive type for Arrow {t}")
 
 
-def redshift_type(t: pa.DataType, json_column: bool = False, external: bool = False) -> str:
-    """The Redshift type of an Arrow type.
+_JSON_TYPE = {"duckdb": "JSON", "postgresql": "JSONB", "redshift": "SUPER"}
+_STRING_TYPE = {"duckdb": "VARCHAR", "postgresql": "TEXT", "redshift": REDSHIFT_VARCHAR}
+_BINARY_TYPE = {"duckdb": "BLOB", "postgresql": "BYTEA", "redshift": "VARBYTE(1024000)"}
+_DOUBLE_TYPE = {"duckdb": "DOUBLE", "postgresql": "DOUBLE PRECISION", "redshift": "DOUBLE PRECISION"}
+SQL_DIALECTS = tuple(_JSON_TYPE)
 
-    Native tables (``external=False``) follow ``connectors.warehouse.sql_type(t, "redshift")``: JSON text and
-    nested values are SUPER, instants TIMESTAMPTZ. Spectrum external tables read the Parquet file as it is:
-    JSON stays text (``JSON_PARSE`` it in a query), instants are TIMESTAMP (UTC values).
+
+def is_nested(t: pa.DataType) -> bool:
+    """Lists, structs and maps: stored as JSON by every warehouse dialect."""
+    return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_struct(t) or pa.types.is_map(t)
+
+
+def sql_type(t: pa.DataType, dialect: str, json_column: bool = False, staging: bool = False) -> str:
+    """The SQL type of an Arrow type in ``dialect`` (duckdb, postgresql, redshift): the one mapping the
+    warehouse loader (``connectors.warehouse``) and the generated DDL share.
+
+    JSON text and nested values are the dialect's JSON type (Redshift SUPER), except in a Redshift
+    ``staging`` table, which holds the Parquet text that the MERGE turns into SUPER with ``JSON_PARSE``.
     """
-    nested = pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_struct(t) or pa.types.is_map(t)
-    if external:
-        if nested:
-            raise TypeError(f"no Spectrum type generated for nested Arrow {t}")
-        if pa.types.is_timestamp(t):
-            return "TIMESTAMP"
-    elif json_column or nested:
-        return "SUPER"
+    if dialect not in SQL_DIALECTS:
+        raise ValueError(f"unknown SQL dialect {dialect!r} (one of {', '.join(SQL_DIALECTS)})")
+    if json_column or is_nested(t):
+        return _STRING_TYPE[dialect] if dialect == "redshift" and staging else _JSON_TYPE[dialect]
     if pa.types.is_string(t) or pa.types.is_large_string(t):
-        return REDSHIFT_VARCHAR
+        return _STRING_TYPE[dialect]
     if pa.types.is_boolean(t):
         return "BOOLEAN"
     if pa.types.is_integer(t):
@@ -149,7 +160,7 @@ def redshift_type(t: pa.DataType, json_column: bool = False, external: bool = Fa
     if pa.types.is_float32(t):
         return "REAL"
     if pa.types.is_floating(t):
-        return "DOUBLE PRECISION"
+        return _DOUBLE_TYPE[dialect]
     if pa.types.is_decimal(t):
         return f"DECIMAL({t.precision},{t.scale})"
     if pa.types.is_timestamp(t):
@@ -157,8 +168,24 @@ def redshift_type(t: pa.DataType, json_column: bool = False, external: bool = Fa
     if pa.types.is_date(t):
         return "DATE"
     if pa.types.is_binary(t) or pa.types.is_large_binary(t):
-        return "VARBYTE(1024000)"
-    raise TypeError(f"no Redshift type for Arrow {t}")
+        return _BINARY_TYPE[dialect]
+    raise TypeError(f"no {dialect} type for Arrow {t}")
+
+
+def redshift_type(t: pa.DataType, json_column: bool = False, external: bool = False) -> str:
+    """The Redshift type of an Arrow type.
+
+    Native tables (``external=False``) are :func:`sql_type` in the redshift dialect, what the loader creates.
+    Spectrum external tables read the Parquet file as it is: JSON stays text (``JSON_PARSE`` it in a query),
+    instants are TIMESTAMP (UTC values), nested values are not generated.
+    """
+    if not external:
+        return sql_type(t, "redshift", json_column)
+    if is_nested(t):
+        raise TypeError(f"no Spectrum type generated for nested Arrow {t}")
+    if pa.types.is_timestamp(t):
+        return "TIMESTAMP"
+    return sql_type(t, "redshift")
 
 
 def table_columns(table: PublishedTable) -> list[pa.Field]:

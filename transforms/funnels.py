@@ -28,10 +28,11 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import re
 import urllib.parse
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -44,6 +45,8 @@ from apache_beam.metrics import Metrics
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from schemas.outputs import ENTRY_DAYS_SCHEMA, funnel_steps_schema
+
+log = logging.getLogger("livora.funnels")
 
 __all__ = [
     "BucketLakeBatches",
@@ -867,7 +870,12 @@ def partition_of_path(path: str) -> tuple[str, dt.date]:
 
 
 def person_buckets(person_ids: pa.Array | pa.ChunkedArray, buckets: int) -> np.ndarray:
-    """Stable bucket per person id (CRC-32 of the UTF-8 id): the same on every worker and run."""
+    """Stable bucket per person id (CRC-32 of the UTF-8 id): the same on every worker and run.
+
+    A null id has no bucket (its dictionary index is null, which numpy cannot index with): callers drop
+    those rows first (:func:`bucket_lake_batch`)."""
+    if person_ids.null_count:
+        raise ValueError(f"{person_ids.null_count} null person id(s): drop rows without a person first")
     if isinstance(person_ids, pa.ChunkedArray):
         person_ids = person_ids.combine_chunks()
     encoded = pc.dictionary_encode(person_ids)
@@ -883,12 +891,18 @@ def bucket_lake_batch(
     buckets: int,
     events: Sequence[str] | None = None,
     events_from: dict[str, dt.date] | None = None,
+    without_person: Callable[[int], None] | None = None,
 ) -> list[tuple[tuple[str, int], pa.Table]]:
     """Split one lake file batch by (tenant, person bucket), keeping only the rows a job needs.
+
+    Rows without a ``person_id`` (the lake's contract forbids them, but ``--quality-gate warn|off`` lets a
+    partition that has them through) belong to no person: they are left out of every person-based metric
+    and their number is passed to ``without_person``, not lost silently.
 
     Args:
         events: keep only these event names (None: every row, as strict funnels need).
         events_from: event name -> first partition date from which rows of that event are kept.
+        without_person: called with the number of needed rows dropped for a null ``person_id`` (when > 0).
     """
     tenant, day = partition_of_path(path)
     table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
@@ -897,6 +911,13 @@ def bucket_lake_batch(
         table = table.filter(pc.fill_null(pc.is_in(table.column("event"), pa.array(wanted, pa.string())), False))
     if table.num_rows == 0:
         return []
+    missing = table.column("person_id").null_count
+    if missing:
+        table = table.filter(pc.is_valid(table.column("person_id")))
+        if without_person is not None:
+            without_person(missing)
+        if table.num_rows == 0:
+            return []
     if "tenant_id" not in table.column_names:
         table = table.append_column("tenant_id", pa.array([tenant] * table.num_rows, pa.string()))
     bucket = person_buckets(table.column("person_id"), buckets)
@@ -913,10 +934,21 @@ class _BucketFn(beam.DoFn):
     def __init__(self, buckets: int, events: Sequence[str] | None, events_from: dict[str, dt.date] | None):
         self.buckets, self.events, self.events_from = buckets, events, events_from
         self.rows = Metrics.counter("analytics", "lake_rows_kept")
+        self.without_person = Metrics.counter("analytics", "rows_without_person")
 
     def process(self, element):
         path, batch = element
-        for key, table in bucket_lake_batch(path, batch, self.buckets, self.events, self.events_from):
+
+        def dropped(n: int) -> None:
+            self.without_person.inc(n)
+            log.warning(
+                "%s: %d row(s) without a person_id left out of person-based metrics",
+                path,
+                n,
+                extra={"rows_without_person": n, "path": path},
+            )
+
+        for key, table in bucket_lake_batch(path, batch, self.buckets, self.events, self.events_from, dropped):
             self.rows.inc(table.num_rows)
             yield key, table
 

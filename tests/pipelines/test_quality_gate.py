@@ -219,3 +219,19 @@ def test_analytics_block_refuses_a_failing_input_partition(warned_lake, tmp_path
     )
     assert glob.glob(f"{out}/*.parquet")
     assert _last_record(warned_lake, name)["counts"]["quality_partitions_failed"] == 0
+
+
+def test_a_run_of_several_gated_passes_records_them_all(tmp_path):
+    """stream_events records one gate outcome per pass: the run record keeps the union, not the last pass."""
+    from connectors.run_records import recording
+    from pipelines.quality_gate import gate_pass
+
+    lake = str(tmp_path / "lake")
+    os.makedirs(lake)
+    with recording("stream_events", ["--lake", lake]) as record:
+        gate_pass(lake, ["k1"], {"mode": "warn", "partitions": 3, "failed": {"a/2026-10-01": ["x"]}})
+        gate_pass(lake, ["k2"], {"mode": "warn", "partitions": 2, "failed": {"b/2026-10-02": ["y"]}})
+        gate_pass(lake, ["k3"], {"mode": "warn", "partitions": 1, "failed": {"a/2026-10-01": ["x"]}})
+    assert record.counts["quality_partitions_checked"] == 6
+    assert record.counts["quality_failed"] == {"a/2026-10-01": ["x"], "b/2026-10-02": ["y"]}
+    assert record.counts["quality_partitions_failed"] == 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import glob
 import json
+import os
 import shutil
 
 import duckdb
@@ -33,9 +34,9 @@ def platform(tmp_path, aws):
     return {"lake": lake, "warehouse": warehouse, "out": out, "argv": argv, "aws": aws}
 
 
-def _mismatches(argv, check):
+def _mismatches(argv, *checks):
     found = reconcile.run(argv)["mismatches"]
-    assert {m["check"] for m in found} == {check}, found
+    assert {m["check"] for m in found} == set(checks), found
     return found
 
 
@@ -43,6 +44,7 @@ def test_clean_platform_reconciles(platform):
     summary = reconcile.run(platform["argv"])
     assert summary["checks"] == [
         "ingest_books",
+        "ingest_vs_lake",
         "lake_vs_warehouse",
         "revenue_vs_lake_orders",
         "profile_orders_vs_lake_orders",
@@ -80,8 +82,10 @@ def test_each_mismatch_kind_is_caught_with_its_numbers(platform, capsys):
     record["counts"]["lake_rows"] += 1
     with open(path, "w") as handle:
         json.dump(record, handle)
-    (m,) = _mismatches(argv, "ingest_books")
-    assert m["key"] == f"run {record['run_id']}" and m["right"] == m["left"] + 1
+    # ... and its per-tenant-and-day split then no longer adds up to its lake rows
+    books, split = sorted(_mismatches(argv, "ingest_books", "ingest_vs_lake"), key=lambda m: m["check"])
+    assert books["key"] == f"run {record['run_id']}" and books["right"] == books["left"] + 1
+    assert split["key"] == f"run {record['run_id']}" and split["left"] == split["right"] + 1
     record["counts"]["lake_rows"] -= 1
     with open(path, "w") as handle:
         json.dump(record, handle)
@@ -115,3 +119,64 @@ def test_each_mismatch_kind_is_caught_with_its_numbers(platform, capsys):
     (m,) = _mismatches(argv, "profile_orders_vs_lake_orders")
     assert m["key"] == tenant and m["left"] == m["right"] + 1
     assert m["right"] == len(reconcile.lake_orders(lake, tenant=tenant))
+
+
+@pytest.fixture
+def ingested(tmp_path):
+    """A lake written by two ingest runs (two input files): books per tenant and day in the run records."""
+    lake = str(tmp_path / "lake")
+    for name, seed in (("a", 9), ("b", 10)):
+        source = tmp_path / f"{name}.ndjson"
+        source.write_bytes(b"\n".join(generate_events(300, seed=seed, days=3)) + b"\n")
+        ingest_batch.main(["--input", str(source), "--lake", lake, "--quality-gate", "off"])
+    return lake
+
+
+def _partition_rows(lake: str) -> dict[str, int]:
+    """Rows per tenant/day of the lake, counted here from the files (independent of the run records)."""
+    out: dict[str, int] = {}
+    for path in glob.glob(f"{lake}/events/*/*/*.parquet"):
+        tenant, day = (part.split("=", 1)[1] for part in path.split("/")[-3:-1])
+        out[f"{tenant}/{day}"] = out.get(f"{tenant}/{day}", 0) + pq.read_metadata(path).num_rows
+    return out
+
+
+def test_ingest_books_per_tenant_and_day_catch_each_lake_change(ingested, tmp_path):
+    lake = ingested
+    summary = reconcile.run(["--lake", lake])
+    assert "ingest_vs_lake" in summary["checks"] and summary["success"], summary["mismatches"]
+    recorded: dict[str, int] = {}
+    for path in glob.glob(f"{lake}/_runs/records/*/*-ingest_batch-*.json"):
+        with open(path) as handle:
+            record = json.load(handle)
+        for parts in record["counts"]["lake_rows_by_partition"].values():
+            for key, rows in parts.items():
+                recorded[key] = recorded.get(key, 0) + rows
+    assert recorded == _partition_rows(lake)  # the records' split is the lake's, per tenant and day
+
+    # a --reprocess of one input rewrites its files: its latest record counts, once
+    source = tmp_path / "a.ndjson"
+    ingest_batch.main(["--input", str(source), "--lake", lake, "--quality-gate", "off", "--reprocess"])
+    assert reconcile.run(["--lake", lake])["success"]
+
+    # 1. a lake file lost after ingest
+    victim = sorted(glob.glob(f"{lake}/events/*/*/*.parquet"))[0]
+    tenant, day = (part.split("=", 1)[1] for part in victim.split("/")[-3:-1])
+    before = _partition_rows(lake)[f"{tenant}/{day}"]
+    lost = pq.read_metadata(victim).num_rows
+    shutil.move(victim, str(tmp_path / "lost.parquet"))
+    (m,) = _mismatches(["--lake", lake], "ingest_vs_lake")
+    assert (m["key"], m["left"], m["right"]) == (f"{tenant}/{day}", before, before - lost)
+    assert m["left_name"] == "rows ingest recorded" and m["right_name"] == "lake rows in ingest files"
+
+    # 2. the same file doubled under another name of the run's tag
+    shutil.move(str(tmp_path / "lost.parquet"), victim)
+    shutil.copy(victim, victim.replace(".parquet", "-copy.parquet"))
+    (m,) = _mismatches(["--lake", lake], "ingest_vs_lake")
+    assert (m["key"], m["left"], m["right"]) == (f"{tenant}/{day}", before, before + lost)
+    os.remove(victim.replace(".parquet", "-copy.parquet"))
+
+    # 3. a compacted partition is skipped, not reported
+    os.rename(victim, os.path.join(os.path.dirname(victim), "part-c0123456789-00000.parquet"))
+    summary = reconcile.run(["--lake", lake])
+    assert summary["success"] and summary["skipped"] == [f"ingest_vs_lake {tenant}/{day}: compacted since ingest"]

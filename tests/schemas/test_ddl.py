@@ -28,6 +28,7 @@ import sqlglot
 from botocore.validate import ParamValidator
 from sqlglot import exp
 
+from connectors import warehouse
 from connectors.lake import write_partition_file
 from connectors.warehouse import EVENT_JSON_COLUMNS, EVENT_KEY, EVENTS_TABLE_OPTIONS, create_table_sql
 from pipelines import clv as clv_pipeline
@@ -345,3 +346,33 @@ def test_export_cli_writes_every_definition(tmp_path):
     )
     steps = (out / "symlink" / "funnel_steps" / "symlink.txt").read_text()
     assert steps == "s3://bucket/lake/analytics/funnels/funnel_steps.parquet\n"
+
+
+def test_one_arrow_to_sql_mapping_serves_the_loader_and_the_generated_ddl():
+    """The loader's type mapping is the contract's (it used to be a copy kept equal by a test)."""
+    assert warehouse.sql_type is ddl.sql_type
+
+
+@pytest.mark.parametrize(
+    ("arrow", "duckdb", "postgresql", "redshift"),
+    [
+        (pa.string(), "VARCHAR", "TEXT", "VARCHAR(65535)"),
+        (pa.int32(), "INTEGER", "INTEGER", "INTEGER"),
+        (pa.uint32(), "BIGINT", "BIGINT", "BIGINT"),
+        (pa.float64(), "DOUBLE", "DOUBLE PRECISION", "DOUBLE PRECISION"),
+        (pa.decimal128(18, 4), "DECIMAL(18,4)", "DECIMAL(18,4)", "DECIMAL(18,4)"),
+        (pa.timestamp("us", tz="UTC"), "TIMESTAMPTZ", "TIMESTAMPTZ", "TIMESTAMPTZ"),
+        (pa.date32(), "DATE", "DATE", "DATE"),
+        (pa.binary(), "BLOB", "BYTEA", "VARBYTE(1024000)"),
+        (pa.list_(pa.string()), "JSON", "JSONB", "SUPER"),
+    ],
+)
+def test_sql_type_per_dialect(arrow, duckdb, postgresql, redshift):
+    assert [ddl.sql_type(arrow, d) for d in ("duckdb", "postgresql", "redshift")] == [duckdb, postgresql, redshift]
+    assert ddl.redshift_type(arrow) == redshift
+    if not pa.types.is_list(arrow):
+        spectrum = "TIMESTAMP" if pa.types.is_timestamp(arrow) else redshift
+        assert ddl.redshift_type(arrow, external=True) == spectrum
+    assert ddl.sql_type(pa.string(), "redshift", json_column=True, staging=True) == "VARCHAR(65535)"
+    with pytest.raises(ValueError, match="unknown SQL dialect"):
+        ddl.sql_type(arrow, "mysql")

@@ -585,3 +585,26 @@ def test_random_exclusions_against_duckdb():
     expected = {(p, lv, ex) for p, lv, ex in duckdb.sql(sql).fetchall()}
     assert any(ex for _, _, ex in expected) and not all(ex for _, _, ex in expected)
     assert got == expected
+
+
+def test_bucketing_leaves_out_rows_without_a_person_and_counts_them():
+    from transforms.funnels import bucket_lake_batch, person_buckets
+
+    path = "lake/events/tenant_id=acme-in/event_date=2026-10-02/part-00000.parquet"
+    rows = [(f"p{i % 7}", ["view", "add", "other"][i % 3], _at(1, 0, i % 60), {}) for i in range(60)]
+    table = _table(rows).drop_columns(["tenant_id"])
+    ids = table.column("person_id").to_pylist()
+    nulled = [i for i in range(len(ids)) if i % 5 == 0]
+    table = table.set_column(
+        table.column_names.index("person_id"),
+        "person_id",
+        pa.array([None if i in nulled else p for i, p in enumerate(ids)], pa.string()),
+    )
+    counted: list[int] = []
+    pieces = bucket_lake_batch(path, table, 4, ["view", "add"], without_person=counted.append)
+    kept = [p for t in (piece for _, piece in pieces) for p in t.column("person_id").to_pylist()]
+    assert None not in kept
+    assert counted == [sum(1 for i in nulled if rows[i][1] != "other")]
+    assert len(kept) == sum(1 for i, r in enumerate(rows) if r[1] != "other" and i not in nulled)
+    with pytest.raises(ValueError, match="null person id"):
+        person_buckets(pa.array(["p1", None]), 4)
