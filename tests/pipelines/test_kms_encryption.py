@@ -8,6 +8,7 @@ on a remote worker.
 from __future__ import annotations
 
 import gzip
+import json
 
 import pytest
 
@@ -53,7 +54,10 @@ def test_every_object_of_an_ingest_run_carries_the_kms_key(aws, s3_lake_fs):  # 
     kinds = {k.split("/")[1] for k in keys}
     # lake files, dead letters, the run summary and run record, the ingest manifest, the quality results
     assert {"events", "dead_letters", "_runs", "_ingested"} <= kinds, kinds
-    assert any("/_runs/records/" in k for k in keys)
+    (record_key,) = [k for k in keys if "/_runs/records/" in k]
+    record = json.loads(s3.get_object(Bucket="lake", Key=record_key)["Body"].read())
+    assert record["caller"]["Account"] == aws.client("sts").get_caller_identity()["Account"]  # who ran it
+    assert f"--kms-key-id={key['KeyId']}" in record["argv"]  # a key id is no secret: kept for the audit
     for name in keys:
         head = s3.head_object(Bucket="lake", Key=name)
         assert head.get("ServerSideEncryption") == "aws:kms", name
