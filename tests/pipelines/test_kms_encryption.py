@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import json
 
+import pyarrow.parquet as pq
 import pytest
 
 from pipelines.errors import UsageError
@@ -86,3 +87,39 @@ def test_a_malformed_key_id_is_a_usage_error_naming_the_flag(tmp_path, value):
     (tmp_path / "in.ndjson").write_text("{}\n")
     with pytest.raises(UsageError, match=r"^--kms-key-id .*expected a KMS key id"):
         run(["--input", str(tmp_path / "in.ndjson"), "--lake", "s3://lake/x", f"--kms-key-id={value}"])
+
+
+@pytest.mark.integration
+def test_analytics_outputs_written_by_workers_carry_the_kms_key(aws, s3_lake_fs):  # noqa: F811
+    from connectors.lake import rows_to_table
+    from pipelines.funnels import run as run_funnels
+    from pipelines.retention import run as run_retention
+    from tests.pipelines.analytics_lake import random_rows
+
+    s3 = aws.client("s3")
+    key = aws.client("kms").create_key()["KeyMetadata"]
+    rows = random_rows(seed=5, persons=15, days=3, tenants=("acme-in",))
+    by_day: dict[str, list[dict]] = {}
+    for r in rows:
+        by_day.setdefault(r["timestamp"].date().isoformat(), []).append(r)
+    for day, part in by_day.items():
+        with s3_lake_fs.open_output_stream(
+            f"lake/prod/events/tenant_id=acme-in/event_date={day}/part-0.parquet"
+        ) as out:
+            pq.write_table(rows_to_table(part), out)
+    common = [
+        "--aws-endpoint-url", aws.endpoint_url, "--aws-region", aws.region, "--buckets", "2",
+        f"--kms-key-id={key['Arn']}", *WORKER_THREADS,
+    ]  # fmt: skip
+    steps = "Product Viewed,Product Added,Order Completed"
+    run_funnels(["--lake", "s3://lake/prod", "--steps", steps, "--output", "s3://lake/out/funnels", *common])
+    run_retention(
+        ["--lake", "s3://lake/prod", "--start-event", "Product Viewed", "--return-event", "Order Completed",
+         "--periods", "3", "--output", "s3://lake/out/retention", *common]
+    )  # fmt: skip
+    keys = _written(s3, "out/")
+    assert {k.rsplit("/", 1)[1] for k in keys} >= {"funnel_steps.parquet", "funnel_steps.csv", "retention.parquet"}
+    for name in keys:
+        head = s3.head_object(Bucket="lake", Key=name)
+        assert head.get("ServerSideEncryption") == "aws:kms", name
+        assert head.get("SSEKMSKeyId") in (key["KeyId"], key["Arn"]), name
