@@ -82,3 +82,56 @@ def test_events_of_an_erased_person_arriving_later_are_suppressed(aws, tmp_path)
     assert work.events_parsed == 3
     assert work.lake_rows + work.failed_processing + work.duplicates + work.suppressed == work.events_parsed
     assert summary.as_dict()["suppressed"] == 2
+
+
+def test_streaming_mode_drops_erased_persons_in_its_windows(tmp_path):
+    """The --streaming sinks (windowed writers, TestStream): the same DropErased step, outputs counted."""
+    import datetime as dt
+
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+    from apache_beam.testing.test_stream import TestStream
+    from apache_beam.testing.util import assert_that, equal_to
+    from apache_beam.transforms import window
+
+    from connectors.erasure import write_tombstone
+    from schemas.records import SourceRecord
+    from transforms.composites import ProcessConfig, ProcessEvents
+    from transforms.enrich import EnrichConfig
+    from transforms.erasure import Subjects
+
+    lake = str(tmp_path / "lake")
+    write_tombstone(lake, "acme-in", Subjects(ids={"user-a", "anon-a1"}), "r1")
+    payloads = [
+        _event("a-late-user", "track", 10, user="user-a", event="Product Viewed"),
+        _event("a-late-anon", "page", 11, anon="anon-a1", name="Cart"),
+        _event("d-late", "track", 12, user="user-d", event="Product Viewed"),
+        _event("e-late", "track", 13, user="user-e", event="Product Viewed"),
+    ]
+    base = dt.datetime(2026, 11, 25, 10, 0, tzinfo=dt.UTC)
+    stream = TestStream()
+    for i, payload in enumerate(payloads):
+        arrival = base + dt.timedelta(seconds=i * 40)  # two 60 s windows
+        record = SourceRecord(payload, f"kinesis:s/shardId-0/{i + 1}", arrival)
+        stream = stream.add_elements([window.TimestampedValue(record, arrival.timestamp())])
+    stream = stream.advance_watermark_to_infinity()
+    options = PipelineOptions(runner="BundleBasedDirectRunner")
+    options.view_as(StandardOptions).streaming = True
+    argv = ["--stream=s", f"--lake={lake}", "--dedupe-table=none"]
+    opts = PipelineOptions(argv).view_as(stream_events.StreamEventsOptions)
+    with beam.Pipeline(options=options) as p:
+        processed = (
+            p
+            | stream
+            | "Window" >> beam.WindowInto(window.FixedWindows(60))
+            | "ProcessEvents"
+            >> ProcessEvents(
+                ProcessConfig(buckets=1, tracking_plans_dir=None, enrich=EnrichConfig(pii_secret="c0" * 32))
+            )
+        )
+        lake_writer = stream_events._WindowedLake(lake)
+        dead_writer = stream_events._WindowedDeadLetters(str(tmp_path / "dead"))
+        sinks = stream_events.write_sinks(processed, opts, None, lake_writer, dead_writer)
+        suppressed = sinks.suppressed | beam.WindowInto(window.GlobalWindows())
+        assert_that(suppressed, equal_to([("acme-in", "a-late-user"), ("acme-in", "a-late-anon")]))
+    assert _message_ids(lake) == {"d-late", "e-late"}
