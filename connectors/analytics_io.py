@@ -35,6 +35,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from connectors import paths
+from connectors.aws import S3Encryption
 from connectors.warehouse import load_table
 from schemas.lake import EVENTS_TABLE, PARTITION_COLUMNS
 
@@ -176,9 +177,11 @@ class ReadEventBuckets(beam.PTransform):
         )
 
 
-def write_bytes_atomically(path: str, data: bytes, root: str | None = None) -> str:
+def write_bytes_atomically(
+    path: str, data: bytes, root: str | None = None, encryption: S3Encryption | None = None
+) -> str:
     """:func:`connectors.paths.write_bytes_atomically`; ``root`` defaults to the file's own directory."""
-    return paths.write_bytes_atomically(path, data, root or _parent(path))
+    return paths.write_bytes_atomically(path, data, root or _parent(path), encryption)
 
 
 def _parent(path: str) -> str:
@@ -203,17 +206,18 @@ def write_table(
     csv: bool = True,
     schema: pa.Schema | None = None,
     root: str | None = None,
+    encryption: S3Encryption | None = None,
 ) -> str:
     """Write ``data`` to ``path`` (``.parquet``) atomically, and the same rows to the ``.csv`` beside it.
 
     A DataFrame goes through :func:`to_arrow` (with ``schema``) and its CSV is pandas'; an Arrow table is
     written as it is, its CSV by Arrow's writer. Both files must stay under ``root`` (default: the
-    file's own directory).
+    file's own directory); ``encryption``: SSE-KMS on S3 (``--kms-key-id``, carried by the calling DoFn).
     """
     table = data if isinstance(data, pa.Table) else to_arrow(data, schema)
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression="zstd")
-    write_bytes_atomically(path, sink.getvalue().to_pybytes(), root)
+    write_bytes_atomically(path, sink.getvalue().to_pybytes(), root, encryption)
     if csv:
         if isinstance(data, pa.Table):
             text = io.BytesIO()
@@ -221,15 +225,20 @@ def write_table(
             body = text.getvalue()
         else:
             body = data.to_csv(index=False).encode("utf-8")
-        write_bytes_atomically(path.removesuffix(".parquet") + ".csv", body, root)
+        write_bytes_atomically(path.removesuffix(".parquet") + ".csv", body, root, encryption)
     return path
 
 
-def write_tables(output: str, tables: Mapping[str, pd.DataFrame | pa.Table], csv: bool = True) -> None:
+def write_tables(
+    output: str,
+    tables: Mapping[str, pd.DataFrame | pa.Table],
+    csv: bool = True,
+    encryption: S3Encryption | None = None,
+) -> None:
     """``OUTPUT/NAME.parquet`` (and ``NAME.csv``) per table, each by :func:`write_table`: a rerun replaces them."""
     output = output.rstrip("/")
     for name, data in tables.items():
-        write_table(paths.join_under(output, f"{name}.parquet"), data, csv=csv, root=output)
+        write_table(paths.join_under(output, f"{name}.parquet"), data, csv=csv, root=output, encryption=encryption)
 
 
 def load_tables(url: str, tables: Mapping[str, tuple[pd.DataFrame | pa.Table, Sequence[str]]]) -> int:

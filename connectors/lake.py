@@ -25,6 +25,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from connectors import paths
+from connectors.aws import S3Encryption
 from schemas.failures import FailedEvent
 from schemas.lake import EVENTS_FILE_SCHEMA, EVENTS_SCHEMA, EVENTS_TABLE
 from transforms.event_tables import file_table, from_ipc, source_path, to_ipc
@@ -148,14 +149,15 @@ def write_partition_file(
     rows_or_table: Sequence[Mapping[str, Any]] | pa.Table,
     file_name: str,
     schema: pa.Schema = EVENTS_FILE_SCHEMA,
+    encryption: S3Encryption | None = None,
 ) -> str:
-    """Write one Parquet file at ``LAKE/table/k=v/.../file_name`` atomically; returns its path."""
+    """Write one Parquet file at ``LAKE/table/k=v/.../file_name`` atomically (SSE-KMS with ``encryption``)."""
     table_ = rows_or_table if isinstance(rows_or_table, pa.Table) else rows_to_table(rows_or_table, schema)
     sink = pa.BufferOutputStream()
     pq.write_table(table_, sink, compression="zstd")
     root = table_path(lake, table)
     path = paths.join_under(paths.partition_path(root, partition), file_name)
-    return paths.write_bytes_atomically(path, sink.getvalue().to_pybytes(), root)
+    return paths.write_bytes_atomically(path, sink.getvalue().to_pybytes(), root, encryption)
 
 
 def event_sort_key(row: Mapping[str, Any]) -> tuple:
@@ -163,8 +165,8 @@ def event_sort_key(row: Mapping[str, Any]) -> tuple:
 
 
 class _WritePartitionBatchFn(beam.DoFn):
-    def __init__(self, lake: str, table: str, tag: str):
-        self.lake, self.table, self.tag = lake, table, tag
+    def __init__(self, lake: str, table: str, tag: str, encryption: S3Encryption | None = None):
+        self.lake, self.table, self.tag, self.encryption = lake, table, tag, encryption
         self.files = Metrics.counter("livora", "lake_files_written")
 
     def process(self, element):
@@ -180,6 +182,7 @@ class _WritePartitionBatchFn(beam.DoFn):
             {"tenant_id": tenant, "event_date": date},
             rows,
             lake_file_name(self.tag, bucket),
+            encryption=self.encryption,
         )
         self.files.inc()
         yield path, len(rows)
@@ -277,20 +280,22 @@ class WriteLakePartitions(beam.PTransform):
         lake: lake root (local directory or ``s3://bucket/prefix``).
         tag: names the input (see :func:`input_fingerprint`); a rerun with the same tag replaces files.
         table: table directory under the lake.
+        encryption: SSE-KMS for ``s3://`` files (``--kms-key-id``); None writes without headers.
 
     Returns a PCollection of ``(path, rows written)``.
     """
 
-    def __init__(self, lake: str, tag: str, table: str = EVENTS_TABLE):
+    def __init__(self, lake: str, tag: str, table: str = EVENTS_TABLE, encryption: S3Encryption | None = None):
         super().__init__()
         if not lake:
             raise ValueError("WriteLakePartitions needs a lake path")
         if not tag or "/" in tag:
             raise ValueError(f"invalid file tag {tag!r}")
-        self.lake, self.tag, self.table = lake, tag, table
+        self.lake, self.tag, self.table, self.encryption = lake, tag, table, encryption
 
     def expand(self, batches):
-        return batches | "WritePartitionFiles" >> beam.ParDo(_WritePartitionBatchFn(self.lake, self.table, self.tag))
+        fn = _WritePartitionBatchFn(self.lake, self.table, self.tag, self.encryption)
+        return batches | "WritePartitionFiles" >> beam.ParDo(fn)
 
 
 def _norm(path: str) -> str:
@@ -343,14 +348,14 @@ def run_files_pattern(directory: str, tag: str, suffix: str, depth: int = 0) -> 
 
 
 class _WriteDeadLetterFileFn(beam.DoFn):
-    def __init__(self, path: str, tag: str):
-        self.path, self.tag = path, tag
+    def __init__(self, path: str, tag: str, encryption: S3Encryption | None = None):
+        self.path, self.tag, self.encryption = path, tag, encryption
 
     def process(self, element):
         (tag, bucket), lines = element
         body = "".join(line + "\n" for line in sorted(lines))
         target = paths.join_under(self.path, f"part-{tag or self.tag}-{bucket:04d}.jsonl")
-        paths.write_bytes_atomically(target, body.encode("utf-8"), self.path)
+        paths.write_bytes_atomically(target, body.encode("utf-8"), self.path, self.encryption)
         yield target, len(lines)
 
 
@@ -358,14 +363,22 @@ class WriteDeadLetters(beam.PTransform):
     """All failures of a run into JSON-lines files ``PATH/part-<tag>-<bucket>.jsonl`` (atomic, rerun-safe).
 
     With ``input_tags`` (source file path -> content tag), the failures of each input file go to files
-    named after that file's tag, as its lake rows do.
+    named after that file's tag, as its lake rows do. ``encryption``: SSE-KMS for ``s3://`` files.
     """
 
-    def __init__(self, path: str, tag: str, buckets: int = 4, input_tags: Mapping[str, str] | None = None):
+    def __init__(
+        self,
+        path: str,
+        tag: str,
+        buckets: int = 4,
+        input_tags: Mapping[str, str] | None = None,
+        encryption: S3Encryption | None = None,
+    ):
         super().__init__()
         if not path:
             raise ValueError("WriteDeadLetters needs a path")
         self.path, self.tag, self.buckets, self.input_tags = path, tag, buckets, dict(input_tags or {})
+        self.encryption = encryption
 
     def expand(self, failures):
         buckets, input_tags = self.buckets, self.input_tags
@@ -378,7 +391,7 @@ class WriteDeadLetters(beam.PTransform):
             failures
             | "DeadLetterLine" >> beam.Map(lambda f: (key(f), f.to_json_line()))
             | "GroupDeadLetters" >> beam.GroupByKey()
-            | "WriteDeadLetterFiles" >> beam.ParDo(_WriteDeadLetterFileFn(self.path, self.tag))
+            | "WriteDeadLetterFiles" >> beam.ParDo(_WriteDeadLetterFileFn(self.path, self.tag, self.encryption))
         )
 
 

@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from connectors.analytics_io import arrow_input, read_parquet, write_bytes_atomically
+from connectors.aws import S3Encryption
 from connectors.lake import delete_unlisted, partition_path, write_partition_file
 from schemas.features import FEATURES_TABLE, OFFLINE_FILE_SCHEMA, OFFLINE_SCHEMA
 
@@ -41,8 +42,10 @@ def feature_partition(lake: str, as_of_date: str, tenant_id: str) -> str:
     return partition_path(lake, FEATURES_TABLE, {"as_of_date": as_of_date, "tenant_id": tenant_id})
 
 
-def write_feature_file(lake: str, as_of_date: str, tenant_id: str, bucket: int, features: pa.Table) -> str:
-    """One bucket's rows of one (as-of date, tenant) snapshot; returns the path written."""
+def write_feature_file(
+    lake: str, as_of_date: str, tenant_id: str, bucket: int, features: pa.Table, encryption: S3Encryption | None = None
+) -> str:
+    """One bucket's rows of one (as-of date, tenant) snapshot; returns the path written (SSE-KMS with ``encryption``)."""
     rows = features.sort_by([("person_id", "ascending")]).select(OFFLINE_FILE_SCHEMA.names)
     return write_partition_file(
         lake,
@@ -51,6 +54,7 @@ def write_feature_file(lake: str, as_of_date: str, tenant_id: str, bucket: int, 
         rows.cast(OFFLINE_FILE_SCHEMA),
         f"part-{bucket:04d}.parquet",
         schema=OFFLINE_FILE_SCHEMA,
+        encryption=encryption,
     )
 
 

@@ -5,10 +5,16 @@ after :mod:`schemas.identifiers` has accepted it; and whatever a writer is about
 to a place under the root it was given (the lake, a table, an output folder). Both checks are made here,
 at the last moment before the bytes land, so that a value that slipped past validation upstream stops a
 run with a clear error instead of writing outside the lake or over another tenant's files.
+
+With an :class:`connectors.aws.S3Encryption` (``--kms-key-id``), an ``s3://`` write is a boto3 PUT carrying
+the SSE-KMS headers (Beam's S3 filesystem cannot send them). Writers inside a pipeline pass it explicitly
+(it travels with their DoFn); the driver's own writes (run records, manifests, results) take the default
+set by :func:`use_encryption` for the run.
 """
 
 from __future__ import annotations
 
+import contextvars
 import os
 import posixpath
 import tempfile
@@ -17,6 +23,7 @@ from collections.abc import Mapping
 
 from apache_beam.io.filesystems import FileSystems
 
+from connectors.aws import S3Encryption
 from schemas.identifiers import check_name, check_partition_value
 
 __all__ = [
@@ -25,10 +32,25 @@ __all__ = [
     "join_under",
     "partition_path",
     "remove_stale_temp_files",
+    "use_encryption",
     "write_bytes_atomically",
 ]
 
 TEMP_PREFIX, TEMP_SUFFIX = ".tmp-", ".part"
+
+
+_DRIVER_ENCRYPTION: contextvars.ContextVar[S3Encryption | None] = contextvars.ContextVar(
+    "livora_driver_s3_encryption", default=None
+)
+
+
+def use_encryption(encryption: S3Encryption | None) -> None:
+    """The encryption of this driver's own S3 writes from now on (None: none); set once per run.
+
+    A context variable, not a global: threads the runner starts (workers) do not see it, so a writer in a
+    DoFn encrypts only when its own config carries the key, as it must on a remote worker.
+    """
+    _DRIVER_ENCRYPTION.set(encryption)
 
 
 class UnsafePathError(ValueError):
@@ -80,13 +102,21 @@ def partition_path(root: str, partition: Mapping[str, object]) -> str:
     return ensure_under(root, "/".join([root.rstrip("/"), *parts]))
 
 
-def write_bytes_atomically(path: str, data: bytes, root: str) -> str:
+def write_bytes_atomically(path: str, data: bytes, root: str, encryption: S3Encryption | None = None) -> str:
     """Write ``data`` to ``path`` whole or not at all; ``path`` must stay under ``root``.
 
     Locally: a temp file in the target directory, fsync'd, then renamed over the target. On S3: one
-    object PUT, which is visible whole or not at all.
+    object PUT, which is visible whole or not at all; with ``encryption`` (default: the driver's, see
+    :func:`use_encryption`) a boto3 PUT with the SSE-KMS headers.
     """
     ensure_under(root, path)
+    encryption = encryption or _DRIVER_ENCRYPTION.get()
+    if path.startswith("s3://") and encryption is not None:
+        bucket, _, key = _normal(path).removeprefix("s3://").partition("/")
+        if not bucket or not key:
+            raise UnsafePathError(f"{path!r} names no S3 object")
+        encryption.s3_client().put_object(Bucket=bucket, Key=key, Body=data, **encryption.put_object_args())
+        return path
     if _is_url(path):
         with FileSystems.create(path) as handle:
             handle.write(data)

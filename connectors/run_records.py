@@ -6,6 +6,11 @@ DuckDB: ``select * from read_json('LAKE/_runs/records/*/*.json', union_by_name=t
 
 Secrets never reach a record: flags whose name says secret, salt, password, token or key have their
 value replaced, and passwords inside URLs are removed.
+
+Who ran it: the OS user always; when the run touches AWS (an ``s3://`` path, a Kinesis stream or DynamoDB
+table, ``--aws-*`` flags, or AWS credentials in the environment) also ``caller``, the STS
+GetCallerIdentity answer (Arn, Account, UserId) for the run's ``--aws-*`` settings, or ``caller_error``
+when STS could not say (a short timeout: an unreachable STS never fails or stalls the run).
 """
 
 from __future__ import annotations
@@ -25,15 +30,27 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+from botocore.exceptions import BotoCoreError, ClientError
+
 from connectors import paths
+from connectors.aws import AwsSettings
 from schemas import PIPELINE_VERSION
 
-__all__ = ["RECORDS_DIR", "RunRecord", "current", "recording", "redact_argv"]
+__all__ = ["RECORDS_DIR", "RunRecord", "caller_identity", "current", "recording", "redact_argv", "touches_aws"]
 
 RECORDS_DIR = "_runs/records"
 log = logging.getLogger("livora.runs")
 _SECRET_FLAG = re.compile(r"secret|salt|password|passwd|token|(^|[-_])key($|[-_])|access[-_]?key", re.I)
 _URL_PASSWORD = re.compile(r"(://[^/:@\s]+):[^@/\s]+@")
+_AWS_FLAGS = ("--aws-profile", "--aws-endpoint-url", "--stream")
+_AWS_ENV = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_PROFILE",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+)
+STS_TIMEOUT_SECONDS = 3
 _current: contextvars.ContextVar[RunRecord | None] = contextvars.ContextVar("livora_run_record", default=None)
 
 
@@ -48,7 +65,7 @@ def redact_argv(argv: Sequence[str]) -> list[str]:
             continue
         if arg.startswith("--"):
             name, eq, _value = arg.partition("=")
-            if _SECRET_FLAG.search(name.lstrip("-")) and not name.endswith(("-table", "-secrets", "-keys")):
+            if _SECRET_FLAG.search(name.lstrip("-")) and not name.endswith(("-table", "-secrets", "-keys", "-key-id")):
                 if eq:
                     out.append(f"{name}=***")
                 else:
@@ -72,6 +89,10 @@ class RunRecord:
     counts: dict[str, Any] = dataclasses.field(default_factory=dict)
     error: str | None = None
     """One line saying why the run failed, when it ends with an exit code rather than an exception."""
+    caller: dict[str, str] | None = None
+    """STS GetCallerIdentity (Arn, Account, UserId) of a run that touches AWS."""
+    caller_error: str | None = None
+    """Why ``caller`` is missing on a run that touches AWS (STS unreachable, no credentials)."""
     result: Any = dataclasses.field(default=None, repr=False)
     """The run's summary (a dataclass, pydantic model or mapping): its numbers become ``counts``."""
 
@@ -98,6 +119,8 @@ class RunRecord:
             "seconds": round((ended - self.started_at).total_seconds(), 3),
             "argv": redact_argv(self.argv),
             "user": _user(),
+            **({"caller": self.caller} if self.caller else {}),
+            **({"caller_error": self.caller_error} if self.caller_error else {}),
             "host": socket.gethostname(),
             "pipeline_version": PIPELINE_VERSION,
             "python": sys.version.split()[0],
@@ -113,6 +136,48 @@ def _user() -> str:
     return str(os.getuid())
 
 
+def _flag(argv: Sequence[str], flag: str) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg == flag and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith(flag + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def touches_aws(argv: Sequence[str], environ: Mapping[str, str] = os.environ) -> bool:
+    """Whether a run with these arguments reaches AWS (or its emulation): an ``s3://`` value, a Kinesis
+    stream, a DynamoDB table, an ``--aws-*`` flag, or AWS credentials in the environment."""
+    for arg in argv:
+        name = arg.split("=", 1)[0]
+        if "s3://" in arg or name in _AWS_FLAGS or (name.startswith("--") and name.endswith("-table")):
+            return True
+    return any(environ.get(var) for var in _AWS_ENV)
+
+
+def _settings(argv: Sequence[str]) -> AwsSettings:
+    """The run's AWS, as :class:`pipelines.options.AwsOptions` builds it from the same flags."""
+    return AwsSettings.from_profile(
+        _flag(argv, "--aws-profile") or "local",
+        _flag(argv, "--aws-endpoint-url"),
+        _flag(argv, "--aws-region") or "ap-south-1",
+    )
+
+
+def caller_identity(
+    settings: AwsSettings, timeout: float = STS_TIMEOUT_SECONDS
+) -> tuple[dict[str, str] | None, str | None]:
+    """``({Arn, Account, UserId}, None)`` from STS, or ``(None, one-line reason)``; one attempt, ``timeout`` s."""
+    try:
+        sts = settings.client(
+            "sts", connect_timeout=timeout, read_timeout=timeout, retries={"total_max_attempts": 1, "mode": "standard"}
+        )
+        answer = sts.get_caller_identity()
+    except (BotoCoreError, ClientError, ValueError) as err:
+        return None, f"{type(err).__name__}: {' '.join(str(err).split())}"
+    return {key: answer[key] for key in ("Arn", "Account", "UserId")}, None
+
+
 def current() -> RunRecord | None:
     """The record of the run in progress in this driver (None outside :func:`recording`)."""
     return _current.get()
@@ -120,11 +185,8 @@ def current() -> RunRecord | None:
 
 def _root(argv: Sequence[str]) -> str | None:
     for flag in ("--lake", "--output"):
-        for i, arg in enumerate(argv):
-            if arg == flag and i + 1 < len(argv):
-                return argv[i + 1]
-            if arg.startswith(flag + "="):
-                return arg.split("=", 1)[1]
+        if (value := _flag(argv, flag)) is not None:
+            return value
     return None
 
 
@@ -177,6 +239,11 @@ def recording(pipeline: str, argv: Sequence[str]) -> Iterator[RunRecord]:
         root = _root(argv)
         help_only = any(a in ("-h", "--help") for a in argv)
         if root and not help_only and ("://" in root or os.path.isdir(root)):  # never create a mistyped lake
+            if touches_aws(argv):
+                try:
+                    record.caller, record.caller_error = caller_identity(_settings(argv))
+                except ValueError as err:  # an invalid --aws-profile: the run itself said so
+                    record.caller_error = str(err)
             try:
                 where = write_record(root, record, status, code, error)
                 log.debug("run record %s", where)

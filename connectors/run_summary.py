@@ -15,6 +15,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from connectors import paths
+from connectors.aws import S3Encryption
 from connectors.lake import table_path
 
 __all__ = ["RUNS_DIR", "WriteRunSummary", "read_run_summary", "run_summary_path", "total"]
@@ -38,28 +39,32 @@ def total(pcoll: beam.PCollection, label: str, weight: Callable[[Any], int] = la
 
 
 class _WriteSummaryFn(beam.DoFn):
-    def __init__(self, path: str, names: list[str]):
-        self.path, self.names = path, names
+    def __init__(self, path: str, names: list[str], encryption: S3Encryption | None = None):
+        self.path, self.names, self.encryption = path, names, encryption
 
     def process(self, _, *totals):
         body = json.dumps(dict(zip(self.names, totals, strict=True)))
-        with FileSystems.create(self.path) as handle:
-            handle.write(body.encode())
+        root = self.path.rsplit("/", 1)[0]
+        paths.write_bytes_atomically(self.path, body.encode(), root, self.encryption)
         yield body
 
 
 class WriteRunSummary(beam.PTransform):
-    """Applied to the pipeline: writes ``{name: total}`` (side inputs from :func:`total`) to ``path``."""
+    """Applied to the pipeline: writes ``{name: total}`` (side inputs from :func:`total`) to ``path``
+    (SSE-KMS on S3 with ``encryption``)."""
 
-    def __init__(self, path: str, totals: Mapping[str, beam.pvalue.AsSingleton]):
+    def __init__(
+        self, path: str, totals: Mapping[str, beam.pvalue.AsSingleton], encryption: S3Encryption | None = None
+    ):
         super().__init__()
-        self.path, self.totals = path, dict(totals)
+        self.path, self.totals, self.encryption = path, dict(totals), encryption
 
     def expand(self, pbegin):
         return (
             pbegin
             | "SummaryTrigger" >> beam.Create([None])
-            | "WriteSummary" >> beam.ParDo(_WriteSummaryFn(self.path, list(self.totals)), *self.totals.values())
+            | "WriteSummary"
+            >> beam.ParDo(_WriteSummaryFn(self.path, list(self.totals), self.encryption), *self.totals.values())
         )
 
 

@@ -31,7 +31,7 @@ from connectors.lake import DEAD_LETTERS_DIR, table_path
 from connectors.secrets import pii_secret
 from pipelines.errors import InputError, UsageError, describe_validation
 from pipelines.logs import Progress
-from pipelines.options import AwsOptions, TenantOptions, main_entry, parse_options, require_lake
+from pipelines.options import AwsOptions, TenantOptions, main_entry, parse_options, require_lake, with_s3_options
 from schemas import PIPELINE_VERSION
 from schemas.lake import EVENTS_TABLE
 from transforms.erasure import ErasureRequest, Subjects, close_over, lake_identifiers, needle_pattern, row_mask
@@ -276,7 +276,8 @@ def run(argv: list[str] | None = None) -> dict:
     argv = list(argv or [])
     options = parse_options(argv, EraseOptions, __doc__)
     opts = options.view_as(EraseOptions)
-    FileSystems.set_options(options)
+    options = with_s3_options(argv, options, opts.lake, opts.dead_letters)  # --aws-* for s3://, --kms-key-id
+    opts = options.view_as(EraseOptions)
     requests = load_requests(opts)
     require_lake(opts.lake)
     started = time.monotonic()

@@ -23,7 +23,7 @@ import pyarrow as pa
 from apache_beam.metrics import Metrics
 
 from connectors.analytics_io import ReadEventBuckets, event_files
-from connectors.aws import AwsSettings
+from connectors.aws import AwsSettings, S3Encryption
 from connectors.offline_store import feature_partition, prune_partition, write_feature_file
 from connectors.online_store import WriteOnlineFeatures, create_online_table
 from connectors.warehouse import load_table
@@ -107,13 +107,13 @@ def check_options(opts: FeaturesOptions, dates: DateRangeOptions) -> None:
 
 
 class _WriteOfflineFn(beam.DoFn):
-    def __init__(self, lake: str):
-        self.lake = lake
+    def __init__(self, lake: str, encryption: S3Encryption | None = None):
+        self.lake, self.encryption = lake, encryption
         self.files = Metrics.counter("livora", "feature_files_written")
 
     def process(self, element):
         (day, tenant, bucket), features = element
-        path = write_feature_file(self.lake, day, tenant, bucket, features)
+        path = write_feature_file(self.lake, day, tenant, bucket, features, self.encryption)
         self.files.inc()
         yield day, tenant, path
 
@@ -161,7 +161,7 @@ def build(
         | "GroupBuckets" >> beam.GroupByKey()
         | "ComputeFeatures" >> ComputeFeatures(opts.as_of, tenant)
     )
-    written = features | "WriteOffline" >> beam.ParDo(_WriteOfflineFn(output))
+    written = features | "WriteOffline" >> beam.ParDo(_WriteOfflineFn(output, opts.encryption()))
     _ = (
         pipeline
         | "Partitions" >> beam.Create(partitions)

@@ -29,6 +29,7 @@ import yaml
 from apache_beam.io.parquetio import ReadAllFromParquetBatched
 
 from connectors.analytics_io import lake_file_patterns, load_tables, read_parquet, write_tables
+from connectors.aws import S3Encryption
 from pipelines.errors import ConfigError, UsageError, describe_validation
 from pipelines.options import (
     AwsOptions,
@@ -184,12 +185,19 @@ def _load_config(path: str) -> list[FunnelDefinition]:
 
 
 class _WriteFunnelOutputs(beam.DoFn):
-    def __init__(self, output: str, definitions: Sequence[FunnelDefinition], warehouse: str | None):
+    def __init__(
+        self,
+        output: str,
+        definitions: Sequence[FunnelDefinition],
+        warehouse: str | None,
+        encryption: S3Encryption | None = None,
+    ):
         self.output, self.definitions, self.warehouse = output, list(definitions), warehouse
+        self.encryption = encryption
 
     def process(self, results):
         steps, days = combine_funnel_outputs(results, self.definitions)
-        write_tables(self.output, {STEPS_TABLE: steps, ENTRY_DAYS_TABLE: days})
+        write_tables(self.output, {STEPS_TABLE: steps, ENTRY_DAYS_TABLE: days}, encryption=self.encryption)
         if self.warehouse:
             load_tables(
                 self.warehouse,
@@ -209,6 +217,7 @@ def build(
     buckets: int = 64,
     warehouse: str | None = None,
     entry_before: dt.datetime | None = None,
+    encryption: S3Encryption | None = None,
 ) -> None:
     columns = [c for c in funnel_input_columns(definitions) if c != "tenant_id"]
     _ = (
@@ -217,7 +226,7 @@ def build(
         | "ReadLake" >> ReadAllFromParquetBatched(columns=columns, with_filename=True)
         | "Funnels" >> ComputeFunnels(definitions, buckets, entry_before)
         | "AllFunnels" >> beam.combiners.ToList()
-        | "Write" >> beam.ParDo(_WriteFunnelOutputs(output, definitions, warehouse))
+        | "Write" >> beam.ParDo(_WriteFunnelOutputs(output, definitions, warehouse, encryption))
     )
 
 
@@ -244,7 +253,10 @@ def run(argv: list[str] | None = None) -> dict[str, pa.Table]:
     out = opts.output.rstrip("/")
     if patterns:
         run_pipeline(
-            lambda p: build(p, patterns, definitions, opts.output, opts.buckets, opts.warehouse, entry_before), options
+            lambda p: build(
+                p, patterns, definitions, opts.output, opts.buckets, opts.warehouse, entry_before, opts.encryption()
+            ),
+            options,
         )
     else:  # nothing in range: still replace the outputs, with empty tables
         steps, days = combine_funnel_outputs([], definitions)

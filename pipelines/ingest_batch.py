@@ -155,11 +155,14 @@ def build(
     batches = pipeline | "ReadInput" >> ReadRecordBatches([f.path for f in files], opts.batch_size)
     processed = batches | "ProcessEvents" >> ProcessEvents(config, batched=True)
     own = [tag, *input_tags.values()]
+    encryption = opts.view_as(AwsOptions).encryption()  # --kms-key-id: carried by each writer to the workers
     # Erasure hook (docs/erasure.md): rows of persons erased earlier are suppressed before anything else.
     kept = processed.lake_files | "DropErased" >> DropTombstoned(read_tombstones(opts.lake))
     known = kept.rows | "DropLakeDuplicates" >> DropLakeDuplicates(opts.lake, own)
-    written = known.rows | "WriteLake" >> WriteLakePartitions(opts.lake, tag)
-    dead = processed.failures | "WriteDeadLetters" >> WriteDeadLetters(opts.dead_letters, tag, input_tags=input_tags)
+    written = known.rows | "WriteLake" >> WriteLakePartitions(opts.lake, tag, encryption=encryption)
+    dead = processed.failures | "WriteDeadLetters" >> WriteDeadLetters(
+        opts.dead_letters, tag, input_tags=input_tags, encryption=encryption
+    )
     events_dir = table_path(opts.lake, EVENTS_TABLE)
     _ = written | "PruneStaleLakeFiles" >> PruneRunFiles(
         [run_files_pattern(events_dir, t, ".parquet", 2) for t in own], "lake"
@@ -179,6 +182,7 @@ def build(
             "suppressed": total(kept.suppressed, "Suppressed"),
             "events_parsed": total(processed.events_parsed, "EventsParsed", lambda n: n),
         },
+        encryption,
     )
 
 

@@ -21,6 +21,7 @@ from apache_beam.io.filesystems import FileSystems
 from connectors.compaction import list_partitions
 from connectors.dynamodb import WriteIdentityGraph, WriteProfiles, create_tables
 from connectors.lake import WriteDeadLetters, read_events, table_path
+from connectors.paths import use_encryption
 from connectors.warehouse import LoadToWarehouse, connect
 from pipelines.errors import UsageError
 from pipelines.options import (
@@ -134,7 +135,7 @@ def build(pipeline, opts: LoadSinksOptions, partitions: list[dict[str, str]], ta
     if failures:
         dead = tuple(failures) | "FlattenSinkFailures" >> beam.Flatten()
         count(dead, "sink_failures")
-        dead | "WriteDeadLetters" >> WriteDeadLetters(opts.dead_letters, tag)
+        dead | "WriteDeadLetters" >> WriteDeadLetters(opts.dead_letters, tag, encryption=opts.encryption())
 
 
 def run(argv: list[str] | None = None) -> dict[str, int]:
@@ -147,6 +148,7 @@ def run(argv: list[str] | None = None) -> dict[str, int]:
     if opts.create_tables and not (opts.profiles_table and opts.identity_table):
         raise UsageError("--create-tables needs --profiles-table and --identity-table")
     FileSystems.set_options(options)
+    use_encryption(opts.encryption())  # --kms-key-id for the driver's own writes (the run record)
     require_lake(opts.lake)
     if opts.warehouse:
         connect(opts.warehouse)  # a bad URL fails here, before any work

@@ -27,9 +27,10 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from connectors.analytics_io import events_present
-from connectors.aws import AwsSettings
+from connectors.aws import AwsSettings, S3Encryption, check_kms_key_id
 from connectors.config_sources import ConfigSourceError, load_webhook_config, load_write_keys
 from connectors.lake import table_path
+from connectors.paths import use_encryption
 from connectors.run_records import recording
 from connectors.secrets import pii_secret
 from infra.runners import RunnerUnavailable, portable_options, resolve_runner
@@ -212,9 +213,26 @@ class AwsOptions(PipelineOptions):
             "--aws-endpoint-url", dest="aws_endpoint_url", default=None, help="Override the AWS endpoint URL."
         )
         parser.add_argument("--aws-region", dest="aws_region", default="ap-south-1", help="AWS region.")
+        parser.add_argument(
+            "--kms-key-id",
+            dest="kms_key_id",
+            default=None,
+            help="Encrypt every object the run writes to S3 with this customer-managed KMS key (SSE-KMS, bucket "
+            "keys on): key id, alias/NAME or key ARN. Default: no encryption headers (the bucket's default).",
+        )
 
     def settings(self) -> AwsSettings:
         return AwsSettings.from_profile(self.aws_profile, self.aws_endpoint_url, self.aws_region)
+
+    def encryption(self) -> S3Encryption | None:
+        """The run's SSE-KMS settings (None without --kms-key-id); a malformed key id is a usage error."""
+        if not self.kms_key_id:
+            return None
+        try:
+            check_kms_key_id(self.kms_key_id)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+        return S3Encryption(kms_key_id=self.kms_key_id, aws=self.settings())
 
 
 class DateRangeOptions(TenantOptions):
@@ -497,6 +515,7 @@ def with_s3_options(argv: list[str], options: PipelineOptions, *paths: str | Non
     if any((path or "").startswith("s3://") for path in paths):
         options = PipelineOptions([*argv, *options.view_as(AwsOptions).settings().beam_s3_options()])
     FileSystems.set_options(options)
+    use_encryption(options.view_as(AwsOptions).encryption())  # the driver's own writes (records, manifests)
     return options
 
 

@@ -33,6 +33,7 @@ import pyarrow.dataset as ds
 from apache_beam.io.filesystems import FileSystems
 
 from connectors.lake import WriteDeadLetters, WriteLakePartitions, events_dataset, table_path
+from connectors.paths import use_encryption
 from connectors.run_summary import WriteRunSummary, read_run_summary, run_summary_path, total
 from pipelines.errors import InputError
 from pipelines.options import AwsOptions, ProcessingOptions, main_entry, parse_options, run_pipeline
@@ -197,8 +198,11 @@ def build(pipeline, opts: ReplayOptions, records: list[SourceRecord], tag: str, 
     split = processed.row_batches | "DropRowsAlreadyInLake" >> beam.ParDo(_DropExistingFn(opts.lake)).with_outputs(
         _DropExistingFn.ALREADY, main="new"
     )
-    written = split.new | "WriteLake" >> WriteLakePartitions(opts.lake, tag)
-    dead = processed.failures | "WriteDeadLetters" >> WriteDeadLetters(opts.dead_letters_out, tag)
+    encryption = opts.encryption()  # --kms-key-id, carried by each writer to the workers
+    written = split.new | "WriteLake" >> WriteLakePartitions(opts.lake, tag, encryption=encryption)
+    dead = processed.failures | "WriteDeadLetters" >> WriteDeadLetters(
+        opts.dead_letters_out, tag, encryption=encryption
+    )
 
     _ = pipeline | "RunSummary" >> WriteRunSummary(
         summary_path,
@@ -208,6 +212,7 @@ def build(pipeline, opts: ReplayOptions, records: list[SourceRecord], tag: str, 
             "duplicates": total(processed.duplicates, "Duplicates"),
             "already_in_lake": total(split[_DropExistingFn.ALREADY], "AlreadyInLake"),
         },
+        encryption,
     )
 
 
@@ -224,6 +229,7 @@ def run(argv: list[str] | None = None) -> ReplaySummary:
     options = parse_options(list(argv or []), ReplayOptions, __doc__)
     opts = options.view_as(ReplayOptions)
     FileSystems.set_options(options)  # s3:// dead letters: the --s3_* flags apply to the reads below too
+    use_encryption(opts.encryption())  # --kms-key-id for the driver's own writes
     files, lines = _read_lines(opts.dead_letters)
     if not files:
         raise InputError(f"--dead-letters {', '.join(opts.dead_letters)}: matches no file")

@@ -20,6 +20,7 @@ import pyarrow as pa
 from apache_beam.io.parquetio import ReadAllFromParquetBatched
 
 from connectors.analytics_io import event_files, lake_file_patterns, load_tables, read_parquet, write_tables
+from connectors.aws import S3Encryption
 from pipelines.errors import UsageError
 from pipelines.options import (
     AwsOptions,
@@ -121,9 +122,10 @@ def build(
     output: str,
     buckets: int = 64,
     warehouse: str | None = None,
+    encryption: S3Encryption | None = None,
 ) -> None:
     def write(table: pa.Table) -> int:
-        write_tables(output, {RETENTION_TABLE: table})
+        write_tables(output, {RETENTION_TABLE: table}, encryption=encryption)
         if warehouse:
             load_tables(warehouse, {RETENTION_TABLE: (table, ("tenant_id", "cohort_start"))})
         return table.num_rows
@@ -167,7 +169,10 @@ def run(argv: list[str] | None = None) -> pa.Table:
     if patterns:
         log.info("retention %s over %d partitions, %s..%s (%s)", definition.kind, len(patterns), *span, opts.timezone)
         run_pipeline(
-            lambda p: build(p, patterns, definition, start, end, opts.output, opts.buckets, opts.warehouse), options
+            lambda p: build(
+                p, patterns, definition, start, end, opts.output, opts.buckets, opts.warehouse, opts.encryption()
+            ),
+            options,
         )
     else:
         write_tables(opts.output, {RETENTION_TABLE: RETENTION_SCHEMA.empty_table()})

@@ -37,8 +37,8 @@ from connectors.analytics_io import (
     to_arrow,
     write_table,
 )
-from connectors.aws import AwsSettings
-from connectors.paths import join_under, partition_path
+from connectors.aws import AwsSettings, S3Encryption
+from connectors.paths import join_under, partition_path, use_encryption
 from connectors.segment_store import DEFAULT_KEY_ATTRIBUTE, DEFAULT_SORT_KEY, write_memberships
 from pipelines.errors import UsageError
 from pipelines.options import (
@@ -166,8 +166,16 @@ def _cutpoints(element):
 
 
 class _WriteTenantFn(beam.DoFn):
-    def __init__(self, root: str, config: seg.SegmentsConfig, as_of: dt.date, warehouse: str | None = None):
+    def __init__(
+        self,
+        root: str,
+        config: seg.SegmentsConfig,
+        as_of: dt.date,
+        warehouse: str | None = None,
+        encryption: S3Encryption | None = None,
+    ):
         self.root, self.config, self.as_of = root.rstrip("/"), config, as_of
+        self.encryption = encryption
         self.warehouse = warehouse
         self.files = Metrics.counter("livora.segments", "files_written")
 
@@ -193,14 +201,15 @@ class _WriteTenantFn(beam.DoFn):
         def target(table: str) -> str:
             return join_under(partition_path(f"{self.root}/{table}", partition), "part-00000.parquet")
 
-        write_table(target("segments"), members, csv=False, schema=MEMBERS_SCHEMA, root=self.root)
-        write_table(target("segment_sizes"), sizes, csv=False, schema=SIZES_SCHEMA, root=self.root)
+        enc = self.encryption
+        write_table(target("segments"), members, csv=False, schema=MEMBERS_SCHEMA, root=self.root, encryption=enc)
+        write_table(target("segment_sizes"), sizes, csv=False, schema=SIZES_SCHEMA, root=self.root, encryption=enc)
         self.files.inc(2)
         if self.config.uses_rfm():
             scores = [r for _m, _n, r in parts if r is not None and len(r)]
             rfm = pd.concat(scores, ignore_index=True) if scores else pd.DataFrame(columns=RFM_SCHEMA.names)
             rfm = rfm.sort_values("person_id", kind="stable").reset_index(drop=True)[RFM_SCHEMA.names]
-            write_table(target("rfm_scores"), rfm, csv=False, schema=RFM_SCHEMA, root=self.root)
+            write_table(target("rfm_scores"), rfm, csv=False, schema=RFM_SCHEMA, root=self.root, encryption=enc)
             self.files.inc()
         if self.warehouse:
             for name, df, schema in (
@@ -340,7 +349,7 @@ def build(pipeline: beam.Pipeline, opts: SegmentsOptions, config: seg.SegmentsCo
     (
         result.per_tenant
         | "GroupByTenant" >> beam.GroupByKey()
-        | "WriteMembership" >> beam.ParDo(_WriteTenantFn(root, config, opts.as_of, opts.warehouse))
+        | "WriteMembership" >> beam.ParDo(_WriteTenantFn(root, config, opts.as_of, opts.warehouse, opts.encryption()))
     )
     if opts.dynamodb_table:
         result.persons | "WriteProfileStore" >> beam.ParDo(
@@ -373,6 +382,7 @@ def run(argv: list[str] | None = None) -> SegmentsOptions:
         raise UsageError("--buckets must be >= 1")
     config = load_segments_config(opts.config)  # fails here, before the graph, on a bad config
     FileSystems.set_options(opts)
+    use_encryption(opts.encryption())  # --kms-key-id for the driver's own writes (the run record)
     require_lake(opts.lake)
     log.info("%d segments as of %s on %s", len(config.segments), opts.as_of, opts.lake)
     run_pipeline(lambda p: build(p, opts, config), opts)

@@ -40,6 +40,7 @@ from apache_beam.transforms import window as beam_window
 from apache_beam.transforms.core import RestrictionProvider
 from apache_beam.utils.timestamp import Duration, Timestamp
 
+from connectors.aws import S3Encryption
 from connectors.checkpoints import (
     CheckpointStore,
     CommitCheckpoints,
@@ -51,6 +52,7 @@ from connectors.checkpoints import (
     default_owner,
 )
 from connectors.dedupe_store import DropSeenDuplicates
+from connectors.erasure import DropTombstoned, read_tombstones
 from connectors.kinesis import (
     ReadConfig,
     ReadKinesisShards,
@@ -71,6 +73,7 @@ from connectors.lake import (
     table_path,
     write_partition_file,
 )
+from connectors.paths import use_encryption, write_bytes_atomically
 from connectors.run_records import current as current_run
 from connectors.run_summary import read_run_summary, run_summary_path, total
 from infra.runners import RunnerUnavailable, portable_options, resolve_runner
@@ -271,6 +274,7 @@ class Sinks:
     written: object  # (path, rows) per lake file
     dead: object  # (path, lines) per dead-letter file
     duplicates: object  # (tenant_id, message_id)
+    suppressed: object  # (tenant_id, message_id) of erased persons' events (docs/erasure.md)
     done: list = field(default_factory=list)  # every sink output the checkpoint commit waits for
     counts: dict = field(default_factory=dict)  # label -> PCollection of ints to sum for the summary
     verdict: object = None  # the quality gate's one GateOutcome dict (None: --quality-gate off)
@@ -291,8 +295,9 @@ def write_sinks(
     rows whose key is in the lake's other files of their partition are then counted duplicates.
     ``gate``: checks the lake files written; under ``block`` DynamoDB and the warehouse get rows only
     if they pass (pipelines/quality_gate.py)."""
-    batches = processed.row_batches
-    duplicates = [processed.duplicates]
+    # Erasure hook (docs/erasure.md, "streaming"): an erased person's events never reach a sink.
+    kept = processed.row_batches | "DropErased" >> DropTombstoned(read_tombstones(opts.lake))
+    batches, duplicates = kept.rows, [processed.duplicates]
     if (opts.dedupe_table or "none") != "none":
         seen = batches | "DropSeenDuplicates" >> DropSeenDuplicates(aws, opts.dedupe_table, batches=True)
         batches, duplicates = seen.rows, [*duplicates, seen.duplicates]
@@ -332,7 +337,7 @@ def write_sinks(
     dead = all_failures | "WriteDeadLetters" >> dead_writer
     all_duplicates = duplicates | "AllDuplicates" >> beam.Flatten()
     done += [dead, all_duplicates]
-    return Sinks(written, dead, all_duplicates, done, counts, verdict)
+    return Sinks(written, dead, all_duplicates, kept.suppressed, done, counts, verdict)
 
 
 # --------------------------------------------------------------------------- local incremental mode
@@ -369,8 +374,8 @@ class _WriteSummaryFn(beam.DoFn):
 
     Like :class:`connectors.run_summary.WriteRunSummary`, plus the per-shard progress (a list, not a total)."""
 
-    def __init__(self, path: str, labels: list[str]):
-        self.path, self.labels = path, labels
+    def __init__(self, path: str, labels: list[str], encryption: S3Encryption | None = None):
+        self.path, self.labels, self.encryption = path, labels, encryption
 
     def process(self, _, progress, committed, *totals):
         body = {
@@ -388,19 +393,18 @@ class _WriteSummaryFn(beam.DoFn):
             ],
             "checkpoints_committed": len(committed),
         }
-        with FileSystems.create(self.path) as handle:
-            handle.write(json.dumps(body).encode())
+        write_bytes_atomically(self.path, json.dumps(body).encode(), self.path.rsplit("/", 1)[0], self.encryption)
         yield body
 
 
-def require_balance(tag: str, parsed: int, lake_rows: int, failed: int, duplicates: int) -> int:
+def require_balance(tag: str, parsed: int, lake_rows: int, failed: int, duplicates: int, suppressed: int = 0) -> int:
     """Every parsed event ends in exactly one place, or the pass fails before its checkpoints move
-    (so a restart reads it again): lake rows + processing failures + duplicates = events parsed."""
-    placed = lake_rows + failed + duplicates
+    (so a restart reads it again): lake rows + processing failures + duplicates + suppressed = events parsed."""
+    placed = lake_rows + failed + duplicates + suppressed
     if placed != parsed:
         raise RuntimeError(
             f"pass {tag} does not balance: {parsed} events parsed but lake {lake_rows} + failed {failed} "
-            f"+ duplicates {duplicates} = {placed}; checkpoints not committed"
+            f"+ duplicates {duplicates} + suppressed {suppressed} = {placed}; checkpoints not committed"
         )
     return placed
 
@@ -429,8 +433,8 @@ def build_pass(
         processed,
         opts,
         aws,
-        WriteLakePartitions(opts.lake, file_tag),
-        WriteDeadLetters(opts.dead_letters_path(), file_tag),
+        WriteLakePartitions(opts.lake, file_tag, encryption=opts.encryption()),
+        WriteDeadLetters(opts.dead_letters_path(), file_tag, encryption=opts.encryption()),
         own_tag=tag,
         gate=gate,
     )
@@ -442,6 +446,7 @@ def build_pass(
         "lake_files": total(sinks.written, "LakeFiles"),
         "dead_letters": total(sinks.dead, "DeadLetters", lambda pn: pn[1]),
         "duplicates": total(sinks.duplicates, "Duplicates"),
+        "suppressed": total(sinks.suppressed, "Suppressed"),
         **{label: total(pc, label.title().replace("_", "")) for label, pc in sinks.counts.items()},
     }
     progress = read.progress
@@ -454,8 +459,8 @@ def build_pass(
         | "BalanceTrigger" >> beam.Create([None])
         | "CheckBalance"
         >> beam.Map(
-            lambda _, parsed, lake, failed, dups: require_balance(tag, parsed, lake, failed, dups),
-            *(totals[name] for name in ("events_parsed", "lake_rows", "failed_processing", "duplicates")),
+            lambda _, parsed, lake, failed, dups, erased: require_balance(tag, parsed, lake, failed, dups, erased),
+            *(totals[name] for name in ("events_parsed", "lake_rows", "failed_processing", "duplicates", "suppressed")),
         )
     )
     committed = progress | "CommitCheckpoints" >> CommitCheckpoints(
@@ -470,7 +475,7 @@ def build_pass(
         | "SummaryTrigger" >> beam.Create([None])
         | "WriteSummary"
         >> beam.ParDo(
-            _WriteSummaryFn(summary_path, list(totals)),
+            _WriteSummaryFn(summary_path, list(totals), opts.encryption()),
             beam.pvalue.AsList(read.progress),
             beam.pvalue.AsList(committed),
             *totals.values(),
@@ -483,13 +488,15 @@ class PassSummary:
     tag: str
     records_read: int = 0
     events_parsed: int = 0
-    """Events (and undecodable records) out of parsing: lake rows + failed_processing + duplicates."""
+    """Events (and undecodable records) out of parsing: lake rows + failed_processing + duplicates + suppressed."""
     failed_processing: int = 0
     """Dead letters of decode/validate/normalize/enrich (``dead_letters`` adds the sinks' failures)."""
     lake_rows: int = 0
     lake_files: int = 0
     dead_letters: int = 0
     duplicates: int = 0
+    suppressed: int = 0
+    """Events of persons erased earlier (LAKE/_tombstones; docs/erasure.md): counted, not written."""
     profile_rows_applied: int = 0
     warehouse_rows_merged: int = 0
     checkpoints_committed: int = 0
@@ -510,7 +517,7 @@ class StreamSummary:
         return sum(getattr(p, name) for p in self.passes)
 
     def as_dict(self) -> dict:
-        names = ("records_read", "lake_rows", "lake_files", "dead_letters", "duplicates")
+        names = ("records_read", "lake_rows", "lake_files", "dead_letters", "duplicates", "suppressed")
         names += ("profile_rows_applied", "warehouse_rows_merged")
         return {
             "stream": self.stream,
@@ -736,52 +743,53 @@ class _WriteWindowFn(beam.DoFn):
     """Streaming lake writer: one file per (partition, bucket, window); the name is derived from the
     run, the window and the rows' message ids, so a retried bundle rewrites the same file."""
 
-    def __init__(self, lake: str, run_id: str):
-        self.lake, self.run_id = lake, run_id
+    def __init__(self, lake: str, run_id: str, encryption: S3Encryption | None = None):
+        self.lake, self.run_id, self.encryption = lake, run_id, encryption
 
     def process(self, element, win=beam.DoFn.WindowParam):
         (tenant, date, bucket), rows = element
         rows = sorted(rows, key=event_sort_key)
         digest = hashlib.sha1("\n".join(r["message_id"] for r in rows).encode()).hexdigest()[:10]
         name = f"part-w{_window_start(win)}-{self.run_id}-{digest}-{bucket:04d}.parquet"
-        path = write_partition_file(self.lake, EVENTS_TABLE, {"tenant_id": tenant, "event_date": date}, rows, name)
+        partition = {"tenant_id": tenant, "event_date": date}
+        path = write_partition_file(self.lake, EVENTS_TABLE, partition, rows, name, encryption=self.encryption)
         yield path, len(rows)
 
 
 class _WriteWindowDeadLettersFn(beam.DoFn):
-    def __init__(self, path: str, run_id: str):
-        self.path, self.run_id = path, run_id
+    def __init__(self, path: str, run_id: str, encryption: S3Encryption | None = None):
+        self.path, self.run_id, self.encryption = path, run_id, encryption
 
     def process(self, element, win=beam.DoFn.WindowParam):
         lines = sorted(f.to_json_line() for f in element[1])
         digest = hashlib.sha1("\n".join(lines).encode()).hexdigest()[:10]
         target = f"{self.path.rstrip('/')}/part-w{_window_start(win)}-{self.run_id}-{digest}.jsonl"
-        with FileSystems.create(target) as handle:  # local: small, written whole; S3: one PUT
-            handle.write("".join(line + "\n" for line in lines).encode())
+        body = "".join(line + "\n" for line in lines).encode()
+        write_bytes_atomically(target, body, self.path, self.encryption)  # S3: one PUT
         yield target, len(lines)
 
 
 class _WindowedDeadLetters(beam.PTransform):
-    def __init__(self, path: str, run_id: str = "r0"):
+    def __init__(self, path: str, run_id: str = "r0", encryption: S3Encryption | None = None):
         super().__init__()
-        self.path, self.run_id = path, run_id
+        self.path, self.run_id, self.encryption = path, run_id, encryption
 
     def expand(self, failures):
         return (
             failures
             | "KeyDeadLetters" >> beam.Map(lambda f: (0, f))
             | "GroupDeadLetters" >> beam.GroupByKey()
-            | "WriteDeadLetterFiles" >> beam.ParDo(_WriteWindowDeadLettersFn(self.path, self.run_id))
+            | "WriteDeadLetterFiles" >> beam.ParDo(_WriteWindowDeadLettersFn(self.path, self.run_id, self.encryption))
         )
 
 
 class _WindowedLake(beam.PTransform):
-    def __init__(self, lake: str, run_id: str = "r0"):
+    def __init__(self, lake: str, run_id: str = "r0", encryption: S3Encryption | None = None):
         super().__init__()
-        self.lake, self.run_id = lake, run_id
+        self.lake, self.run_id, self.encryption = lake, run_id, encryption
 
     def expand(self, batches):
-        return batches | "WriteWindowFiles" >> beam.ParDo(_WriteWindowFn(self.lake, self.run_id))
+        return batches | "WriteWindowFiles" >> beam.ParDo(_WriteWindowFn(self.lake, self.run_id, self.encryption))
 
 
 class _CommitWindowFn(beam.DoFn):
@@ -915,8 +923,9 @@ def build_streaming(
     windowing = beam_window.FixedWindows(opts.window_seconds)
     records = read.records | "Window" >> beam.WindowInto(windowing)
     processed = records | "ProcessEvents" >> ProcessEvents(opts.process_config(opts.lake))
-    lake_writer = _WindowedLake(opts.lake, run_id)
-    sinks = write_sinks(processed, opts, aws, lake_writer, _WindowedDeadLetters(opts.dead_letters_path(), run_id))
+    lake_writer = _WindowedLake(opts.lake, run_id, opts.encryption())
+    dead_writer = _WindowedDeadLetters(opts.dead_letters_path(), run_id, opts.encryption())
+    sinks = write_sinks(processed, opts, aws, lake_writer, dead_writer)
     progress = read.progress | "WindowProgress" >> beam.WindowInto(windowing)
     progress | "CommitCheckpoints" >> CommitWindows(
         aws,
@@ -992,6 +1001,7 @@ def run(argv: list[str] | None = None, out=sys.stdout) -> StreamSummary | None:
             options = parse_options(argv + extra, StreamEventsOptions, __doc__)
             opts = options.view_as(StreamEventsOptions)
     FileSystems.set_options(options)  # the driver lists and deletes files itself (leftovers, summaries)
+    use_encryption(opts.encryption())  # --kms-key-id: the driver's own writes; the writers carry it themselves
     if options.view_as(StandardOptions).streaming:
         if opts.quality_gate == "block":
             raise UsageError(
