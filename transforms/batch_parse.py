@@ -9,16 +9,17 @@ as the baseline and the reference), at a fraction of its cost:
 - each event leaves as one tuple of column values (no dict per row), transposed once per batch into Arrow arrays.
 
 Only the happy path is fast. A record that is not one plain event (batches, webhooks, gzip), that any
-rule refuses (contract, shape, e-commerce properties, currency, times, money) or whose tenant has a
-tracking plan goes whole through the per-event path, which names the reason and field path exactly as
+rule refuses (contract, shape, e-commerce properties, currency, a blocking tracking plan, times, money)
+goes whole through the per-event path, which names the reason and field path exactly as
 before: failures are never produced here, so they cannot differ.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pyarrow as pa
 from pydantic import ValidationError
@@ -75,6 +76,16 @@ _PAGE_COLUMNS = (
 )
 _TYPES = {field.name: field.type for field in WORK_SCHEMA}
 _TYPE_NAMES = {member: member.value for member in EventType}
+
+
+class _PlanView(NamedTuple):
+    """What :meth:`TrackingPlans.violations` and ``log_warning`` read of an event."""
+
+    tenant_id: str
+    type: EventType
+    event: str | None
+    properties: dict[str, Any]
+    message_id: str
 
 
 class _Slow(Exception):
@@ -145,6 +156,7 @@ _COLUMN_ORDER = (
     "revenue_inr",
     "fx_rate",
     "fx_rate_date",
+    "plan_violations",
     "_source_ref",
 )
 
@@ -180,8 +192,6 @@ def _one(
     name = get("event")
     if shape_error(event_type, user_id, anonymous_id, name, previous_id, get("group_id")) is not None:
         raise _Slow
-    if plans is not None and plans.for_tenant(tenant) is not None:
-        raise _Slow  # tracking-plan checks and their warnings: the per-event path
     properties = get("properties") or {}
     props_validator = _PROPERTIES.get(name) if name else None
     if props_validator is not None:
@@ -195,6 +205,13 @@ def _one(
         sent = properties.get("currency")
         if isinstance(sent, str) and sent != currency:
             properties["currency"] = currency
+    plan = plans.for_tenant(tenant) if plans is not None else None
+    violations = None
+    if plan is not None:  # checked where validate_event checks it: after the currency fix, before normalisation
+        view = _PlanView(tenant, event_type, name, properties, event["message_id"])
+        violations = plans.violations(view)
+        if violations and plan.mode == "block":
+            raise _Slow
 
     times = corrected_times(
         get("received_at"),
@@ -251,6 +268,11 @@ def _one(
     device_key = (tenant, context.get("ip"), context.get("user_agent"))
 
     has_traits = bool(traits) or event_type is _IDENTIFY or event_type is _GROUP
+    plan_violations = None
+    if violations:
+        if plan.mode == "warn":
+            plans.log_warning(view, violations)
+        plan_violations = json.dumps([str(v) for v in violations])
     if policy.hash_ids:
         salt, hash_id = policy.salt, resources.hash_id
         user_id, anonymous_id, previous_id = (
@@ -282,6 +304,7 @@ def _one(
         revenue_inr,
         fx_rate,
         fx_rate_date,
+        plan_violations,
         record.source_ref,
         devices.setdefault(device_key, len(devices)),
         pages.setdefault((url, path, referrer, campaign), len(pages)),
@@ -312,7 +335,6 @@ def _table(
         "timestamp": timestamps,
         "person_id": pa.nulls(count, pa.string()),
         "session_id": pa.nulls(count, pa.string()),
-        "plan_violations": pa.nulls(count, pa.string()),
         "schema_version": pa.array([SCHEMA_VERSION] * count, pa.string()),
         "pipeline_version": pa.array([PIPELINE_VERSION] * count, pa.string()),
         "_node": pa.array(

@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from connectors.synthetic import generate_events
+from pipelines.options import DEFAULT_PLANS
 from schemas.dict_validators import dict_validator
 from schemas.events import Event, shape_error
 from schemas.records import SourceRecord
@@ -217,15 +218,27 @@ def test_tenant_assignment_by_write_key_is_the_same(tmp_path):
     _assert_same(reference, batch)
 
 
-def test_tracking_plans_are_applied_on_the_batch_path(tmp_path):
-    plan = tmp_path / "acme-in.yaml"
-    plan.write_text(
-        "tenant_id: acme-in\nmode: allow\nallow_unplanned_events: false\nevents:\n"
-        "  Product Viewed:\n    required: [coupon]\n    properties:\n      price: string\n"
-    )
-    TrackingPlans.load(str(tmp_path))  # the plan is valid
+@pytest.mark.parametrize("mode", ["allow", "warn", "block"])
+def test_tracking_plans_are_applied_on_the_batch_path(tmp_path, mode):
+    for tenant in ("acme-in", "bloom-in"):
+        (tmp_path / f"{tenant}.yaml").write_text(
+            f"tenant_id: {tenant}\nmode: {mode}\nallow_unplanned_events: false\nevents:\n"
+            "  Product Viewed:\n    required: [coupon]\n    properties:\n      price: string\n"
+        )
+    TrackingPlans.load(str(tmp_path))  # the plans are valid
     reference, batch = _both([orjson.dumps(e) for e in BASE], tracking_plans_dir=str(tmp_path))
-    assert any(v is not None for v in reference[0].column("plan_violations").to_pylist())
+    if mode == "block":
+        assert any(f.reason.value == "plan_violation" for f in reference[1])
+    else:
+        assert any(v is not None for v in reference[0].column("plan_violations").to_pylist())
+    _assert_same(reference, batch)
+
+
+def test_the_project_tracking_plans_give_the_same_rows():
+    """The plans ingest uses by default (schemas/tracking_plans) cover the synthetic tenants."""
+    records = list(generate_events(2000, seed=5))
+    reference, batch = _both(records, tracking_plans_dir=DEFAULT_PLANS)
+    assert TrackingPlans.load(DEFAULT_PLANS).for_tenant("acme-in") is not None
     _assert_same(reference, batch)
 
 
