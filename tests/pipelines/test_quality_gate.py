@@ -73,7 +73,7 @@ class _BuggyWriteFn(beam.DoFn):
 class _BuggyWrite(beam.PTransform):
     """Stands in for ingest's WriteLakePartitions."""
 
-    def __init__(self, lake: str, tag: str):
+    def __init__(self, lake: str, tag: str, encryption=None):
         super().__init__()
         self.lake, self.tag = lake, tag
 
