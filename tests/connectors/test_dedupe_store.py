@@ -276,3 +276,37 @@ def test_beam_transform_with_a_pass_id_writes_its_claims(aws):
     # the run's claims are in the table once it is done: a re-send of each new id is now a duplicate
     resent = [(dedupe_key("t", f"new-{i}"), "kinesis:s/9/9") for i in range(120)]
     assert DedupeStore(aws, "dedupe-beam-pass").claim(resent) == [True] * 120
+
+
+def test_lake_file_batches_keep_their_shape_with_pass_claims(aws):
+    """``batches=True`` holds batches until 2,000 rows or the bundle's end: every row still comes out in
+    its own batch, and a copy of a message in a later batch of the same pass is a duplicate."""
+    create_dedupe_table(aws, "dedupe-beam-batches")
+    DedupeStore(aws, "dedupe-beam-batches").claim([(dedupe_key("t", "old"), "kinesis:s/0/1")])
+
+    def row(mid, ref):
+        return {"tenant_id": "t", "message_id": mid, "_source_ref": ref}
+
+    batches = [
+        (f"file-{b}", [row(f"m-{b}-{i}", f"kinesis:s/{b}/{i}") for i in range(900)]) for b in range(3)
+    ]  # 2,700 rows: one release while processing, one at the bundle's end
+    batches.append(("file-3", [row("old", "kinesis:s/3/0"), row("m-0-5", "kinesis:s/3/1"), row("x", "kinesis:s/3/2")]))
+    with beam.Pipeline(options=PipelineOptions(runner="FnApiRunner")) as p:
+        out = p | beam.Create(batches) | DropSeenDuplicates(aws, "dedupe-beam-batches", batches=True, pass_id="a/p1")
+        kept = out.rows | beam.FlatMap(lambda kv: [(kv[0], r["message_id"]) for r in kv[1]])
+        # which copy of m-0-5 wins depends on the order the batches arrive in; each row stays in its batch
+        expected = [(f"file-{b}", f"m-{b}-{i}") for b in range(3) for i in range(900)] + [("file-3", "x")]
+        assert_that(
+            kept,
+            lambda got: (
+                (
+                    len(got) == len(expected)
+                    and set(got) - set(expected) <= {("file-3", "m-0-5")}
+                    and [mid for _, mid in got].count("m-0-5") == 1
+                    and set(expected) - set(got) <= {("file-0", "m-0-5")}
+                )
+                or pytest.fail(f"rows: {len(got)}")
+            ),
+            label="Rows",
+        )
+        assert_that(out.duplicates, equal_to([("t", "old"), ("t", "m-0-5")]), label="Duplicates")
