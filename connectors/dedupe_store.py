@@ -103,7 +103,10 @@ class DedupeStore:
         now: Callable[[], float] = time.time,
     ):
         self.table, self.ttl, self.workers, self.backoff, self.now = table, ttl, workers, backoff, now
-        self.client = client or aws.client("dynamodb", max_pool_connections=max(10, workers))
+        # no client-side validation: the requests are built here, and it costs the pass CPU per attribute
+        self.client = client or aws.client(
+            "dynamodb", max_pool_connections=max(10, 2 * workers), parameter_validation=False
+        )
         self.rng = random.Random()
         self._pool: ThreadPoolExecutor | None = None  # one per store: a bundle calls claim() many times
         self._readers: ThreadPoolExecutor | None = None
