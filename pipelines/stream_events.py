@@ -192,6 +192,15 @@ class StreamEventsOptions(ProcessingOptions, AwsOptions, QualityGateOptions):
             help="DynamoDB table remembering message ids for 24 h across passes; 'none' disables (default livora-dedupe).",
         )
         parser.add_argument(
+            "--dedupe-claims",
+            dest="dedupe_claims",
+            choices=["batched", "conditional"],
+            default="batched",
+            help="Local incremental mode: 'batched' reads and writes the dedupe table in batches, which is correct "
+            "while this consumer application is the table's only writer; 'conditional' (one conditional put per new "
+            "id) when several applications share the table. --streaming always uses conditional puts.",
+        )
+        parser.add_argument(
             "--profiles-table",
             dest="profiles_table",
             default=None,
@@ -299,7 +308,11 @@ def write_sinks(
     kept = processed.row_batches | "DropErased" >> DropTombstoned(read_tombstones(opts.lake))
     batches, duplicates = kept.rows, [processed.duplicates]
     if (opts.dedupe_table or "none") != "none":
-        seen = batches | "DropSeenDuplicates" >> DropSeenDuplicates(aws, opts.dedupe_table, batches=True)
+        batched = own_tag is not None and opts.dedupe_claims == "batched"  # one pass at a time, under the lease
+        pass_id = f"{opts.consumer_app}/{own_tag}" if batched else None
+        seen = batches | "DropSeenDuplicates" >> DropSeenDuplicates(
+            aws, opts.dedupe_table, batches=True, pass_id=pass_id
+        )
         batches, duplicates = seen.rows, [*duplicates, seen.duplicates]
     if own_tag is not None:  # a pass: events already in the lake (from any source) are duplicates
         known = batches | "DropLakeDuplicates" >> DropLakeDuplicates(opts.lake, [own_tag])

@@ -1,8 +1,11 @@
-"""Benchmark: a daily batch ingest into a lake that already holds 10M events, against the same run into
-an empty lake, same process, same input.
+"""Benchmarks of incremental ingest: (1) a daily batch ingest into a lake that already holds 10M
+events, against the same run into an empty lake, same process, same input; (2) the streaming job's
+local incremental mode catching up a Kinesis backlog with the DynamoDB dedupe store, its conditional
+claims against its batched claims, with the moto server's own ceilings measured in the same run.
 
     pytest tests/benchmarks/bench_incremental_ingest.py -m benchmark -s -p no:cacheprovider
-    LIVORA_BENCH_LAKE_EVENTS=2000000 LIVORA_BENCH_NEW_EVENTS=20000 ... for a quicker look
+    LIVORA_BENCH_LAKE_EVENTS=2000000 LIVORA_BENCH_NEW_EVENTS=20000 ... for a quicker look at (1)
+    LIVORA_BENCH_DEDUPE_EVENTS=5000 ... for a quicker look at (2) (default 20000)
 
 The big lake's rows are written directly as Parquet (same schema, same 2 tenants x 30 days as the new
 events, so every partition the run writes holds ~1/60 of them); the run must read the message ids of
@@ -102,3 +105,174 @@ def test_incremental_ingest_into_a_big_lake(tmp_path):
     )
     assert big_summary.lake_rows == figures["empty lake"][2].lake_rows  # no old id collides with a new one
     assert big_summary.events_in == big_summary.events_parsed
+
+
+# --------------------------------------------------------------------------- (2) stream catch-up, dedupe store
+
+DEDUPE_EVENTS = int(os.environ.get("LIVORA_BENCH_DEDUPE_EVENTS", "20000"))
+POOL = 8  # threads for the emulator's ceilings (the dedupe store's own pool size)
+
+
+def _rate(n: int, fn) -> float:
+    started = time.perf_counter()
+    fn()
+    return n / (time.perf_counter() - started)
+
+
+def _dynamodb_ceilings(aws, n: int) -> dict[str, float]:
+    """The moto server's own rates for the dedupe store's calls, from POOL threads, same item shape."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from connectors.dedupe_store import create_dedupe_table
+
+    dynamo = aws.client("dynamodb", max_pool_connections=POOL * 2)
+    keys = [f"acme-in#{i:08d}-0000-4000-8000-000000000000" for i in range(n)]
+    ref = "kinesis:bench/shardId-000000000003/49650000000000000000000000000000000000000000000000000001"
+    for name in ("ceil-put", "ceil-batch"):
+        create_dedupe_table(aws, name)
+
+    def item(key):
+        return {
+            "dedupe_key": {"S": key},
+            "source_ref": {"S": ref},
+            "first_seen": {"N": "1.0"},
+            "expires_at": {"N": "9999999999"},
+        }
+
+    def put(key):
+        dynamo.put_item(
+            TableName="ceil-put",
+            Item=item(key),
+            ConditionExpression="attribute_not_exists(dedupe_key) OR expires_at < :now",
+            ExpressionAttributeValues={":now": {"N": "1"}},
+        )
+
+    def chunks(size):
+        return [keys[i : i + size] for i in range(0, n, size)]
+
+    def write(chunk):
+        requests = [{"PutRequest": {"Item": item(k)}} for k in chunk]
+        assert not dynamo.batch_write_item(RequestItems={"ceil-batch": requests}).get("UnprocessedItems")
+
+    def get(table):
+        def page(chunk):
+            request = {table: {"Keys": [{"dedupe_key": {"S": k}} for k in chunk], "ConsistentRead": True}}
+            return len(dynamo.batch_get_item(RequestItems=request)["Responses"][table])
+
+        return page
+
+    out = {}
+    with ThreadPoolExecutor(POOL) as pool:
+        out["BatchGetItem, unknown keys (100/call)"] = _rate(n, lambda: sum(pool.map(get("ceil-batch"), chunks(100))))
+        out["conditional PutItem (1/call)"] = _rate(n, lambda: list(pool.map(put, keys)))
+        out["BatchWriteItem (25/call)"] = _rate(n, lambda: list(pool.map(write, chunks(25))))
+        out["BatchGetItem, known keys (100/call)"] = _rate(
+            n, lambda: sum(pool.map(get("ceil-batch"), chunks(100))) == n or pytest.fail("keys missing")
+        )
+    return out
+
+
+@pytest.mark.benchmark
+def test_stream_catch_up_with_the_dedupe_store(aws, tmp_path):
+    """A backlog of DEDUPE_EVENTS records on 4 shards caught up by ``stream_events`` (local incremental
+    mode, all passes and their start-up included), then a second backlog of a quarter as many, half of
+    them re-sends of the first (the dedupe store's known keys). Each configuration starts from fresh
+    checkpoints, lake and tables; the two claim paths must give the same lake and the same counts."""
+    import io
+
+    from connectors.checkpoints import checkpoint_table_name, create_checkpoint_table
+    from connectors.dedupe_store import create_dedupe_table
+    from connectors.dynamodb import create_tables
+    from infra.resources import StreamingResources, create_streaming_resources
+    from pipelines import stream_events
+    from pipelines.demo_stream import put_records
+
+    first = list(generate_events(DEDUPE_EVENTS, seed=7))
+    resent = first[::8][: DEDUPE_EVENTS // 8]  # re-sends: same message ids, new Kinesis records
+    second = resent + list(generate_events(DEDUPE_EVENTS // 8, seed=8))
+    res = create_streaming_resources(
+        aws, StreamingResources(stream="catchup", shards=4, bucket=None, profiles_table=None, identity_table=None)
+    )
+    kinesis = aws.client("kinesis")
+    put_records(kinesis, res.stream, first)
+    ceilings = _dynamodb_ceilings(aws, DEDUPE_EVENTS)
+
+    configs = {
+        "lake only": ["--dedupe-table=none"],
+        "+ dedupe, conditional claims": ["--dedupe-claims=conditional"],
+        "+ dedupe, batched claims": ["--dedupe-claims=batched"],
+        "every sink, batched claims": ["--dedupe-claims=batched", "profiles", "warehouse"],
+        "every sink, conditional claims": ["--dedupe-claims=conditional", "profiles", "warehouse"],
+    }
+    runs: dict[str, dict] = {}
+    for i, (label, extra) in enumerate(configs.items()):
+        app = f"catchup-{i}"
+        create_checkpoint_table(aws, checkpoint_table_name(app))
+        args = [a for a in extra if a.startswith("--")]
+        if "--dedupe-table=none" not in args:
+            create_dedupe_table(aws, f"{app}-dedupe")
+            args.append(f"--dedupe-table={app}-dedupe")
+        if "profiles" in extra:
+            create_tables(aws, f"{app}-profiles", f"{app}-identity")
+            args += [f"--profiles-table={app}-profiles", f"--identity-table={app}-identity"]
+        if "warehouse" in extra:
+            args.append(f"--warehouse=duckdb:///{tmp_path}/{app}.duckdb")
+        argv = [
+            f"--stream={res.stream}",
+            f"--lake={tmp_path / app}",
+            f"--aws-endpoint-url={aws.endpoint_url}",
+            f"--consumer-app={app}",
+            "--buckets=2",
+            "--min-call-interval=0.05",
+            *args,
+        ]
+        runs[label] = {"argv": argv}
+    # phase 1 for every configuration, then the re-sends, then phase 2 for every configuration
+    for phase, records in (("backlog", first), ("re-sends", second)):
+        if phase == "re-sends":
+            put_records(kinesis, res.stream, second)
+        for run_ in runs.values():
+            wall, cpu = time.perf_counter(), cpu_seconds()
+            summary = stream_events.run(run_["argv"], out=io.StringIO())
+            wall, cpu = time.perf_counter() - wall, cpu_seconds() - cpu
+            counts = {k: summary.total(k) for k in ("records_read", "lake_rows", "dead_letters", "duplicates")}
+            assert counts["records_read"] == len(records)
+            assert counts["lake_rows"] + counts["dead_letters"] + counts["duplicates"] == len(records)
+            run_[phase] = (len(records) / wall, wall, cpu, len(summary.passes), counts)
+
+    lines = [f"\n[stream catch-up] {DEDUPE_EVENTS:,} records on 4 shards, then {len(second):,} (half re-sends)"]
+    lines.append(f"  {'configuration':<32} {'backlog':>24} {'re-sends':>24}")
+    for label, run_ in runs.items():
+        cells = [f"{r:>7,.0f} ev/s ({w:5.1f} s, {p} passes)" for r, w, _, p, _ in (run_["backlog"], run_["re-sends"])]
+        lines.append(f"  {label:<32} {cells[0]:>24} {cells[1]:>24}")
+    for slow, fast in (
+        ("+ dedupe, conditional claims", "+ dedupe, batched claims"),
+        ("every sink, conditional claims", "every sink, batched claims"),
+    ):
+        lines.append(
+            f"  {fast} / {slow}: {runs[fast]['backlog'][0] / runs[slow]['backlog'][0]:.1f}x on the backlog, "
+            f"{runs[fast]['re-sends'][0] / runs[slow]['re-sends'][0]:.1f}x on the re-sends"
+        )
+    lake = runs["lake only"]["backlog"][0]
+    lines.append(
+        f"  batched dedupe / lake only: {runs['+ dedupe, batched claims']['backlog'][0] / lake:.2f}x on the backlog"
+    )
+    lines.append(f"  moto server ceilings, same run, {DEDUPE_EVENTS:,} keys, {POOL} threads:")
+    lines += [f"    {label:<40} {rate:>8,.0f} items/s" for label, rate in ceilings.items()]
+    n = DEDUPE_EVENTS
+    conditional_s = n / ceilings["BatchGetItem, unknown keys (100/call)"] + n / ceilings["conditional PutItem (1/call)"]
+    batched_s = n / ceilings["BatchGetItem, unknown keys (100/call)"] + n / ceilings["BatchWriteItem (25/call)"]
+    lines.append(
+        f"  emulator time of the backlog's claims: conditional {conditional_s:.1f} s (caps the catch-up at "
+        f"{n / conditional_s:,.0f} events/s), batched {batched_s:.1f} s ({n / batched_s:,.0f} events/s); "
+        f"load average {os.getloadavg()[0]:.1f}"
+    )
+    print("\n".join(lines))
+    # both claim paths decide alike: same lake rows, same duplicates, in both phases
+    for phase in ("backlog", "re-sends"):
+        for a, b in (
+            ("+ dedupe, conditional claims", "+ dedupe, batched claims"),
+            ("every sink, conditional claims", "every sink, batched claims"),
+        ):
+            assert runs[a][phase][4] == runs[b][phase][4], phase
+    assert runs["+ dedupe, batched claims"]["re-sends"][4]["duplicates"] >= len(resent) * 0.9
