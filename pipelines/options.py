@@ -149,7 +149,7 @@ class ProcessingOptions(TenantOptions):
             choices=("batch", "per-event"),
             default="batch",
             help="batch (default): parse, validate and enrich a batch at a time; per-event: one event at a time, "
-            "the reference path (same rows, same dead letters; about 1.6x the CPU per event).",
+            "the reference path (same rows, same dead letters; its parse step costs ~1.5x the CPU, docs/ingest-performance.md).",
         )
 
     def process_config(self, lake: str | None = None) -> ProcessConfig:

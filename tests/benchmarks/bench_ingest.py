@@ -22,6 +22,7 @@ parse <= 6.
 
 from __future__ import annotations
 
+import contextlib
 import cProfile
 import datetime as dt
 import io
@@ -71,6 +72,29 @@ def _measure_parse(path: str, mode: str) -> tuple[int, float]:
         table, failures = parse_to_table(records[first : first + config.batch_size], parser, now)
         events += table.num_rows + len(failures)
     return events, _cpu() - start
+
+
+def _measure_floors(path: str) -> dict[str, float]:
+    """µs of CPU per event of the two costs no Python parse step avoids: JSON decoding, and JSON decoding plus
+    pydantic-core's check of the contract (into plain dicts, the batch path's way), per record."""
+    import orjson
+
+    from schemas.dict_validators import dict_validator
+    from schemas.events import Event
+
+    payloads = [record.payload for record in _records(path)]
+    validate = dict_validator(Event).validate_python
+    start = _cpu()
+    for payload in payloads:
+        with contextlib.suppress(orjson.JSONDecodeError):
+            orjson.loads(payload)
+    decode = _cpu() - start
+    start = _cpu()
+    for payload in payloads:
+        with contextlib.suppress(Exception):  # a refused record costs what it costs
+            validate(orjson.loads(payload))
+    both = _cpu() - start
+    return {"json": decode / len(payloads) * 1e6, "json+contract": both / len(payloads) * 1e6}
 
 
 def _measure_loop(path: str, mode: str, lake: str) -> tuple[int, float]:
@@ -136,6 +160,9 @@ def child(kind: str, path: str, mode: str, out: str) -> None:
     if kind == "profile":
         print(json.dumps({"profile": _profile_batch(path)}))
         return
+    if kind == "floors":
+        print(json.dumps(_measure_floors(path)))
+        return
     measured = {
         "parse": lambda: _measure_parse(path, mode),
         "loop": lambda: _measure_loop(path, mode, out),
@@ -182,6 +209,7 @@ def test_ingest_cpu_per_event_per_event_vs_batch(tmp_path_factory, tmp_path):
             print(f"[bench_ingest] {kind:5s} {mode:9s} done: {results[kind, mode]}", flush=True)
     floor = _run_child("duckdb", path, "-", str(tmp_path / "duckdb.parquet"))
     profile = _run_child("profile", path, "batch", "-")["profile"]
+    floors = _run_child("floors", path, "-", "-")
 
     def us(r: dict) -> float:
         return r["cpu"] / r["events"] * 1e6
@@ -210,6 +238,11 @@ def test_ingest_cpu_per_event_per_event_vs_batch(tmp_path_factory, tmp_path):
     lines.append(
         f"  Beam (batch) / DuckDB floor: {us(results['beam', 'batch']) / us(floor):.1f}x the CPU per event; "
         f"Beam overhead over the plain loop (batch): {us(results['beam', 'batch']) / us(results['loop', 'batch']):.2f}x"
+    )
+    lines.append(
+        f"  parse floors per record: orjson.loads {floors['json']:.1f} µs; orjson.loads + the contract checked "
+        f"by pydantic-core into dicts {floors['json+contract']:.1f} µs (the batch parse step is "
+        f"{us(results['parse', 'batch']) / floors['json+contract']:.1f}x that)"
     )
     lines.append("  profile of the batch parse step (100k events, cProfile, by own time):")
     lines += ["    " + line for line in profile.splitlines() if line.strip()][:24]
