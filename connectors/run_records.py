@@ -93,6 +93,8 @@ class RunRecord:
     """STS GetCallerIdentity (Arn, Account, UserId) of a run that touches AWS."""
     caller_error: str | None = None
     """Why ``caller`` is missing on a run that touches AWS (STS unreachable, no credentials)."""
+    profile: str | None = None
+    """The run profile (dev, staging, prod) that set the run's defaults; None for pipelines without one."""
     result: Any = dataclasses.field(default=None, repr=False)
     """The run's summary (a dataclass, pydantic model or mapping): its numbers become ``counts``."""
 
@@ -111,6 +113,7 @@ class RunRecord:
         return {
             "run_id": self.run_id,
             "pipeline": self.pipeline,
+            "profile": self.profile,
             "status": status,
             "exit_code": exit_code,
             "error": error,

@@ -26,6 +26,7 @@ from pipelines.logs import add_logging_arguments
 from pipelines.options import LivoraArgumentParser, main_entry
 
 FUNNEL = "Product Viewed,Product Added,Checkout Started,Order Completed"
+DEMO = ["--profile", "dev"]  # the demo is dev (quality gate warn), whatever $LIVORA_PROFILE the shell has
 
 
 def run_batch_ingest(workdir: str, events: int, seed: int, geoip: str) -> dict:
@@ -35,7 +36,7 @@ def run_batch_ingest(workdir: str, events: int, seed: int, geoip: str) -> dict:
         for record in generate_events(events, seed=seed):
             handle.write(record.replace(b"\n", b" ") + b"\n")
     lake = os.path.join(workdir, "lake")
-    summary = ingest_batch.run(["--input", source, "--lake", lake, "--geoip-db", geoip])
+    summary = ingest_batch.run(["--input", source, "--lake", lake, "--geoip-db", geoip, *DEMO])
     return {
         "events_in": summary.events_in,
         "lake_rows": summary.lake_rows,
@@ -53,12 +54,12 @@ def run_stream_ingest(workdir: str, events: int, seed: int, geoip: str) -> dict:
 
 def run_analytics(lake: str, out: str) -> dict:
     """The batch pipelines on the lake the ingest just wrote, and the report over their outputs."""
-    funnels.run(["--lake", lake, "--steps", FUNNEL, "--window", str(3 * 86400), "--output", f"{out}/funnels"])
+    funnels.run(["--lake", lake, "--steps", FUNNEL, "--window", str(3 * 86400), "--output", f"{out}/funnels", *DEMO])
     retention.run(
         ["--lake", lake, "--start-event", "Product Viewed", "--return-event", "Product Viewed", "--period", "week",
-         "--periods", "4", "--output", f"{out}/retention"]
+         "--periods", "4", "--output", f"{out}/retention", *DEMO]
     )  # fmt: skip
-    product_analytics.run(["--lake", lake, "--output", f"{out}/products"])
+    product_analytics.run(["--lake", lake, "--output", f"{out}/products", *DEMO])
     html = f"{out}/report.html"
     report.run(
         ["--input", f"{out}/funnels", "--input", f"{out}/retention", "--input", f"{out}/products", "--output", html,

@@ -267,6 +267,7 @@ def run_streaming_demo(
             f"--identity-table={res.identity_table}",
             "--buckets=4",
             "--min-call-interval=0.05",
+            "--profile=dev",  # a demo: quality gate warn, whatever $LIVORA_PROFILE says (extra_args may override)
             *(extra_args or []),
         ]
         print("running: python -m pipelines.stream_events " + " ".join(argv), file=out)

@@ -10,6 +10,7 @@ Dataflow).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import difflib
 import functools
@@ -31,6 +32,7 @@ from connectors.aws import AwsSettings, S3Encryption, check_kms_key_id
 from connectors.config_sources import ConfigSourceError, load_webhook_config, load_write_keys
 from connectors.lake import table_path
 from connectors.paths import use_encryption
+from connectors.run_records import current as current_run
 from connectors.run_records import recording
 from connectors.secrets import pii_secret
 from infra.runners import RunnerUnavailable, portable_options, resolve_runner
@@ -46,6 +48,55 @@ DEFAULT_LOCAL_RUNNER = "FnApiRunner"
 
 
 DEFAULT_PLANS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "schemas", "tracking_plans")
+
+
+PROFILES = ("dev", "staging", "prod")
+"""Run profiles: the environment names of ``python -m infra.app --env`` (infra/cdk/config.py), one vocabulary."""
+PROFILE_ENV = "LIVORA_PROFILE"
+DEFAULT_PROFILE = "dev"
+
+
+@dataclasses.dataclass(frozen=True)
+class ProfileDefaults:
+    """What a run profile decides for the flags a run does not give (an explicit flag always wins)."""
+
+    quality_gate: str
+    """``--quality-gate``: production data is gated (block); dev and the demo only warn."""
+
+
+def profile_defaults(profile: str) -> ProfileDefaults:
+    """The one map from a run profile to its defaults: every pipeline reads its defaults here, not on its own."""
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}: expected one of {', '.join(PROFILES)}")
+    return ProfileDefaults(quality_gate="warn" if profile == "dev" else "block")
+
+
+def _profile(text: str) -> str:
+    if text not in PROFILES:
+        where = f" (from ${PROFILE_ENV})" if os.environ.get(PROFILE_ENV) == text else ""
+        raise argparse.ArgumentTypeError(f"unknown profile {text!r}{where}: expected {', '.join(PROFILES)}")
+    return text
+
+
+class ProfileOptions(PipelineOptions):
+    """The run profile: the environment the run belongs to, which sets production defaults."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        env = os.environ.get(PROFILE_ENV)
+        parser.add_argument(
+            "--profile",
+            dest="profile",
+            type=_profile,
+            metavar="{" + ",".join(PROFILES) + "}",
+            default=env or DEFAULT_PROFILE,
+            help=f"Run profile, named as the infra environments ({', '.join(PROFILES)}); it sets the defaults of "
+            f"flags not given: --quality-gate "
+            + ", ".join(f"{p}: {profile_defaults(p).quality_gate}" for p in PROFILES)
+            + f". Default ${PROFILE_ENV}, else {DEFAULT_PROFILE}; here: {env or DEFAULT_PROFILE}"
+            + (f" (from ${PROFILE_ENV})" if env else "")
+            + ". Not --aws-profile, which picks the AWS endpoint.",
+        )
 
 
 class TenantOptions(PipelineOptions):
@@ -376,7 +427,25 @@ def check_flags(argv: Sequence[str], options_cls: type[PipelineOptions], descrip
 def parse_options(argv: list[str], options_cls: type[PipelineOptions], description: str) -> PipelineOptions:
     """Check every flag (:func:`check_flags`), then hand them to Beam; ``-h/--help`` prints them."""
     check_flags(argv, options_cls, description)
-    return PipelineOptions(argv)
+    options = PipelineOptions(argv)
+    if issubclass(options_cls, ProfileOptions):
+        _note_profile(options_cls, options.view_as(options_cls))
+    return options
+
+
+def _note_profile(options_cls: type[PipelineOptions], opts: ProfileOptions) -> None:
+    """Put the run's profile in its run record and log it once, so that a scheduler's log and the record say
+    which defaults the run had. Only for the run's own options: ``report`` re-parses other runs' flags."""
+    record = current_run()
+    if record is None or record.pipeline != options_cls.__module__.rsplit(".", 1)[-1] or record.profile:
+        return
+    record.profile = opts.profile
+    source = "--profile" if any(a == "--profile" or a.startswith("--profile=") for a in record.argv) else None
+    source = source or (f"${PROFILE_ENV}" if os.environ.get(PROFILE_ENV) else "the default")
+    defaults = ", ".join(
+        f"--{k.replace('_', '-')} {v}" for k, v in dataclasses.asdict(profile_defaults(opts.profile)).items()
+    )
+    logging.getLogger("livora.options").info("profile %s (from %s): defaults %s", opts.profile, source, defaults)
 
 
 def main_entry(name: str, body: Callable[[list[str]], object], argv: Sequence[str] | None = None) -> None:

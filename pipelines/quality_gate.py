@@ -1,10 +1,10 @@
 """``--quality-gate off|warn|block``: the GX suite (docs/quality.md) as a gate in front of published outputs.
 
 - ``off``: no check.
-- ``warn`` (default, the demo profile): check, write the results, log one warning per failing partition and
-  record it in the run record; outputs are published as before.
-- ``block`` (production runs should pass it): outputs that fail their suite are not published, and the run
-  exits with :class:`pipelines.errors.QualityError` (exit 7, one line):
+- ``warn`` (the default of ``--profile dev``, which the demo runs in): check, write the results, log one
+  warning per failing partition and record it in the run record; outputs are published as before.
+- ``block`` (the default of ``--profile staging`` and ``prod``): outputs that fail their suite are not
+  published, and the run exits with :class:`pipelines.errors.QualityError` (exit 7, one line):
 
   * ingest (:func:`gate_ingest`): after the write, the partitions the run touched are checked; the run's files
     of a failing partition are moved to ``LAKE/_quarantine/events/tenant_id=T/event_date=D/`` (same names), so
@@ -37,13 +37,13 @@ from dataclasses import asdict, dataclass, field
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions
 
 from connectors.analytics_io import event_files
 from connectors.lake import run_files_pattern, table_path
 from connectors.quality import check_and_write, parse_partition_dir
 from connectors.run_records import current as current_run
 from pipelines.errors import QualityError
+from pipelines.options import PROFILES, ProfileOptions, profile_defaults
 from schemas.lake import EVENTS_TABLE
 
 __all__ = [
@@ -64,20 +64,35 @@ QUARANTINE_DIR = "_quarantine"
 log = logging.getLogger("livora.quality_gate")
 
 
-class QualityGateOptions(PipelineOptions):
+class QualityGateOptions(ProfileOptions):
     """What a failing data-quality check does to the run's outputs."""
 
     @classmethod
     def _add_argparse_args(cls, parser):
+        defaults = {p: profile_defaults(p).quality_gate for p in PROFILES}
         parser.add_argument(
             "--quality-gate",
-            dest="quality_gate",
+            dest="quality_gate_flag",
             choices=GATE_MODES,
-            default="warn",
-            help="off: no check; warn (default, demo profile): check the partitions, log and record failures, "
-            "publish anyway; block (use in production): do not publish from / into a partition that fails the "
-            "suite, exit 7 (docs/quality.md).",
+            default=None,
+            help="off: no check; warn: check the partitions, log and record failures, publish anyway; block: do not "
+            "publish from / into a partition that fails the suite, exit 7 (docs/quality.md). Default from --profile: "
+            + ", ".join(
+                f"{mode} for {' and '.join(p for p in PROFILES if defaults[p] == mode)}"
+                for mode in dict.fromkeys(defaults.values())
+            )
+            + ".",
         )
+
+    @property
+    def quality_gate(self) -> str:
+        """The gate mode: ``--quality-gate`` when given, else the profile's default (:func:`profile_defaults`)."""
+        return self.quality_gate_flag or profile_defaults(self.profile).quality_gate
+
+    def describe_gate(self) -> str:
+        """``--quality-gate block``, or ``--quality-gate block (the default of --profile prod)``, for messages."""
+        text = f"--quality-gate {self.quality_gate}"
+        return text if self.quality_gate_flag else f"{text} (the default of --profile {self.profile})"
 
 
 @dataclass

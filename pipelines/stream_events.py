@@ -1018,7 +1018,8 @@ def run(argv: list[str] | None = None, out=sys.stdout) -> StreamSummary | None:
     if options.view_as(StandardOptions).streaming:
         if opts.quality_gate == "block":
             raise UsageError(
-                "--quality-gate block needs the incremental mode: --streaming commits per window (docs/quality.md)"
+                f"{opts.describe_gate()} needs the incremental mode: --streaming commits per window; "
+                "pass --quality-gate warn or off to run --streaming (docs/quality.md)"
             )
         if opts.quality_gate == "warn":
             log.warning("--streaming runs without the quality gate (docs/quality.md); check_lake checks its files")

@@ -151,7 +151,7 @@ def test_block_quarantines_a_corrupted_partition_and_a_fixed_rerun_publishes_it(
 
 @pytest.fixture(scope="module")
 def warned_lake(tmp_path_factory):
-    """A lake where the corrupted partition was published under --quality-gate warn (the default)."""
+    """A lake where the corrupted partition was published under --quality-gate warn (the dev profile's default)."""
     root = tmp_path_factory.mktemp("warned")
     source = _events(str(root / "events.ndjson"))
     lake = str(root / "lake")
@@ -163,7 +163,9 @@ def warned_lake(tmp_path_factory):
 
 def test_warn_publishes_and_records_the_failure(warned_lake):
     assert _files(_partition(warned_lake))
-    counts = _last_record(warned_lake, "ingest_batch")["counts"]
+    record = _last_record(warned_lake, "ingest_batch")
+    counts = record["counts"]
+    assert record["profile"] == "dev"  # no --profile, no $LIVORA_PROFILE: dev, whose gate warns
     assert counts["quality_gate"] == "warn" and counts["quality_partitions_failed"] == 1
     assert f"{BAD[0]}/{BAD[1]}" in counts["quality_failed"]
 
