@@ -119,7 +119,7 @@ def parse_table(
             continue
         try:
             add(_one(record, data, devices, pages, policies, resources, plans, tenants, now, max_future, sdk_original))
-        except _Slow:
+        except Exception:  # _Slow, or any input the fast path did not foresee: the per-event path decides
             slow.append(record)
 
     table = _table(rows, devices, pages, resources, policies)
