@@ -22,6 +22,10 @@ describes, so a crash at any point is repaired by running again. Output names ar
 compact is skipped, so re-running is a no-op. Compaction also removes duplicate rows with the same
 ``message_id`` in a partition (e.g. a re-ingest after an earlier compaction), restoring the lake's
 one-row-per-event contract; it never drops a column (a file with an unknown column is refused).
+
+With an :class:`connectors.aws.S3Encryption` (``--kms-key-id``), every object compaction writes to S3 (outputs
+and markers) is PUT by :func:`connectors.paths.write_bytes_atomically` with the SSE-KMS headers: pyarrow's S3
+filesystem cannot send them.
 """
 
 from __future__ import annotations
@@ -44,10 +48,12 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from connectors.aws import AwsSettings, S3Encryption
 from connectors.lake import _filesystem
+from connectors.paths import write_bytes_atomically
 from schemas.lake import EVENTS_FILE_SCHEMA
 
-__all__ = ["CompactionResult", "compact_partition", "exchange_supported", "list_partitions"]
+__all__ = ["CompactionResult", "arrow_s3_filesystem", "compact_partition", "exchange_supported", "list_partitions"]
 
 log = logging.getLogger(__name__)
 STATE_DIR = "_compaction"
@@ -109,8 +115,23 @@ def _data_files(fs: pafs.FileSystem, directory: str) -> dict[str, pafs.FileInfo]
     }
 
 
-def _write_atomically(fs: pafs.FileSystem, path: str, data: bytes) -> None:
-    if isinstance(fs, pafs.LocalFileSystem):
+def arrow_s3_filesystem(settings: AwsSettings) -> pafs.S3FileSystem:
+    """pyarrow's S3 filesystem on the same AWS as the ``--aws-*`` flags (endpoint, region, keys), so that
+    compaction reads, lists and deletes where its boto3 writes land."""
+    return pafs.S3FileSystem(
+        endpoint_override=settings.endpoint_url,
+        region=settings.region,
+        access_key=settings.access_key_id,
+        secret_key=settings.secret_access_key,
+    )
+
+
+def _write_atomically(fs: pafs.FileSystem, path: str, data: bytes, encryption: S3Encryption | None = None) -> None:
+    if encryption is not None and isinstance(fs, pafs.S3FileSystem):
+        # with the key (pyarrow cannot send it); root: the file's own directory, the names are ours
+        url = f"s3://{path}"
+        write_bytes_atomically(url, data, url.rsplit("/", 1)[0], encryption)
+    elif isinstance(fs, pafs.LocalFileSystem):
         tmp = f"{os.path.dirname(path)}/.tmp-{uuid.uuid4().hex}"
         with fs.open_output_stream(tmp) as out:
             out.write(data)
@@ -128,7 +149,12 @@ def _read_marker(fs, path: str) -> dict | None:
         return None
 
 
-def _delete_file(fs, path: str) -> None:
+def _delete_file(fs, path: str, encryption: S3Encryption | None = None) -> None:
+    if encryption is not None and isinstance(fs, pafs.S3FileSystem):
+        # boto3: pyarrow's delete leaves an empty marker object for the parent "directory", written without the key
+        bucket, _, key = path.partition("/")
+        encryption.s3_client().delete_object(Bucket=bucket, Key=key)
+        return
     with contextlib.suppress(FileNotFoundError):
         fs.delete_file(path)
 
@@ -212,13 +238,15 @@ def _output_names(cid: str, count: int) -> list[str]:
     return [f"part-c{cid}-{i:05d}.parquet" for i in range(count)]
 
 
-def _write_outputs(fs, directory: str, table: pa.Table, names: Sequence[str]) -> None:
+def _write_outputs(
+    fs, directory: str, table: pa.Table, names: Sequence[str], encryption: S3Encryption | None = None
+) -> None:
     per_file = math.ceil(table.num_rows / len(names)) if table.num_rows else 0
     for i, name in enumerate(names):
         chunk = table.slice(i * per_file, per_file)
         sink = pa.BufferOutputStream()
         pq.write_table(chunk, sink, compression="zstd", row_group_size=max(1, min(per_file, 1_000_000)))
-        _write_atomically(fs, f"{directory}/{name}", sink.getvalue().to_pybytes())
+        _write_atomically(fs, f"{directory}/{name}", sink.getvalue().to_pybytes(), encryption)
 
 
 def _move_strays(fs, old_dir: str, partition_dir: str, inputs: Mapping[str, int]) -> int:
@@ -235,7 +263,7 @@ def _move_strays(fs, old_dir: str, partition_dir: str, inputs: Mapping[str, int]
     return moved
 
 
-def _recover(fs, partition_dir: str, state_dir: str) -> int:
+def _recover(fs, partition_dir: str, state_dir: str, encryption: S3Encryption | None = None) -> int:
     """Finish (or undo) what earlier interrupted runs' markers describe; returns how many were handled."""
     try:
         markers = [
@@ -248,7 +276,7 @@ def _recover(fs, partition_dir: str, state_dir: str) -> int:
     for info in markers:
         marker = _read_marker(fs, info.path)
         if marker is None:
-            _delete_file(fs, info.path)
+            _delete_file(fs, info.path, encryption)
             continue
         inputs, outputs = marker["inputs"], marker["outputs"]
         staging = f"{state_dir}/{marker['id']}"
@@ -267,10 +295,10 @@ def _recover(fs, partition_dir: str, state_dir: str) -> int:
             if all(n in current for n in inputs):
                 # every input still there: outputs may be partial; rewrite them all, then delete inputs
                 table = _dedupe_sorted(_combine(fs, partition_dir, sorted(inputs), EVENTS_FILE_SCHEMA))
-                _write_outputs(fs, partition_dir, table, outputs)
+                _write_outputs(fs, partition_dir, table, outputs, encryption)
             for name in inputs:  # an input is deleted only after all outputs exist
-                _delete_file(fs, f"{partition_dir}/{name}")
-        _delete_file(fs, info.path)
+                _delete_file(fs, f"{partition_dir}/{name}", encryption)
+        _delete_file(fs, info.path, encryption)
     return len(markers)
 
 
@@ -284,6 +312,7 @@ def compact_partition(
     schema: pa.Schema = EVENTS_FILE_SCHEMA,
     now: dt.datetime | None = None,
     filesystem: pafs.FileSystem | None = None,
+    encryption: S3Encryption | None = None,
     _crash_at: str | None = None,
 ) -> CompactionResult:
     """Compact one partition (see the module docstring for what readers see and what a crash leaves).
@@ -295,6 +324,8 @@ def compact_partition(
         target_file_mb: size of the output files (by the inputs' compressed bytes per row).
         min_age_seconds: skip a partition whose newest file is younger (still being written).
         strategy: ``auto`` (exchange where supported, else copy), ``exchange`` or ``copy``.
+        filesystem: pyarrow filesystem of an ``s3://`` lake (default: from the environment, connectors.lake).
+        encryption: SSE-KMS for the objects written to S3 (``--kms-key-id``); ignored on a local lake.
         _crash_at: test seam: raise at "staged" (outputs + marker written) or "swapped" (visible change done).
     """
     fs, root = _filesystem(lake, filesystem)
@@ -308,8 +339,9 @@ def compact_partition(
         raise ValueError("the exchange strategy needs a local filesystem")
     if not local:  # no locks on S3; the copy strategy's steps are idempotent, so an overlap converges
         return _compact(
-            fs, rel, partition_dir, state_dir, strategy, target_file_mb, min_age_seconds, schema, now, _crash_at
-        )
+            fs, rel, partition_dir, state_dir, strategy, target_file_mb, min_age_seconds, schema, now, _crash_at,
+            encryption,
+        )  # fmt: skip
     fs.create_dir(state_dir, recursive=True)
     with open(f"{state_dir}/.lock", "a") as lock:
         try:  # one compaction of a partition at a time: two exchanges of the same dir would undo each other
@@ -324,8 +356,20 @@ def compact_partition(
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _compact(fs, rel, partition_dir, state_dir, strategy, target_file_mb, min_age_seconds, schema, now, _crash_at):
-    recovered = _recover(fs, partition_dir, state_dir)
+def _compact(
+    fs,
+    rel,
+    partition_dir,
+    state_dir,
+    strategy,
+    target_file_mb,
+    min_age_seconds,
+    schema,
+    now,
+    _crash_at,
+    encryption=None,
+):
+    recovered = _recover(fs, partition_dir, state_dir, encryption)
     files = _data_files(fs, partition_dir)
     if not files:
         return CompactionResult(rel, "skipped_empty", recovered=recovered)
@@ -349,7 +393,8 @@ def _compact(fs, rel, partition_dir, state_dir, strategy, target_file_mb, min_ag
     outputs = _output_names(cid, min(needed, max(1, compacted.num_rows)))
     marker_path = f"{state_dir}/{cid}.json"
     marker = {"id": cid, "strategy": strategy, "inputs": inputs, "outputs": outputs, "rows": compacted.num_rows}
-    fs.create_dir(state_dir, recursive=True)
+    if isinstance(fs, pafs.LocalFileSystem):  # on S3 a directory is an empty marker object, not needed
+        fs.create_dir(state_dir, recursive=True)
     strays = 0
     if strategy == "exchange":
         staging = f"{state_dir}/{cid}"
@@ -366,15 +411,15 @@ def _compact(fs, rel, partition_dir, state_dir, strategy, target_file_mb, min_ag
         strays = _move_strays(fs, staging, partition_dir, inputs)
         fs.delete_dir(staging)
     else:
-        _write_atomically(fs, marker_path, json.dumps(marker).encode())
-        _write_outputs(fs, partition_dir, compacted, outputs)
+        _write_atomically(fs, marker_path, json.dumps(marker).encode(), encryption)
+        _write_outputs(fs, partition_dir, compacted, outputs, encryption)
         if _crash_at == "staged":
             raise RuntimeError("injected crash after writing outputs")
         for name in inputs:
-            _delete_file(fs, f"{partition_dir}/{name}")
+            _delete_file(fs, f"{partition_dir}/{name}", encryption)
             if _crash_at == "swapped":
                 raise RuntimeError("injected crash while deleting inputs")
-    _delete_file(fs, marker_path)
+    _delete_file(fs, marker_path, encryption)
     return CompactionResult(
         rel,
         "compacted",

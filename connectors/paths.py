@@ -7,7 +7,8 @@ at the last moment before the bytes land, so that a value that slipped past vali
 run with a clear error instead of writing outside the lake or over another tenant's files.
 
 With an :class:`connectors.aws.S3Encryption` (``--kms-key-id``), an ``s3://`` write is a boto3 PUT carrying
-the SSE-KMS headers (Beam's S3 filesystem cannot send them). Writers inside a pipeline pass it explicitly
+the SSE-KMS headers (Beam's S3 filesystem cannot send them), and a move (:func:`move_atomically`) a boto3 copy
+carrying them. Writers inside a pipeline pass it explicitly
 (it travels with their DoFn); the driver's own writes (run records, manifests, results) take the default
 set by :func:`use_encryption` for the run.
 """
@@ -30,6 +31,7 @@ __all__ = [
     "UnsafePathError",
     "ensure_under",
     "join_under",
+    "move_atomically",
     "partition_path",
     "remove_stale_temp_files",
     "use_encryption",
@@ -102,6 +104,14 @@ def partition_path(root: str, partition: Mapping[str, object]) -> str:
     return ensure_under(root, "/".join([root.rstrip("/"), *parts]))
 
 
+def _s3_object(path: str) -> tuple[str, str]:
+    """(bucket, key) of an ``s3://`` path, normalised; UnsafePathError when it names no object."""
+    bucket, _, key = _normal(path).removeprefix("s3://").partition("/")
+    if not bucket or not key:
+        raise UnsafePathError(f"{path!r} names no S3 object")
+    return bucket, key
+
+
 def write_bytes_atomically(path: str, data: bytes, root: str, encryption: S3Encryption | None = None) -> str:
     """Write ``data`` to ``path`` whole or not at all; ``path`` must stay under ``root``.
 
@@ -112,9 +122,7 @@ def write_bytes_atomically(path: str, data: bytes, root: str, encryption: S3Encr
     ensure_under(root, path)
     encryption = encryption or _DRIVER_ENCRYPTION.get()
     if path.startswith("s3://") and encryption is not None:
-        bucket, _, key = _normal(path).removeprefix("s3://").partition("/")
-        if not bucket or not key:
-            raise UnsafePathError(f"{path!r} names no S3 object")
+        bucket, key = _s3_object(path)
         encryption.s3_client().put_object(Bucket=bucket, Key=key, Body=data, **encryption.put_object_args())
         return path
     if _is_url(path):
@@ -136,6 +144,34 @@ def write_bytes_atomically(path: str, data: bytes, root: str, encryption: S3Encr
             os.unlink(tmp)
         raise
     return path
+
+
+def move_atomically(source: str, target: str, root: str, encryption: S3Encryption | None = None) -> str:
+    """Move ``source`` to ``target``, both under ``root``; the target appears whole or not at all.
+
+    Locally and on S3 without a key: ``FileSystems.rename`` (a rename; on S3 Beam's copy + delete). On S3 with
+    ``encryption`` (default: the driver's): a boto3 ``copy_object`` with the SSE-KMS headers, then the source is
+    deleted. A copy without them (Beam's) takes the bucket's default encryption, whatever the source had, so a
+    moved object would lose the run's key. One ``copy_object`` copies up to 5 GB, far above a lake file.
+    """
+    ensure_under(root, source)
+    ensure_under(root, target)
+    encryption = encryption or _DRIVER_ENCRYPTION.get()
+    if target.startswith("s3://") and encryption is not None:
+        (source_bucket, source_key), (bucket, key) = _s3_object(source), _s3_object(target)
+        client = encryption.s3_client()
+        client.copy_object(
+            Bucket=bucket,
+            Key=key,
+            CopySource={"Bucket": source_bucket, "Key": source_key},
+            **encryption.put_object_args(),
+        )
+        client.delete_object(Bucket=source_bucket, Key=source_key)  # only once the copy is whole
+        return target
+    if not _is_url(target):
+        os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
+    FileSystems.rename([source], [target])
+    return target
 
 
 def remove_stale_temp_files(root: str, older_than_seconds: float = 3600.0) -> list[str]:

@@ -2,6 +2,10 @@
 
     python -m pipelines.compact_lake --lake ./lake --table events [--start-date D --end-date D --tenant T]
         [--target-file-mb 128] [--min-age-minutes 30] [--strategy auto|exchange|copy]
+        [--aws-endpoint-url URL --aws-region R --kms-key-id KEY]
+
+An ``s3://`` lake is read, listed and written on the AWS of the ``--aws-*`` flags; with ``--kms-key-id`` every
+object compaction writes carries SSE-KMS with that key.
 
 One partition per task, partitions in parallel. Safe to re-run (an already compact partition is
 skipped; output names are deterministic) and crash-safe (a re-run finishes or undoes an interrupted
@@ -14,11 +18,20 @@ import json
 import logging
 
 import apache_beam as beam
-from apache_beam.io.filesystems import FileSystems
 
-from connectors.compaction import compact_partition, exchange_supported, list_partitions
+from connectors.aws import AwsSettings, S3Encryption
+from connectors.compaction import arrow_s3_filesystem, compact_partition, exchange_supported, list_partitions
 from pipelines.logs import Progress
-from pipelines.options import DateRangeOptions, counter_totals, main_entry, parse_options, require_lake, run_pipeline
+from pipelines.options import (
+    AwsOptions,
+    DateRangeOptions,
+    counter_totals,
+    main_entry,
+    parse_options,
+    require_lake,
+    run_pipeline,
+    with_s3_options,
+)
 from schemas.lake import EVENTS_TABLE
 
 log = logging.getLogger("livora.compact_lake")
@@ -35,7 +48,7 @@ COUNTERS = (
 )
 
 
-class CompactLakeOptions(DateRangeOptions):
+class CompactLakeOptions(DateRangeOptions, AwsOptions):
     """Which lake table and partitions to compact, and how."""
 
     @classmethod
@@ -70,18 +83,29 @@ class CompactLakeOptions(DateRangeOptions):
 
 class _CompactPartitionFn(beam.DoFn):
     def __init__(
-        self, lake: str, table: str, target_file_mb: float, min_age_seconds: float, strategy: str, total: int = 0
+        self,
+        lake: str,
+        table: str,
+        target_file_mb: float,
+        min_age_seconds: float,
+        strategy: str,
+        total: int = 0,
+        aws: AwsSettings | None = None,
+        encryption: S3Encryption | None = None,
     ):
-        self._args, self._total = (lake, table), total
+        self._args, self._total, self._aws = (lake, table), total, aws
         self._kwargs = {"target_file_mb": target_file_mb, "min_age_seconds": min_age_seconds, "strategy": strategy}
+        self._kwargs["encryption"] = encryption  # --kms-key-id, in the DoFn so that it reaches a remote worker
         self._counters = {name: beam.metrics.Metrics.counter(NAMESPACE, name) for name in COUNTERS}
 
     def setup(self):
         # per worker: with several workers each reports its own share (the total is the whole run's)
         self._progress = Progress(log, "partitions compacted or skipped", self._total or None)
+        s3 = self._aws is not None and self._args[0].startswith("s3://")
+        self._filesystem = arrow_s3_filesystem(self._aws) if s3 else None
 
     def process(self, partition: dict[str, str]):
-        result = compact_partition(*self._args, partition, **self._kwargs)
+        result = compact_partition(*self._args, partition, filesystem=self._filesystem, **self._kwargs)
         self._progress.add()
         c = self._counters
         c["partitions_compacted" if result.status == "compacted" else "partitions_skipped"].inc()
@@ -99,7 +123,14 @@ class _CompactPartitionFn(beam.DoFn):
 
 def build(pipeline: beam.Pipeline, opts: CompactLakeOptions, partitions: list[dict[str, str]]):
     fn = _CompactPartitionFn(
-        opts.lake, opts.table, opts.target_file_mb, opts.min_age_minutes * 60, opts.strategy, len(partitions)
+        opts.lake,
+        opts.table,
+        opts.target_file_mb,
+        opts.min_age_minutes * 60,
+        opts.strategy,
+        len(partitions),
+        opts.settings(),
+        opts.encryption(),
     )
     return (
         pipeline
@@ -111,16 +142,19 @@ def build(pipeline: beam.Pipeline, opts: CompactLakeOptions, partitions: list[di
 
 def run(argv: list[str] | None = None) -> dict[str, int]:
     """Compact the selected partitions; returns the counters (partitions compacted/skipped, files, rows...)."""
-    options = parse_options(list(argv or []), CompactLakeOptions, __doc__)
+    argv = list(argv or [])
+    options = parse_options(argv, CompactLakeOptions, __doc__)
     opts = options.view_as(CompactLakeOptions)
     opts.check_range()
     if opts.target_file_mb <= 0:
         raise ValueError("--target-file-mb must be positive")
     if opts.strategy == "exchange" and (opts.lake.startswith("s3://") or not exchange_supported()):
         raise ValueError("--strategy exchange needs a local lake on Linux (renameat2); use copy or auto")
-    FileSystems.set_options(options)
+    options = with_s3_options(argv, options, opts.lake)  # Beam's S3 from --aws-*; checks --kms-key-id
+    opts = options.view_as(CompactLakeOptions)
     require_lake(opts.lake, opts.table)
-    partitions = list_partitions(opts.lake, opts.table, opts.start_date, opts.end_date, opts.tenant)
+    filesystem = arrow_s3_filesystem(opts.settings()) if opts.lake.startswith("s3://") else None
+    partitions = list_partitions(opts.lake, opts.table, opts.start_date, opts.end_date, opts.tenant, filesystem)
     log.info("compacting %d partitions of %s/%s", len(partitions), opts.lake, opts.table)
     totals = dict.fromkeys(COUNTERS, 0)
     if partitions:

@@ -1,6 +1,7 @@
 """Product and revenue analytics over the events lake (batch).
 
     python -m pipelines.product_analytics --lake LAKE [--start-date D] [--end-date D] [--tenant T] --output OUT
+        [--aws-endpoint-url URL --aws-region R --kms-key-id KEY]
 
 Writes ``OUT/product_funnel``, ``category_funnel``, ``revenue_daily``, ``ltv_cohorts`` and
 ``cart_abandonment`` as ``.parquet`` + ``.csv`` (columns in docs/analytics-segments-products.md).
@@ -23,7 +24,6 @@ import apache_beam as beam
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from connectors.analytics_io import (
@@ -35,7 +35,16 @@ from connectors.analytics_io import (
     to_arrow,
     write_table,
 )
-from pipelines.options import DateRangeOptions, main_entry, parse_options, require_lake, run_pipeline
+from connectors.aws import S3Encryption
+from pipelines.options import (
+    AwsOptions,
+    DateRangeOptions,
+    main_entry,
+    parse_options,
+    require_lake,
+    run_pipeline,
+    with_s3_options,
+)
 from pipelines.quality_gate import QualityGateOptions, gate_inputs
 from schemas.lake import EVENTS_SCHEMA
 from schemas.outputs import PRODUCT_TABLE_SCHEMAS
@@ -55,7 +64,7 @@ WAREHOUSE_PARTITIONS = {  # what a load replaces: the run's days for daily table
 ORDER_EVENT = "Order Completed"
 
 
-class ProductAnalyticsOptions(DateRangeOptions, QualityGateOptions):
+class ProductAnalyticsOptions(DateRangeOptions, AwsOptions, QualityGateOptions):
     """Flags of ``pipelines.product_analytics`` (plus --start-date/--end-date/--tenant and Beam's own)."""
 
     @classmethod
@@ -183,10 +192,17 @@ class ProductAnalytics(beam.PTransform):
 
 class _WriteTablesFn(beam.DoFn):
     def __init__(
-        self, output: str, start: dt.date | None, end: dt.date, tenant: str | None, warehouse: str | None = None
+        self,
+        output: str,
+        start: dt.date | None,
+        end: dt.date,
+        tenant: str | None,
+        warehouse: str | None = None,
+        encryption: S3Encryption | None = None,
     ):
         self.output, self.start, self.end, self.tenant = output.rstrip("/"), start, end, tenant
         self.warehouse = warehouse
+        self.encryption = encryption  # --kms-key-id: carried here so that it reaches a remote worker
 
     def process(self, tables: dict[str, pd.DataFrame]):
         for name in TABLES:
@@ -197,9 +213,9 @@ class _WriteTablesFn(beam.DoFn):
             path = f"{self.output}/{name}.parquet"
             if name in DAILY_TABLES:
                 merged = pa_t.merge_daily(read_table(path), df, self.start, self.end, self.tenant)
-                write_table(path, merged, schema=schema)
+                write_table(path, merged, schema=schema, encryption=self.encryption)
             else:
-                write_table(path, df, schema=schema)
+                write_table(path, df, schema=schema, encryption=self.encryption)
             if self.warehouse:
                 load_tables(self.warehouse, {name: (to_arrow(df, schema), WAREHOUSE_PARTITIONS[name])})
             yield name, len(df)
@@ -236,12 +252,15 @@ def build(pipeline: beam.Pipeline, opts: ProductAnalyticsOptions) -> None:
         | "ProductAnalytics"
         >> ProductAnalytics(opts.cart_hours, data_end, end_date, opts.buckets, opts.timezone, data_start)
         | "WriteTables"
-        >> beam.ParDo(_WriteTablesFn(opts.output, opts.start_date, end_date, opts.tenant, opts.warehouse))
+        >> beam.ParDo(
+            _WriteTablesFn(opts.output, opts.start_date, end_date, opts.tenant, opts.warehouse, opts.encryption())
+        )
     )
 
 
 def run(argv: list[str] | None = None) -> ProductAnalyticsOptions:
-    opts = parse_options(list(argv or []), ProductAnalyticsOptions, __doc__).view_as(ProductAnalyticsOptions)
+    argv = list(argv or [])
+    opts = parse_options(argv, ProductAnalyticsOptions, __doc__).view_as(ProductAnalyticsOptions)
     opts.check_range()
     if opts.cart_hours <= 0:
         raise ValueError("--cart-hours must be > 0")
@@ -251,13 +270,14 @@ def run(argv: list[str] | None = None) -> ProductAnalyticsOptions:
         ZoneInfo(opts.timezone)
     except (KeyError, ValueError) as err:
         raise ValueError(f"--timezone {opts.timezone!r} is not an IANA timezone") from err
-    FileSystems.set_options(opts)
+    options = with_s3_options(argv, opts, opts.lake, opts.output)  # Beam's S3 from --aws-*; checks --kms-key-id
+    opts = options.view_as(ProductAnalyticsOptions)
     require_lake(opts.lake)
     day = dt.timedelta(days=1)  # the partitions build() reads: one more on each side
     first, last = (opts.start_date - day if opts.start_date else None), (opts.end_date + day if opts.end_date else None)
     gate_inputs(opts.lake, first, last, opts.tenant, opts.quality_gate, "product_analytics")  # may raise
     log.info("product analytics on %s %s", opts.lake, opts.describe_range())
-    run_pipeline(lambda p: build(p, opts), opts)
+    run_pipeline(lambda p: build(p, opts), options)
     log.info("wrote the product tables under %s", opts.output)
     return opts
 

@@ -40,6 +40,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from connectors.analytics_io import event_files
 from connectors.lake import run_files_pattern, table_path
+from connectors.paths import move_atomically
 from connectors.quality import check_and_write, parse_partition_dir
 from connectors.run_records import current as current_run
 from pipelines.errors import QualityError
@@ -163,12 +164,6 @@ def _partitions_of(paths: Iterable[str]) -> set[tuple[str, dt.date]]:
     return {parse_partition_dir(os.path.dirname(path.rstrip("/"))) for path in paths}
 
 
-def _move(source: str, target: str) -> None:
-    if "://" not in target:
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-    FileSystems.rename([source], [target])
-
-
 def _tagged(directory: str, tags: Sequence[str]) -> list[str]:
     patterns = [run_files_pattern(directory, t, ".parquet", 2) for t in tags]
     return [m.path for result in FileSystems.match(patterns) for m in result.metadata_list] if patterns else []
@@ -193,7 +188,8 @@ def _enforce(lake: str, written: Sequence[str], outcome: GateOutcome, consequenc
             tenant, date = parse_partition_dir(os.path.dirname(path))
             if f"{tenant}/{date}" in outcome.failed:
                 name = path.rstrip("/").rsplit("/", 1)[-1]
-                _move(path, f"{quarantine.rstrip('/')}/tenant_id={tenant}/event_date={date}/{name}")
+                # the run's key (--kms-key-id, the driver's default) on S3: a plain rename would drop it
+                move_atomically(path, f"{quarantine.rstrip('/')}/tenant_id={tenant}/event_date={date}/{name}", lake)
                 outcome.quarantined.append(path)
         _record(outcome)
         raise QualityError(

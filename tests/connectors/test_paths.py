@@ -11,6 +11,7 @@ from connectors.paths import (
     UnsafePathError,
     ensure_under,
     join_under,
+    move_atomically,
     partition_path,
     remove_stale_temp_files,
     write_bytes_atomically,
@@ -66,3 +67,33 @@ def test_stale_temp_files_go_and_fresh_ones_stay(tmp_path):
     os.utime(kept, (past, past))
     assert remove_stale_temp_files(str(tmp_path)) == [str(old)]
     assert fresh.exists() and kept.exists()
+
+
+def test_a_move_stays_under_its_root(tmp_path):
+    root = tmp_path / "lake"
+    (root / "events").mkdir(parents=True)
+    (root / "events" / "f.parquet").write_bytes(b"rows")
+    source = str(root / "events" / "f.parquet")
+    for target in (f"{root}/../f.parquet", str(tmp_path / "other" / "f.parquet")):
+        with pytest.raises(UnsafePathError):
+            move_atomically(source, target, str(root))
+    with pytest.raises(UnsafePathError):  # nor may it take a file from outside the root
+        move_atomically(str(tmp_path / "outside"), f"{root}/x", str(root))
+    assert os.path.exists(source)
+    moved = move_atomically(source, f"{root}/_quarantine/events/f.parquet", str(root))
+    with open(moved, "rb") as handle:
+        assert handle.read() == b"rows" and not os.path.exists(source)
+
+
+def test_an_encrypted_s3_move_checks_both_paths_before_any_request():
+    from connectors.aws import AwsSettings, S3Encryption
+
+    # an endpoint nothing listens on: a request would fail with a connection error, not UnsafePathError
+    enc = S3Encryption(kms_key_id="alias/lake", aws=AwsSettings.local("http://127.0.0.1:9"))
+    for source, target in (
+        ("s3://b/lake/a", "s3://b/other/a"),
+        ("s3://b/lake/a/../../x", "s3://b/lake/q/a"),
+        ("s3://b/lake/a", "s3://c/lake/a"),
+    ):
+        with pytest.raises(UnsafePathError):
+            move_atomically(source, target, "s3://b/lake", enc)

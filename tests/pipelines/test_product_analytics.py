@@ -196,7 +196,7 @@ def test_end_to_end_from_synthetic_traffic_reconciles_with_the_lake(tmp_path):
 
 @pytest.mark.integration
 def test_reads_a_lake_on_s3(aws, tmp_path):
-    """The same job over an s3:// lake (moto server) through Beam's S3 filesystem."""
+    """The same job over an s3:// lake (moto server) through Beam's S3 filesystem, set from the --aws-* flags."""
     local = tmp_path / "lake"
     write_lake(str(local), generate_rows(persons=12, seed=3, days=5))
     s3 = aws.client("s3")
@@ -205,7 +205,9 @@ def test_reads_a_lake_on_s3(aws, tmp_path):
         for name in files:
             path = os.path.join(directory, name)
             s3.upload_file(path, "lake", "prod/" + os.path.relpath(path, local))
-    got = run("s3://lake/prod", tmp_path / "out", *aws.beam_s3_options())
+    got = run(
+        "s3://lake/prod", tmp_path / "out", f"--aws-endpoint-url={aws.endpoint_url}", f"--aws-region={aws.region}"
+    )
     want = run(local, tmp_path / "out_local")
     for name in TABLES:
         pd.testing.assert_frame_equal(got[name], want[name])
