@@ -156,3 +156,21 @@ def test_s3_lake_on_the_moto_server(lake, aws, s3_lake_fs):  # noqa: F811
             document = json.loads(handle.read())
         expected = sum(pq.read_metadata(f).num_rows for f in part_files(partition_dir(lake, tenant, date)))
         assert document["success"] is True and document["rows"] == expected
+
+
+@pytest.mark.integration
+def test_a_null_person_id_on_an_s3_lake_is_a_failed_check_not_a_crash(lake, aws, s3_lake_fs, tmp_path):  # noqa: F811
+    """An s3:// lake is read file by file with Beam's filesystems: a null in a not-null column must reach the
+    suite (as on a local lake), not fail the cast to the contract's schema."""
+    tenant, date = partitions(lake)[0]
+    copy = str(tmp_path / "lake")
+    (path,) = part_files(copy_partition(lake, copy, tenant, date))[:1]
+    rewrite_file(path, lambda rows: rows[-1].update(person_id=None))
+    key = f"lake/nulls/events/tenant_id={tenant}/event_date={date}/{os.path.basename(path)}"
+    with s3_lake_fs.open_output_stream(key) as out, open(path, "rb") as source:
+        out.write(source.read())
+    summary = check_lake.run(
+        ["--lake", "s3://lake/nulls", "--aws-endpoint-url", aws.endpoint_url, "--aws-region", aws.region]
+    )
+    assert summary.partitions == 1 and not summary.success
+    assert summary.failed_by_name == {"not_null:person_id": {"partitions": 1, "unexpected_rows": 1}}
