@@ -9,6 +9,9 @@
 (b) throughput: a backlog on 4 shards, read in one catch-up run (lake only, then with the
     DynamoDB dedupe store); the baseline in the same run is the batch ingest of the same records
     from an NDJSON file (``pipelines.ingest_batch``). Prints events/s and the ratios.
+(c) Prism (``--streaming``): a backlog then steady traffic, lake only; and sustained load with every sink
+    but the dedupe store (``-k sustained``: 2,000 events/s for 180 s by default, put→visible per event,
+    steady throughput, accounting, moto's ceilings and its Kinesis cost against the stream's size).
 Everything runs against the moto server over HTTP on this machine (2 cores), so the numbers
 are about our overheads (pass start-up, per-call costs), not about AWS.
 """
