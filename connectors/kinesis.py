@@ -61,6 +61,7 @@ __all__ = [
     "is_finished",
     "list_shards",
     "readable_shards",
+    "sdf_progress",
 ]
 
 log = logging.getLogger(__name__)
@@ -524,6 +525,20 @@ class ShardRange:
 _END = object()  # claimed to say "this shard's read is complete at the last claimed position"
 
 
+def sdf_progress(claimed: int, done: bool) -> RestrictionProgress:
+    """Progress of an open-ended restriction, with an explicit fraction.
+
+    Beam's SDK replaces ``completed`` by the output bytes of the element when a runner asks for a split
+    (``SdfProcessSizedElements.current_element_progress``), and those bytes are NaN while the output
+    byte sampler holds no sample; ``fraction_completed`` is then NaN and the split fails the bundle
+    ("cannot convert float NaN to integer"), which fails the job. Prism asks to split an SDF bundle
+    that made no progress between two of its progress ticks (a slow GetRecords, a loaded machine).
+    An explicit fraction is what ``fraction_completed`` returns, so the split is computed from it."""
+    return RestrictionProgress(
+        fraction=1.0 if done else claimed / (claimed + 1), completed=claimed, remaining=0 if done else 1
+    )
+
+
 class ShardRangeTracker(RestrictionTracker):
     """Claims positions in sequence order; supports self-checkpointing splits (``fraction == 0``)."""
 
@@ -562,7 +577,7 @@ class ShardRangeTracker(RestrictionTracker):
             raise ValueError(f"shard restriction {self._restriction} returned without finishing or checkpointing")
 
     def current_progress(self) -> RestrictionProgress:
-        return RestrictionProgress(completed=self._claimed, remaining=0 if self._restriction.done else 1)
+        return sdf_progress(self._claimed, self._restriction.done)
 
     def is_bounded(self) -> bool:
         return self._restriction.done or self._restriction.stop is not None

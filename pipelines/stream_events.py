@@ -63,6 +63,7 @@ from connectors.kinesis import (
     default_kinesis_client,
     list_shards,
     readable_shards,
+    sdf_progress,
 )
 from connectors.lake import (
     DEAD_LETTERS_DIR,
@@ -682,7 +683,7 @@ class _HandedTracker(RestrictionTracker):
             raise ValueError("shard discovery returned without finishing or checkpointing")
 
     def current_progress(self) -> RestrictionProgress:
-        return RestrictionProgress(completed=len(self._r.shard_ids), remaining=0 if self._r.done else 1)
+        return sdf_progress(len(self._r.shard_ids), self._r.done)  # explicit fraction: see its docstring
 
     def is_bounded(self) -> bool:
         return self._r.done
