@@ -22,20 +22,21 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pyarrow as pa
-from pydantic import ValidationError
 
 from schemas import PIPELINE_VERSION, SCHEMA_VERSION
 from schemas.dict_validators import dict_validator
 from schemas.events import ECOMMERCE_PROPERTIES, Event, EventType, shape_error
 from schemas.failures import FailedEvent
 from schemas.records import SourceRecord
-from transforms.currency import REVENUE_EVENTS, InvalidAmount, UnknownCurrency, money_fields
+from transforms.attribution import Attribution
 from transforms.decode import RawEvent, plain_event
 from transforms.enrich import dumps_json
 from transforms.event_tables import WORK_SCHEMA, events_table
+from transforms.geoip import GeoInfo
 from transforms.identity import ANONYMOUS, USER
 from transforms.normalize import corrected_times, normalize_contacts
 from transforms.pii import apply_policy
+from transforms.useragent import UaInfo
 from transforms.validate import ISO_CURRENCIES
 
 if TYPE_CHECKING:
@@ -46,34 +47,10 @@ __all__ = ["parse_table"]
 _EVENT = dict_validator(Event)
 _PROPERTIES = {name: dict_validator(model) for name, model in ECOMMERCE_PROPERTIES.items()}
 _PAGE, _IDENTIFY, _GROUP = EventType.PAGE, EventType.IDENTIFY, EventType.GROUP
-_REFUSED = (ValidationError, TypeError, ValueError, RecursionError)
-_DEVICE_COLUMNS = (
-    "ip",
-    "user_agent",
-    "ua_browser",
-    "ua_browser_version",
-    "ua_os",
-    "ua_os_version",
-    "ua_device",
-    "is_bot",
-    "geo_country",
-    "geo_region",
-    "geo_city",
-    "geo_latitude",
-    "geo_longitude",
-)
-_PAGE_COLUMNS = (
-    "page_url",
-    "page_path",
-    "referrer",
-    "referrer_host",
-    "utm_source",
-    "utm_medium",
-    "utm_campaign",
-    "utm_term",
-    "utm_content",
-    "channel",
-)
+_DEVICE_COLUMNS = ("ip", "user_agent", *UaInfo._fields, *GeoInfo._fields)
+"""What ``_Resources.device`` returns: one lookup per distinct (tenant, IP, user agent) of a batch."""
+_PAGE_COLUMNS = Attribution._fields
+"""What ``_Resources.attribution`` returns: one lookup per distinct (url, path, referrer, campaign)."""
 _TYPES = {field.name: field.type for field in WORK_SCHEMA}
 _TYPE_NAMES = {member: member.value for member in EventType}
 
@@ -182,10 +159,7 @@ def _one(
         data = assigned.data
     if record.received_at is not None and "receivedAt" not in data:
         data = {**data, "receivedAt": record.received_at.isoformat()}
-    try:
-        event = _EVENT.validate_python(data)
-    except _REFUSED:
-        raise _Slow from None
+    event = _EVENT.validate_python(data)  # a refusal raises: the per-event path names it
     get = event.get
     event_type, tenant = event["type"], event["tenant_id"]
     user_id, anonymous_id, previous_id = get("user_id"), get("anonymous_id"), get("previous_id")
@@ -195,10 +169,7 @@ def _one(
     properties = get("properties") or {}
     props_validator = _PROPERTIES.get(name) if name else None
     if props_validator is not None:
-        try:
-            typed = props_validator.validate_python(properties)
-        except _REFUSED:
-            raise _Slow from None
+        typed = props_validator.validate_python(properties)
         currency = typed.get("currency", "INR")  # the model's default; models without the field keep extras
         if not isinstance(currency, str) or currency not in ISO_CURRENCIES:
             raise _Slow
@@ -234,24 +205,9 @@ def _one(
         policy = policies[tenant] = resources.policy(tenant)
 
     # money first: its refusals send the event down the per-event path before anything is appended
-    order_id = properties.get("order_id")
-    if order_id is not None:
-        order_id = str(order_id)
-    currency = properties.get("currency")
-    if currency is not None:
-        currency = currency.strip().upper() or None if isinstance(currency, str) else None
-    revenue = revenue_inr = fx_rate = fx_rate_date = None
-    if name in REVENUE_EVENTS:
-        field, raw_amount = money_fields(name, properties)
-        if field is not None:
-            if currency is None:
-                if properties.get("currency") is not None:
-                    raise _Slow
-                currency = resources.base_currency
-            try:
-                revenue, revenue_inr, fx_rate, fx_rate_date = resources.convert(raw_amount, currency, timestamp.date())
-            except (UnknownCurrency, InvalidAmount, ArithmeticError):
-                raise _Slow from None
+    order_id, currency, revenue, revenue_inr, fx_rate, fx_rate_date = resources.money_columns(
+        name, properties, timestamp.date()
+    )
 
     page = context.get("page")
     if page is not None:

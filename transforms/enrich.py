@@ -167,6 +167,10 @@ def dumps_json(obj: Any) -> str:
 # --- the facade ---------------------------------------------------------------------------
 
 
+class MoneyRefused(Exception):
+    """An amount or currency that cannot be booked: args are (reason, field path, message) of the dead letter."""
+
+
 class _Resources:
     """Per-worker state: parsers, readers, rate table, their caches and compiled PII policies.
 
@@ -220,6 +224,36 @@ class _Resources:
     def _rate(self, currency: str, day: dt.date) -> tuple[Decimal, float, dt.date]:
         fx = self.fx.rate(currency, day)
         return fx.rate, float(fx.rate), fx.rate_date
+
+    def money_columns(self, event_name: str | None, properties: dict[str, Any], day: dt.date) -> tuple[Any, ...]:
+        """(order_id, currency, revenue, revenue_inr, fx_rate, fx_rate_date) of an event's properties.
+
+        Raises :class:`MoneyRefused` for an amount or currency that cannot be booked. ``day``: the event's
+        UTC date (the rate's day). Only REVENUE_EVENTS book revenue (not Product Added/Viewed).
+        """
+        order_id = properties.get("order_id")
+        if order_id is not None:
+            order_id = str(order_id)
+        currency = properties.get("currency")
+        if currency is not None:
+            currency = currency.strip().upper() or None if isinstance(currency, str) else None
+        if event_name not in REVENUE_EVENTS:
+            return order_id, currency, None, None, None, None
+        field, raw_amount = money_fields(event_name, properties)
+        if field is None:
+            return order_id, currency, None, None, None, None
+        if currency is None:
+            if properties.get("currency") is not None:  # a number, a blank: not a currency to assume INR for
+                raise MoneyRefused(
+                    Reason.UNKNOWN_CURRENCY, "properties.currency", f"not a currency code: {properties['currency']!r}"
+                )
+            currency = self.base_currency
+        try:
+            return (order_id, currency, *self.convert(raw_amount, currency, day))
+        except UnknownCurrency as exc:
+            raise MoneyRefused(Reason.UNKNOWN_CURRENCY, "properties.currency", str(exc)) from None
+        except (InvalidAmount, ArithmeticError) as exc:
+            raise MoneyRefused(Reason.INVALID_VALUE, f"properties.{field}", str(exc)) from None
 
     def convert(self, raw_amount: Any, currency: str, day: dt.date) -> tuple[Decimal, Decimal, float, dt.date]:
         """(amount, amount in the base currency, rate, rate date); raises UnknownCurrency, InvalidAmount, ArithmeticError."""
@@ -343,19 +377,12 @@ class Enricher:
         if campaign is not None:
             campaign = (campaign.source, campaign.medium, campaign.name, campaign.term, campaign.content)
 
-        order_id = properties.get("order_id")
-        if order_id is not None:
-            order_id = str(order_id)
-        currency = properties.get("currency")
-        if currency is not None:
-            currency = currency.strip().upper() or None if isinstance(currency, str) else None
-        revenue = revenue_inr = fx_rate = fx_rate_date = None
-        if fields["event"] in REVENUE_EVENTS:  # not Product Added/Viewed: they never book revenue
-            money = self._money(r, ev, properties, currency)
-            if type(money) is tuple:
-                currency, revenue, revenue_inr, fx_rate, fx_rate_date = money
-            elif money is not None:
-                return money  # a FailedEvent
+        try:
+            order_id, currency, revenue, revenue_inr, fx_rate, fx_rate_date = r.money_columns(
+                fields["event"], properties, _event_day(event)
+            )
+        except MoneyRefused as refused:
+            return ev.failure(Stage.ENRICH, *refused.args)
 
         properties = apply_policy(properties, "properties", policy)
         traits = fields["traits"]
@@ -386,33 +413,6 @@ class Enricher:
         row["properties"] = dumps_json(properties)
         row["traits"] = traits_json
         return row
-
-    def _money(
-        self, r: _Resources, ev: ValidEvent, properties: dict[str, Any], currency: str | None
-    ) -> tuple[Any, ...] | FailedEvent | None:
-        """(currency, revenue, revenue_inr, fx_rate, fx_rate_date), None without an amount, or a FailedEvent."""
-        field, raw_amount = money_fields(ev.event.event, properties)
-        if field is None:
-            return None
-        if currency is None:
-            if properties.get("currency") is not None:  # a number, a blank: not a currency to assume INR for
-                return self._failure(
-                    ev,
-                    Reason.UNKNOWN_CURRENCY,
-                    "properties.currency",
-                    f"not a currency code: {properties['currency']!r}",
-                )
-            currency = r.base_currency
-        try:
-            return (currency, *r.convert(raw_amount, currency, _event_day(ev.event)))
-        except UnknownCurrency as exc:
-            return self._failure(ev, Reason.UNKNOWN_CURRENCY, "properties.currency", str(exc))
-        except (InvalidAmount, ArithmeticError) as exc:
-            return self._failure(ev, Reason.INVALID_VALUE, f"properties.{field}", str(exc))
-
-    @staticmethod
-    def _failure(ev: ValidEvent, reason: Reason, field_path: str, message: str) -> FailedEvent:
-        return ev.failure(Stage.ENRICH, reason, field_path, message)
 
 
 _CACHEABLE_AMOUNTS = frozenset({int, float, str, Decimal})  # hashable, and never bool (True == 1)
