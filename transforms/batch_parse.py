@@ -30,7 +30,7 @@ from schemas.failures import FailedEvent
 from schemas.records import SourceRecord
 from transforms.attribution import Attribution
 from transforms.decode import RawEvent, plain_event
-from transforms.enrich import dumps_json
+from transforms.enrich import dumps_json, page_from_properties
 from transforms.event_tables import WORK_SCHEMA, events_table
 from transforms.geoip import GeoInfo
 from transforms.identity import ANONYMOUS, USER
@@ -215,9 +215,7 @@ def _one(
     else:
         url = path = referrer = None
     if url is None and event_type is _PAGE:
-        url, path, referrer = (
-            v if isinstance(v, str) else None for v in map(properties.get, ("url", "path", "referrer"))
-        )
+        url, path, referrer = page_from_properties(properties)
     campaign = context.get("campaign")
     if campaign is not None:
         campaign = tuple(map(campaign.get, ("source", "medium", "name", "term", "content")))

@@ -167,6 +167,11 @@ def dumps_json(obj: Any) -> str:
 # --- the facade ---------------------------------------------------------------------------
 
 
+def page_from_properties(properties: dict[str, Any]) -> tuple[str | None, str | None, str | None]:
+    """(url, path, referrer) of a page() call that sent them as properties instead of context.page."""
+    return tuple(v if isinstance(v, str) else None for v in map(properties.get, ("url", "path", "referrer")))  # type: ignore[return-value]
+
+
 class MoneyRefused(Exception):
     """An amount or currency that cannot be booked: args are (reason, field path, message) of the dead letter."""
 
@@ -369,10 +374,8 @@ class Enricher:
             url, path, referrer = page["url"], page["path"], page["referrer"]
         else:
             url = path = referrer = None
-        if url is None and event_type is _PAGE:  # page() calls may carry url/path/referrer as properties
-            url, path, referrer = (
-                v if isinstance(v, str) else None for v in map(properties.get, ("url", "path", "referrer"))
-            )
+        if url is None and event_type is _PAGE:
+            url, path, referrer = page_from_properties(properties)
         campaign = ctx["campaign"]
         if campaign is not None:
             campaign = (campaign.source, campaign.medium, campaign.name, campaign.term, campaign.content)
