@@ -116,6 +116,19 @@ def test_sign_matches_openssl(provider: str):
     assert sign(provider, secret, body) == expected
 
 
+def test_sign_matches_shopifys_published_vector():
+    """Shopify's PHP library (Shopify/shopify-api-php, tests/Webhooks/RegistryTest.php) publishes one delivery:
+    body ``json_encode(['foo' => 'bar'])`` signed with the app secret ``steffi`` (tests/BaseTestCase.php)."""
+    body = b'{"foo":"bar"}'
+    assert sign("shopify", "steffi", body) == "/Redz4YXHLnSmmSN8grr5/Jl/Ua3d7yX3iWbjb8R8wo="
+    delivery = WebhookRequest(
+        "shopify", "acme-in", {"X-Shopify-Hmac-Sha256": "/Redz4YXHLnSmmSN8grr5/Jl/Ua3d7yX3iWbjb8R8wo="}, body
+    )
+    # the signature passes; the delivery then stops at its (absent) topic, which the vector does not carry
+    assert only(verify_and_convert(delivery, {"shopify:acme-in": "steffi"})).reason == Reason.UNKNOWN_WEBHOOK
+    assert only(verify_and_convert(delivery, {"shopify:acme-in": "steffi2"})).reason == Reason.BAD_SIGNATURE
+
+
 def test_valid_signatures_are_accepted():
     body, case = load_case("shopify_orders_create")
     assert isinstance(only(verify_and_convert(signed("shopify", body, case["headers"]), CONFIG)), RawEvent)
