@@ -124,6 +124,19 @@ def test_gzip_batch_and_cors_preflight(collector):
     assert "POST" in pre.headers["access-control-allow-methods"]
 
 
+def test_client_sent_received_at_is_replaced_by_the_arrival_time(collector):
+    url, client, stream, _ = collector
+    before = dt.datetime.now(dt.UTC)
+    event = {"event": "x", "userId": "u", "receivedAt": "1999-01-01T00:00:00Z", "sentAt": "1999-01-01T00:00:00Z"}
+    r = httpx.post(f"{url}/v1/track", content=orjson.dumps(event), headers=_auth("wk_acme_live"))
+    after = dt.datetime.now(dt.UTC)
+    assert r.status_code == 200
+    [on_stream] = stream_events(client, stream)
+    received = dt.datetime.fromisoformat(on_stream["receivedAt"].replace("Z", "+00:00"))
+    assert before - dt.timedelta(milliseconds=1) <= received <= after
+    assert on_stream["sentAt"] == "1999-01-01T00:00:00Z"  # sentAt is the client's to give (skew = receivedAt - sentAt)
+
+
 def test_razorpay_webhook_signature_matches_the_official_sdk_and_reaches_kinesis(collector):
     import razorpay
     from razorpay.errors import SignatureVerificationError
