@@ -19,6 +19,7 @@ from connectors.collector.spool import Spool
 from pipelines.collect import build_collector
 from tests.connectors.collector_helpers import metric, read_stream, serving, stream_events
 from tests.connectors.kinesis_helpers import make_stream
+from transforms.decode import RawEvent, decode_record
 from transforms.webhooks import WebhookConfig, sign, verify_and_convert, webhook_request_from_wrapper
 
 pytestmark = pytest.mark.integration
@@ -28,6 +29,7 @@ SECRETS = {
     "razorpay:acme-in": "rzp_whsec_acme_123",
     "razorpay:beta-co": "rzp_whsec_beta_456",
     "generic:beta-co": "gen_secret_beta",
+    "stripe:beta-co": "whsec_beta_stripe",
 }
 
 
@@ -161,6 +163,48 @@ def test_razorpay_webhook_signature_matches_the_official_sdk_and_reaches_kinesis
     [event] = verify_and_convert(request, WebhookConfig(secrets=SECRETS))  # what the pipeline does downstream
     assert event.data["event"] == "Payment Captured" and event.data["tenantId"] == "acme-in"
     assert event.data["messageId"] == "razorpay:payment.captured:pay_Q1"
+
+
+def test_any_provider_with_a_tenant_secret_is_a_generic_webhook_route(collector):
+    url, client, stream, _ = collector
+    body = orjson.dumps(
+        [
+            {"type": "track", "event": "Charge Succeeded", "userId": "cus_9", "messageId": "evt_9"},
+            {"type": "identify", "userId": "cus_9", "traits": {"plan": "pro"}},
+        ]
+    )
+    signature = sign("stripe", SECRETS["stripe:beta-co"], body)
+    assert signature.startswith("sha256=")
+    r = httpx.post(f"{url}/webhooks/stripe/beta-co", content=body, headers={"X-Livora-Signature": signature})
+    assert r.status_code == 200
+    refused = [
+        # configured provider, but no secret for this tenant: not authentic
+        ("/webhooks/stripe/acme-in", {"X-Livora-Signature": signature}, 401, "bad_signature"),
+        ("/webhooks/stripe/beta-co", {"X-Livora-Signature": "sha256=" + "0" * 64}, 401, "bad_signature"),
+        # no secret names it / not a provider name: no such route
+        ("/webhooks/paypal/beta-co", {"X-Livora-Signature": signature}, 404, "unknown_provider"),
+        ("/webhooks/Stripe/beta-co", {"X-Livora-Signature": signature}, 404, "unknown_provider"),
+        ("/webhooks/stripe:beta-co/beta-co", {"X-Livora-Signature": signature}, 404, "unknown_provider"),
+    ]
+    for path, headers, status, reason in refused:
+        r = httpx.post(f"{url}{path}", content=body, headers=headers)
+        assert (path, r.status_code, r.json()["error"]) == (path, status, reason)
+    [(key, data)] = read_stream(client, stream)
+    assert key == "cus_9"
+    # the pipeline's own conversion of what is on Kinesis
+    events = decode_record(data, source_ref="kinesis:test", webhook_secrets=WebhookConfig(secrets=SECRETS))
+    assert all(isinstance(e, RawEvent) for e in events)
+    assert [(e.data["type"], e.data["tenantId"], e.data["source"]) for e in events] == [
+        ("track", "beta-co", "stripe"),
+        ("identify", "beta-co", "stripe"),
+    ]
+    assert events[0].data["messageId"] == "evt_9"
+    text = httpx.get(f"{url}/metrics").text
+    assert metric(text, "livora_collector_requests_total", route="/webhooks/stripe", status="200") == 1
+    assert metric(text, "livora_collector_requests_total", route="/webhooks/stripe", status="401") == 2
+    assert metric(text, "livora_collector_requests_total", route="/webhooks/unknown", status="404") == 3
+    assert metric(text, "livora_collector_rejects_total", reason="unknown_provider") == 3
+    assert metric(text, "livora_collector_events_total", kind="webhook:stripe") == 1
 
 
 def _slow_body(url: str, seconds: float) -> tuple[int, float]:
