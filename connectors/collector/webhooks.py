@@ -3,7 +3,9 @@
 The signature is checked over the raw body bytes by :func:`transforms.webhooks.verify_and_convert`
 (constant-time; the same code the pipeline runs), before anything is parsed. The edge refuses what
 must never enter the stream: a missing or bad signature (401), a delivery for a tenant its shop or
-account is not bound to (403), a replay older than the window (400). An *authentic* delivery that
+account is not bound to (403), a replay older than the window (400), a Shopify topic header that the
+signed body contradicts (400: only the body is signed, so a signed ``orders/create`` re-posted as
+``orders/cancelled`` is an altered delivery, not one of Shopify's). An *authentic* delivery that
 cannot be converted (unknown topic, unexpected field) is accepted: the pipeline turns it into a dead
 letter that keeps the payload, instead of the provider retrying and then disabling the webhook.
 
@@ -45,6 +47,7 @@ _REFUSED = {
     Reason.BAD_SIGNATURE: (401, "bad_signature"),
     Reason.TENANT_MISMATCH: (403, "tenant_mismatch"),
     Reason.STALE_DELIVERY: (400, "stale_delivery"),
+    Reason.TOPIC_MISMATCH: (400, "topic_mismatch"),
 }
 
 

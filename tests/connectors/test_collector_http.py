@@ -10,6 +10,7 @@ import json
 import socket
 import time
 import uuid
+from pathlib import Path
 
 import httpx
 import orjson
@@ -30,7 +31,27 @@ SECRETS = {
     "razorpay:beta-co": "rzp_whsec_beta_456",
     "generic:beta-co": "gen_secret_beta",
     "stripe:beta-co": "whsec_beta_stripe",
+    "shopify:acme-in": "shpss_acme_789",
 }
+BINDINGS = {"shopify:acme-in": ["acme-in.myshopify.com"]}
+SHOPIFY_ORDER = Path(__file__).resolve().parents[1] / "cases" / "webhooks" / "shopify_orders_create.json"
+
+
+def _shopify_order(days_old: int) -> bytes:
+    """The case's signed-as-sent order body with its dates moved to ``days_old`` days ago (the replay window is 7)."""
+    raw = SHOPIFY_ORDER.read_bytes()
+    when = (dt.datetime.now(dt.UTC) - dt.timedelta(days=days_old)).date().isoformat().encode()
+    return raw.replace(b"2026-10-14", when)
+
+
+def _shopify_headers(body: bytes, **overrides: str) -> dict:
+    headers = {
+        "X-Shopify-Topic": "orders/create",
+        "X-Shopify-Hmac-Sha256": sign("shopify", SECRETS["shopify:acme-in"], body),
+        "X-Shopify-Shop-Domain": "acme-in.myshopify.com",
+        "X-Shopify-Webhook-Id": "b54557e4-0001",
+    }
+    return {**headers, **overrides}
 
 
 def _auth(key: str) -> dict:
@@ -69,7 +90,7 @@ def collector(aws, tmp_path):
     app = build_collector(
         stream=stream,
         write_keys=WRITE_KEYS,
-        webhooks=WebhookConfig(secrets=SECRETS),
+        webhooks=WebhookConfig(secrets=SECRETS, bindings=BINDINGS),
         aws=aws,
         body_timeout_s=1.0,
     )
@@ -163,6 +184,49 @@ def test_razorpay_webhook_signature_matches_the_official_sdk_and_reaches_kinesis
     [event] = verify_and_convert(request, WebhookConfig(secrets=SECRETS))  # what the pipeline does downstream
     assert event.data["event"] == "Payment Captured" and event.data["tenantId"] == "acme-in"
     assert event.data["messageId"] == "razorpay:payment.captured:pay_Q1"
+
+
+def test_signed_shopify_order_reaches_kinesis_and_a_redelivery_keeps_its_message_id(collector):
+    url, client, stream, _ = collector
+    body = _shopify_order(days_old=1)
+    first = httpx.post(f"{url}/webhooks/shopify/acme-in", content=body, headers=_shopify_headers(body))
+    # the same signed body again under another delivery id (a provider retry, or a replay by whoever holds it)
+    again = httpx.post(
+        f"{url}/webhooks/shopify/acme-in",
+        content=body,
+        headers=_shopify_headers(body, **{"X-Shopify-Webhook-Id": "b54557e4-0002"}),
+    )
+    assert (first.status_code, again.status_code) == (200, 200)
+    records = read_stream(client, stream)
+    assert [key for key, _ in records] == ["7012345678901", "7012345678901"]  # the Shopify customer: one shard
+    config = WebhookConfig(secrets=SECRETS, bindings=BINDINGS)
+    converted = [only for _, data in records for only in decode_record(data, webhook_secrets=config)]
+    assert all(isinstance(e, RawEvent) for e in converted), converted
+    # the message id comes from the signed body, so the downstream dedupe makes the two one event
+    assert [e.data["messageId"] for e in converted] == ["shopify:order:5678901234567:completed"] * 2
+    assert [e.data["context"]["webhook"]["delivery_id"] for e in converted] == ["b54557e4-0001", "b54557e4-0002"]
+    order = converted[0].data
+    assert (order["event"], order["tenantId"], order["userId"]) == ("Order Completed", "acme-in", "7012345678901")
+    assert order["properties"]["order_id"] == "5678901234567"
+
+
+def test_shopify_deliveries_the_edge_refuses(collector):
+    url, client, stream, _ = collector
+    fresh, stale = _shopify_order(days_old=1), _shopify_order(days_old=30)
+    cases = [
+        # a shop not bound to the tenant (the domain header, checked against WebhookConfig.bindings)
+        (fresh, {"X-Shopify-Shop-Domain": "other-shop.myshopify.com"}, 403, "tenant_mismatch"),
+        # a correctly signed body older than the 7-day replay window
+        (stale, {}, 400, "stale_delivery"),
+        # the unsigned topic header contradicts the signed body (an order that was not cancelled)
+        (fresh, {"X-Shopify-Topic": "orders/cancelled"}, 400, "topic_mismatch"),
+    ]
+    for body, overrides, status, reason in cases:
+        r = httpx.post(f"{url}/webhooks/shopify/acme-in", content=body, headers=_shopify_headers(body, **overrides))
+        assert (r.status_code, r.json()["error"]) == (status, reason), overrides
+    assert read_stream(client, stream) == []
+    text = httpx.get(f"{url}/metrics").text
+    assert [metric(text, "livora_collector_rejects_total", reason=r) for _, _, _, r in cases] == [1, 1, 1]
 
 
 def test_any_provider_with_a_tenant_secret_is_a_generic_webhook_route(collector):
