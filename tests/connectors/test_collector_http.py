@@ -8,6 +8,7 @@ import datetime as dt
 import gzip
 import json
 import socket
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -16,6 +17,8 @@ import httpx
 import orjson
 import pytest
 
+from connectors.collector import CollectorConfig, Delivery, build_app
+from connectors.collector.metrics import CollectorMetrics
 from connectors.collector.spool import Spool
 from pipelines.collect import build_collector
 from tests.connectors.collector_helpers import metric, read_stream, serving, stream_events
@@ -458,3 +461,46 @@ def test_lambda_template_points_at_the_handler_and_grants_only_what_it_uses():
     }
     paths = {e["Properties"]["Path"] for e in function["Events"].values()}
     assert paths == {"/v1/{kind}", "/webhooks/{provider}/{tenant}", "/health"}
+
+
+class _GatedSink:
+    """A Kinesis stand-in that holds every PutRecords until the test opens the gate: records stay pending."""
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.records = 0
+
+    def put(self, records) -> None:
+        assert self.gate.wait(20), "gate never opened"
+        self.records += len(records)
+
+
+def test_full_buffer_answers_429_with_retry_after_and_ready_503():
+    sink, metrics = _GatedSink(), CollectorMetrics()
+    delivery = Delivery(sink, metrics, max_pending=100)
+    app = build_app(CollectorConfig(write_keys=WRITE_KEYS, retry_after_s=7), delivery, metrics)
+    batch = lambda n, tag: {"batch": [{"type": "track", "event": "x", "userId": f"{tag}{i}"} for i in range(n)]}  # noqa: E731
+    with serving(app) as url:
+        assert httpx.get(f"{url}/ready").status_code == 200
+        held: list[httpx.Response] = []
+        waiting = threading.Thread(
+            target=lambda: held.append(
+                httpx.post(f"{url}/v1/batch", json=batch(95, "a"), headers=_auth("wk_acme_live"), timeout=30)
+            )
+        )
+        waiting.start()
+        deadline = time.monotonic() + 10
+        while metric(httpx.get(f"{url}/metrics").text, "livora_collector_pending_records") < 95:
+            assert time.monotonic() < deadline, "the first batch never became pending"
+            time.sleep(0.02)
+        ready = httpx.get(f"{url}/ready")
+        assert ready.status_code == 503 and "retry-after" in ready.headers  # 95 of 100: past 90 %, take us out
+        r = httpx.post(f"{url}/v1/batch", json=batch(10, "b"), headers=_auth("wk_acme_live"))
+        assert (r.status_code, r.json()["error"], r.headers["retry-after"]) == (429, "overloaded", "7")
+        sink.gate.set()
+        waiting.join(20)
+        assert [h.status_code for h in held] == [200]
+        assert httpx.get(f"{url}/ready").status_code == 200
+        text = httpx.get(f"{url}/metrics").text
+    assert sink.records == 95  # the refused batch was never taken
+    assert metric(text, "livora_collector_rejects_total", reason="overloaded") == 1

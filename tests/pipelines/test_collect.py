@@ -112,6 +112,45 @@ def test_segment_library_and_webhook_through_collector_into_the_lake(aws, tmp_pa
     assert by_id["razorpay:payment.captured:pay_L1"]["event"] == "Payment Captured"
 
 
+def test_logs_hold_no_payload_values_keys_or_secrets(aws, tmp_path):
+    """At DEBUG, through accepted and refused requests: the log names reasons and routes, never what was sent."""
+    res = create_streaming_resources(
+        aws, StreamingResources(stream=f"logs-{uuid.uuid4().hex[:6]}", shards=1, bucket=None)
+    )
+    proc, url = _start(aws, res.stream, tmp_path, "--log-level", "DEBUG")
+    property_value = "zq-distinctive-7781"
+    try:
+        auth = {"Authorization": "Basic " + base64.b64encode(b"wk_acme_live:").decode()}
+        event = {"event": "Viewed", "userId": "u-log-5521", "properties": {"note": property_value}}
+        assert httpx.post(f"{url}/v1/track", json=event, headers=auth).status_code == 200
+        wrong = {"Authorization": "Basic " + base64.b64encode(b"wk_guessed_9917:").decode()}
+        assert httpx.post(f"{url}/v1/track", json=event, headers=wrong).status_code == 401
+        body = json.dumps(
+            {
+                "event": "payment.captured",
+                "created_at": int(time.time()),
+                "payload": {"payment": {"entity": {"id": "pay_LOG1", "amount": 12345, "currency": "INR"}}},
+            }
+        ).encode()
+        secret = SECRETS["razorpay:acme-in"]
+        good = sign("razorpay", secret, body)
+        hook = f"{url}/webhooks/razorpay/acme-in"
+        assert httpx.post(hook, content=body, headers={"X-Razorpay-Signature": good}).status_code == 200
+        assert httpx.post(hook, content=body, headers={"X-Razorpay-Signature": "0" * 64}).status_code == 401
+        assert (
+            httpx.post(f"{url}/v1/track", content=b'{"event": "' + property_value.encode(), headers=auth).status_code
+            == 400
+        )
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    text = next(tmp_path.glob("collector-*.log")).read_text()
+    assert '"reason": "unknown_write_key"' in text and '"reason": "bad_signature"' in text  # the refusals are logged
+    for sent in (property_value, "u-log-5521", "wk_acme_live", "wk_guessed_9917", secret, good, "pay_LOG1", "12345"):
+        assert sent not in text, f"{sent!r} in the collector's log"
+    assert base64.b64encode(body).decode()[:40] not in text
+
+
 def _run_stream_pipeline(aws, res, lake: str, tmp_path):
     argv = [
         f"--stream={res.stream}",
