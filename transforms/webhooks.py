@@ -1,5 +1,10 @@
 """Signed webhooks (Shopify, Razorpay, generic) → Segment-style events.
 
+Any other provider name (``stripe``, ``acme-erp``: :func:`is_provider_name`) is a *generic* provider:
+its body is Segment-style events signed HMAC-SHA256 in ``X-Livora-Signature: sha256=<hex>``, with the
+tenant's own secret ``"<provider>:<tenant_id>"`` (no provider-wide secret: nothing binds such a
+sender to a tenant), and its events get ``source = <provider>``.
+
 The signature is checked over the *raw* body before anything is parsed (an attacker's JSON never
 reaches the converter), with :func:`hmac.compare_digest`. Only the body is signed: every header
 (delivery id, Shopify topic, shop domain, trigger time) can be changed by whoever re-posts a signed
@@ -33,6 +38,7 @@ import binascii
 import datetime as dt
 import hashlib
 import hmac
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
@@ -54,6 +60,7 @@ __all__ = [
     "Headers",
     "WebhookConfig",
     "WebhookRequest",
+    "is_provider_name",
     "sign",
     "verify_and_convert",
     "webhook_request_from_wrapper",
@@ -61,6 +68,8 @@ __all__ = [
 ]
 
 PROVIDERS = ("shopify", "razorpay", "generic")
+"""Providers that always exist; any other valid name is a generic provider (see the module docstring)."""
+_PROVIDER_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 LIBRARY = {"name": "livora-webhooks", "version": PIPELINE_VERSION}
 
 # Currencies whose minor unit is not 1/100 (ISO 4217): Razorpay sends amounts in the minor unit.
@@ -142,6 +151,16 @@ class WebhookRequest:
 # --- signatures -----------------------------------------------------------------------------------
 
 
+def is_provider_name(value: object) -> bool:
+    """True for a name that may name a provider: 1-32 of a-z, 0-9, '_', '-', starting with a letter."""
+    return isinstance(value, str) and _PROVIDER_NAME.fullmatch(value) is not None
+
+
+def _scheme(provider: str) -> str:
+    """How ``provider`` signs and what its body is: ``shopify``, ``razorpay``, else ``generic``."""
+    return provider if provider in ("shopify", "razorpay") else "generic"
+
+
 def sign(provider: str, secret: str, body: bytes) -> str:
     """The signature header value a provider sends for ``body`` (what senders and tests compute)."""
     digest = hmac.new(secret.encode("utf-8"), body, hashlib.sha256).digest()
@@ -160,7 +179,10 @@ SIGNATURE_HEADERS = {
 
 
 def _secret_for(req: WebhookRequest, secrets: Mapping[str, str]) -> str | None:
-    return secrets.get(f"{req.provider}:{req.tenant_id}") or secrets.get(req.provider)
+    own = secrets.get(f"{req.provider}:{req.tenant_id}")
+    if own or req.provider not in PROVIDERS:
+        return own
+    return secrets.get(req.provider)
 
 
 def _app_wide_secret(req: WebhookRequest, secrets: Mapping[str, str]) -> bool:
@@ -173,7 +195,7 @@ def _signature_problem(req: WebhookRequest, secrets: Mapping[str, str]) -> str |
     secret = _secret_for(req, secrets)
     if not secret:
         return f"no secret configured for {req.provider}:{req.tenant_id}"
-    header = SIGNATURE_HEADERS[req.provider]
+    header = SIGNATURE_HEADERS[_scheme(req.provider)]
     sent = req.headers.get(header)
     if not sent:
         return f"missing {header} header"
@@ -241,7 +263,7 @@ _DELIVERY_HEADERS = {
 
 def _delivery_id(req: WebhookRequest) -> str | None:
     """The provider's delivery id header: unsigned, so only ever informational."""
-    for header in _DELIVERY_HEADERS.get(req.provider, ()):
+    for header in _DELIVERY_HEADERS[_scheme(req.provider)]:
         value = (req.headers.get(header) or "").strip()
         if value:
             return value
@@ -822,7 +844,7 @@ def _convert_generic(req: WebhookRequest, source_ref: str | None) -> list[RawEve
     delivery = _delivery_id(req)
     digest = _body_digest(req.body)  # ids of events without their own come from the signed body, not the header
     out: list[RawEvent | FailedEvent] = []
-    ref = source_ref or f"webhook:generic:{delivery or digest}"
+    ref = source_ref or f"webhook:{req.provider}:{delivery or digest}"
     for index, item in enumerate(decode_record(req.body, source_ref=ref)):
         if isinstance(item, FailedEvent):
             out.append(item.model_copy(update={"stage": Stage.WEBHOOK, "tenant_id": req.tenant_id}))
@@ -833,7 +855,7 @@ def _convert_generic(req: WebhookRequest, source_ref: str | None) -> list[RawEve
             continue
         data.pop("tenant_id", None)
         data["tenantId"] = req.tenant_id
-        data.setdefault("source", "webhook")
+        data.setdefault("source", "webhook" if req.provider == "generic" else req.provider)
         if "messageId" not in data and "message_id" not in data:
             data["messageId"] = f"webhook:{digest}:{index}"
         if req.received_at is not None and "receivedAt" not in data and "received_at" not in data:
@@ -867,12 +889,12 @@ def verify_and_convert(
         source_ref: where the delivery came from (defaults to ``webhook:<provider>:<delivery id>``).
     """
     config = WebhookConfig.of(config)
-    if req.provider not in PROVIDERS:
-        return [_fail(req, Reason.UNKNOWN_WEBHOOK, f"unknown webhook provider {req.provider!r}", source_ref)]
+    if not is_provider_name(req.provider):
+        return [_fail(req, Reason.UNKNOWN_WEBHOOK, f"not a provider name: {req.provider[:40]!r}", source_ref)]
     problem = _signature_problem(req, config.secrets)
     if problem is not None:
-        return [_fail(req, Reason.BAD_SIGNATURE, problem, source_ref, SIGNATURE_HEADERS[req.provider])]
-    if req.provider == "generic":
+        return [_fail(req, Reason.BAD_SIGNATURE, problem, source_ref, SIGNATURE_HEADERS[_scheme(req.provider)])]
+    if _scheme(req.provider) == "generic":
         return _convert_generic(req, source_ref)
     try:
         body = orjson.loads(req.body)

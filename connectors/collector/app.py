@@ -35,7 +35,7 @@ from connectors.collector.segment import (
     kind_of,
     normalise_request,
 )
-from connectors.collector.webhooks import MAX_WEBHOOK_BYTES, accept_webhook
+from connectors.collector.webhooks import MAX_WEBHOOK_BYTES, accept_webhook, known_providers
 from transforms.webhooks import WebhookConfig
 
 __all__ = ["CollectorConfig", "build_app"]
@@ -74,6 +74,7 @@ class _Handlers:
         self.delivery = delivery
         self.metrics = metrics
         self.started = False
+        self.providers = known_providers(config.webhooks)
 
     def _reject(self, route: str, reason: str, status: int, message: str, **fields) -> Response:
         self.metrics.rejects.labels(reason).inc()
@@ -153,7 +154,7 @@ class _Handlers:
     async def webhook(self, request: Request) -> Response:
         started = time.perf_counter()
         provider = request.path_params["provider"]
-        route = f"/webhooks/{provider if provider in ('shopify', 'razorpay', 'generic') else 'unknown'}"
+        route = f"/webhooks/{provider if provider in self.providers else 'unknown'}"  # labels stay bounded
         response = await self._webhook(request, provider, route)
         self.metrics.requests.labels(route, str(response.status_code)).inc()
         self.metrics.request_seconds.labels(route).observe(time.perf_counter() - started)
@@ -161,12 +162,16 @@ class _Handlers:
 
     async def _webhook(self, request: Request, provider: str, route: str) -> Response:
         tenant = request.path_params["tenant"]
+        if provider not in self.providers:  # before reading a body nothing can verify
+            return self._reject(route, "unknown_provider", 404, "no webhook receiver for this provider")
         try:
             body = await self._body(request, MAX_WEBHOOK_BYTES, MAX_WEBHOOK_BYTES)
         except BodyError as err:
             return self._reject(route, err.reason, 413 if err.reason == "oversize" else err.status, str(err))
         try:
-            record = accept_webhook(provider, tenant, request.headers, body, self.config.webhooks, _now())
+            record = accept_webhook(
+                provider, tenant, request.headers, body, self.config.webhooks, _now(), self.providers
+            )
         except Rejected as err:
             return self._reject(route, err.reason, err.status, str(err))
         try:

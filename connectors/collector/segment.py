@@ -8,7 +8,9 @@ inside, avoiding a CORS preflight). Limits are Segment's: 32 KB per event, 500 K
 answered ``400`` like Segment does.
 
 What the collector adds to each event: ``tenantId`` (from the write key; an event that names another
-tenant refuses the whole request), ``messageId`` and ``receivedAt`` when absent, the batch's
+tenant refuses the whole request), ``messageId`` when absent, ``receivedAt`` always (the collector's own
+clock, as Segment's servers do: a client-sent value would let the sender steer the clock-skew
+correction ``receivedAt - (sentAt - originalTimestamp)``, so it is dropped), the batch's
 ``sentAt``/``context``/``integrations`` where the event has none, ``context.ip`` from the connection
 when absent; ``writeKey`` is removed (it must not reach the lake).
 """
@@ -101,7 +103,7 @@ def normalise_request(
         kind: the endpoint (``track`` … ``alias``, ``batch``, ``import``).
         body: the parsed JSON body.
         tenant_id: the tenant the write key belongs to.
-        received_at: the arrival time (ISO 8601), for events without ``receivedAt``.
+        received_at: the arrival time (ISO 8601); replaces any ``receivedAt`` the client sent.
         client_ip: the sender's address, for events without ``context.ip``.
     """
     if not isinstance(body, dict):
@@ -129,7 +131,8 @@ def normalise_request(
         message_id = event.get("messageId")
         if not (isinstance(message_id, str) and message_id):
             event["messageId"] = f"livora-{uuid.uuid4()}"
-        event.setdefault("receivedAt", received_at)
+        event.pop("received_at", None)  # the schema's other spelling: neither may come from the client
+        event["receivedAt"] = received_at
         if "sentAt" in shared:
             event.setdefault("sentAt", shared["sentAt"])
         if "integrations" in shared:

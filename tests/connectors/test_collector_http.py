@@ -8,17 +8,22 @@ import datetime as dt
 import gzip
 import json
 import socket
+import threading
 import time
 import uuid
+from pathlib import Path
 
 import httpx
 import orjson
 import pytest
 
+from connectors.collector import CollectorConfig, Delivery, build_app
+from connectors.collector.metrics import CollectorMetrics
 from connectors.collector.spool import Spool
 from pipelines.collect import build_collector
 from tests.connectors.collector_helpers import metric, read_stream, serving, stream_events
 from tests.connectors.kinesis_helpers import make_stream
+from transforms.decode import RawEvent, decode_record
 from transforms.webhooks import WebhookConfig, sign, verify_and_convert, webhook_request_from_wrapper
 
 pytestmark = pytest.mark.integration
@@ -28,7 +33,28 @@ SECRETS = {
     "razorpay:acme-in": "rzp_whsec_acme_123",
     "razorpay:beta-co": "rzp_whsec_beta_456",
     "generic:beta-co": "gen_secret_beta",
+    "stripe:beta-co": "whsec_beta_stripe",
+    "shopify:acme-in": "shpss_acme_789",
 }
+BINDINGS = {"shopify:acme-in": ["acme-in.myshopify.com"]}
+SHOPIFY_ORDER = Path(__file__).resolve().parents[1] / "cases" / "webhooks" / "shopify_orders_create.json"
+
+
+def _shopify_order(days_old: int) -> bytes:
+    """The case's signed-as-sent order body with its dates moved to ``days_old`` days ago (the replay window is 7)."""
+    raw = SHOPIFY_ORDER.read_bytes()
+    when = (dt.datetime.now(dt.UTC) - dt.timedelta(days=days_old)).date().isoformat().encode()
+    return raw.replace(b"2026-10-14", when)
+
+
+def _shopify_headers(body: bytes, **overrides: str) -> dict:
+    headers = {
+        "X-Shopify-Topic": "orders/create",
+        "X-Shopify-Hmac-Sha256": sign("shopify", SECRETS["shopify:acme-in"], body),
+        "X-Shopify-Shop-Domain": "acme-in.myshopify.com",
+        "X-Shopify-Webhook-Id": "b54557e4-0001",
+    }
+    return {**headers, **overrides}
 
 
 def _auth(key: str) -> dict:
@@ -67,7 +93,7 @@ def collector(aws, tmp_path):
     app = build_collector(
         stream=stream,
         write_keys=WRITE_KEYS,
-        webhooks=WebhookConfig(secrets=SECRETS),
+        webhooks=WebhookConfig(secrets=SECRETS, bindings=BINDINGS),
         aws=aws,
         body_timeout_s=1.0,
     )
@@ -124,6 +150,19 @@ def test_gzip_batch_and_cors_preflight(collector):
     assert "POST" in pre.headers["access-control-allow-methods"]
 
 
+def test_client_sent_received_at_is_replaced_by_the_arrival_time(collector):
+    url, client, stream, _ = collector
+    before = dt.datetime.now(dt.UTC)
+    event = {"event": "x", "userId": "u", "receivedAt": "1999-01-01T00:00:00Z", "sentAt": "1999-01-01T00:00:00Z"}
+    r = httpx.post(f"{url}/v1/track", content=orjson.dumps(event), headers=_auth("wk_acme_live"))
+    after = dt.datetime.now(dt.UTC)
+    assert r.status_code == 200
+    [on_stream] = stream_events(client, stream)
+    received = dt.datetime.fromisoformat(on_stream["receivedAt"].replace("Z", "+00:00"))
+    assert before - dt.timedelta(milliseconds=1) <= received <= after
+    assert on_stream["sentAt"] == "1999-01-01T00:00:00Z"  # sentAt is the client's to give (skew = receivedAt - sentAt)
+
+
 def test_razorpay_webhook_signature_matches_the_official_sdk_and_reaches_kinesis(collector):
     import razorpay
     from razorpay.errors import SignatureVerificationError
@@ -148,6 +187,91 @@ def test_razorpay_webhook_signature_matches_the_official_sdk_and_reaches_kinesis
     [event] = verify_and_convert(request, WebhookConfig(secrets=SECRETS))  # what the pipeline does downstream
     assert event.data["event"] == "Payment Captured" and event.data["tenantId"] == "acme-in"
     assert event.data["messageId"] == "razorpay:payment.captured:pay_Q1"
+
+
+def test_signed_shopify_order_reaches_kinesis_and_a_redelivery_keeps_its_message_id(collector):
+    url, client, stream, _ = collector
+    body = _shopify_order(days_old=1)
+    first = httpx.post(f"{url}/webhooks/shopify/acme-in", content=body, headers=_shopify_headers(body))
+    # the same signed body again under another delivery id (a provider retry, or a replay by whoever holds it)
+    again = httpx.post(
+        f"{url}/webhooks/shopify/acme-in",
+        content=body,
+        headers=_shopify_headers(body, **{"X-Shopify-Webhook-Id": "b54557e4-0002"}),
+    )
+    assert (first.status_code, again.status_code) == (200, 200)
+    records = read_stream(client, stream)
+    assert [key for key, _ in records] == ["7012345678901", "7012345678901"]  # the Shopify customer: one shard
+    config = WebhookConfig(secrets=SECRETS, bindings=BINDINGS)
+    converted = [only for _, data in records for only in decode_record(data, webhook_secrets=config)]
+    assert all(isinstance(e, RawEvent) for e in converted), converted
+    # the message id comes from the signed body, so the downstream dedupe makes the two one event
+    assert [e.data["messageId"] for e in converted] == ["shopify:order:5678901234567:completed"] * 2
+    assert [e.data["context"]["webhook"]["delivery_id"] for e in converted] == ["b54557e4-0001", "b54557e4-0002"]
+    order = converted[0].data
+    assert (order["event"], order["tenantId"], order["userId"]) == ("Order Completed", "acme-in", "7012345678901")
+    assert order["properties"]["order_id"] == "5678901234567"
+
+
+def test_shopify_deliveries_the_edge_refuses(collector):
+    url, client, stream, _ = collector
+    fresh, stale = _shopify_order(days_old=1), _shopify_order(days_old=30)
+    cases = [
+        # a shop not bound to the tenant (the domain header, checked against WebhookConfig.bindings)
+        (fresh, {"X-Shopify-Shop-Domain": "other-shop.myshopify.com"}, 403, "tenant_mismatch"),
+        # a correctly signed body older than the 7-day replay window
+        (stale, {}, 400, "stale_delivery"),
+        # the unsigned topic header contradicts the signed body (an order that was not cancelled)
+        (fresh, {"X-Shopify-Topic": "orders/cancelled"}, 400, "topic_mismatch"),
+    ]
+    for body, overrides, status, reason in cases:
+        r = httpx.post(f"{url}/webhooks/shopify/acme-in", content=body, headers=_shopify_headers(body, **overrides))
+        assert (r.status_code, r.json()["error"]) == (status, reason), overrides
+    assert read_stream(client, stream) == []
+    text = httpx.get(f"{url}/metrics").text
+    assert [metric(text, "livora_collector_rejects_total", reason=r) for _, _, _, r in cases] == [1, 1, 1]
+
+
+def test_any_provider_with_a_tenant_secret_is_a_generic_webhook_route(collector):
+    url, client, stream, _ = collector
+    body = orjson.dumps(
+        [
+            {"type": "track", "event": "Charge Succeeded", "userId": "cus_9", "messageId": "evt_9"},
+            {"type": "identify", "userId": "cus_9", "traits": {"plan": "pro"}},
+        ]
+    )
+    signature = sign("stripe", SECRETS["stripe:beta-co"], body)
+    assert signature.startswith("sha256=")
+    r = httpx.post(f"{url}/webhooks/stripe/beta-co", content=body, headers={"X-Livora-Signature": signature})
+    assert r.status_code == 200
+    refused = [
+        # configured provider, but no secret for this tenant: not authentic
+        ("/webhooks/stripe/acme-in", {"X-Livora-Signature": signature}, 401, "bad_signature"),
+        ("/webhooks/stripe/beta-co", {"X-Livora-Signature": "sha256=" + "0" * 64}, 401, "bad_signature"),
+        # no secret names it / not a provider name: no such route
+        ("/webhooks/paypal/beta-co", {"X-Livora-Signature": signature}, 404, "unknown_provider"),
+        ("/webhooks/Stripe/beta-co", {"X-Livora-Signature": signature}, 404, "unknown_provider"),
+        ("/webhooks/stripe:beta-co/beta-co", {"X-Livora-Signature": signature}, 404, "unknown_provider"),
+    ]
+    for path, headers, status, reason in refused:
+        r = httpx.post(f"{url}{path}", content=body, headers=headers)
+        assert (path, r.status_code, r.json()["error"]) == (path, status, reason)
+    [(key, data)] = read_stream(client, stream)
+    assert key == "cus_9"
+    # the pipeline's own conversion of what is on Kinesis
+    events = decode_record(data, source_ref="kinesis:test", webhook_secrets=WebhookConfig(secrets=SECRETS))
+    assert all(isinstance(e, RawEvent) for e in events)
+    assert [(e.data["type"], e.data["tenantId"], e.data["source"]) for e in events] == [
+        ("track", "beta-co", "stripe"),
+        ("identify", "beta-co", "stripe"),
+    ]
+    assert events[0].data["messageId"] == "evt_9"
+    text = httpx.get(f"{url}/metrics").text
+    assert metric(text, "livora_collector_requests_total", route="/webhooks/stripe", status="200") == 1
+    assert metric(text, "livora_collector_requests_total", route="/webhooks/stripe", status="401") == 2
+    assert metric(text, "livora_collector_requests_total", route="/webhooks/unknown", status="404") == 3
+    assert metric(text, "livora_collector_rejects_total", reason="unknown_provider") == 3
+    assert metric(text, "livora_collector_events_total", kind="webhook:stripe") == 1
 
 
 def _slow_body(url: str, seconds: float) -> tuple[int, float]:
@@ -337,3 +461,46 @@ def test_lambda_template_points_at_the_handler_and_grants_only_what_it_uses():
     }
     paths = {e["Properties"]["Path"] for e in function["Events"].values()}
     assert paths == {"/v1/{kind}", "/webhooks/{provider}/{tenant}", "/health"}
+
+
+class _GatedSink:
+    """A Kinesis stand-in that holds every PutRecords until the test opens the gate: records stay pending."""
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.records = 0
+
+    def put(self, records) -> None:
+        assert self.gate.wait(20), "gate never opened"
+        self.records += len(records)
+
+
+def test_full_buffer_answers_429_with_retry_after_and_ready_503():
+    sink, metrics = _GatedSink(), CollectorMetrics()
+    delivery = Delivery(sink, metrics, max_pending=100)
+    app = build_app(CollectorConfig(write_keys=WRITE_KEYS, retry_after_s=7), delivery, metrics)
+    batch = lambda n, tag: {"batch": [{"type": "track", "event": "x", "userId": f"{tag}{i}"} for i in range(n)]}  # noqa: E731
+    with serving(app) as url:
+        assert httpx.get(f"{url}/ready").status_code == 200
+        held: list[httpx.Response] = []
+        waiting = threading.Thread(
+            target=lambda: held.append(
+                httpx.post(f"{url}/v1/batch", json=batch(95, "a"), headers=_auth("wk_acme_live"), timeout=30)
+            )
+        )
+        waiting.start()
+        deadline = time.monotonic() + 10
+        while metric(httpx.get(f"{url}/metrics").text, "livora_collector_pending_records") < 95:
+            assert time.monotonic() < deadline, "the first batch never became pending"
+            time.sleep(0.02)
+        ready = httpx.get(f"{url}/ready")
+        assert ready.status_code == 503 and "retry-after" in ready.headers  # 95 of 100: past 90 %, take us out
+        r = httpx.post(f"{url}/v1/batch", json=batch(10, "b"), headers=_auth("wk_acme_live"))
+        assert (r.status_code, r.json()["error"], r.headers["retry-after"]) == (429, "overloaded", "7")
+        sink.gate.set()
+        waiting.join(20)
+        assert [h.status_code for h in held] == [200]
+        assert httpx.get(f"{url}/ready").status_code == 200
+        text = httpx.get(f"{url}/metrics").text
+    assert sink.records == 95  # the refused batch was never taken
+    assert metric(text, "livora_collector_rejects_total", reason="overloaded") == 1

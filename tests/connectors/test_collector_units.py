@@ -106,6 +106,19 @@ def test_single_track_gets_type_tenant_ids_and_times():
     assert records[0][0] == "u1"
 
 
+def test_received_at_is_always_the_collectors_own_time():
+    """A client-sent receivedAt would steer the skew correction (timestamp = receivedAt - (sentAt - originalTimestamp))."""
+    body = {
+        "batch": [
+            {"type": "track", "event": "x", "userId": "u1", "receivedAt": "1999-01-01T00:00:00Z"},
+            {"type": "track", "event": "y", "userId": "u1", "received_at": "1999-01-01T00:00:00Z"},
+        ]
+    }
+    events = _decoded(normalise_request("batch", body, tenant_id="acme-in", received_at=RECEIVED))
+    assert [e["receivedAt"] for e in events] == [RECEIVED, RECEIVED]
+    assert all("1999" not in orjson.dumps(e).decode() for e in events)
+
+
 def test_batch_shares_context_and_sent_at_and_keeps_own_values():
     body = {
         "batch": [

@@ -1,5 +1,6 @@
 """``python -m pipelines.collect`` as a process: Segment library and a signed webhook → Kinesis → the lake,
-graceful shutdown, and kill -9 while a client sends (every acknowledged event is in Kinesis after restart)."""
+graceful shutdown, and kill -9 while a client sends (every acknowledged event is in the lake exactly once after
+restart, spool re-send and the stream pipeline)."""
 
 from __future__ import annotations
 
@@ -14,15 +15,16 @@ import threading
 import time
 import uuid
 
+import duckdb
 import httpx
 import pytest
 
+from connectors.kinesis import default_kinesis_client
 from connectors.lake import read_dead_letters, read_events
 from infra.local_stack import free_port
 from infra.resources import StreamingResources, create_streaming_resources
 from pipelines import cli, stream_events
 from tests.connectors.collector_helpers import metric, read_stream, wait_healthy
-from tests.connectors.kinesis_helpers import make_stream
 from transforms.webhooks import sign
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -92,17 +94,7 @@ def test_segment_library_and_webhook_through_collector_into_the_lake(aws, tmp_pa
         if proc.poll() is None:
             proc.kill()
     lake = str(tmp_path / "lake")
-    argv = [
-        f"--stream={res.stream}",
-        f"--lake={lake}",
-        f"--aws-endpoint-url={aws.endpoint_url}",
-        f"--consumer-app={res.consumer_app}",
-        f"--dedupe-table={res.dedupe_table}",
-        "--buckets=2",
-        "--min-call-interval=0.02",
-        f"--webhook-secrets={tmp_path / 'secrets.json'}",
-    ]
-    summary = stream_events.run(argv, out=io.StringIO())
+    summary = _run_stream_pipeline(aws, res, lake, tmp_path)
     assert read_dead_letters(summary.dead_letters_path) == []
     rows = read_events(
         lake, columns=["tenant_id", "message_id", "type", "event", "user_id", "anonymous_id"]
@@ -120,10 +112,67 @@ def test_segment_library_and_webhook_through_collector_into_the_lake(aws, tmp_pa
     assert by_id["razorpay:payment.captured:pay_L1"]["event"] == "Payment Captured"
 
 
+def test_logs_hold_no_payload_values_keys_or_secrets(aws, tmp_path):
+    """At DEBUG, through accepted and refused requests: the log names reasons and routes, never what was sent."""
+    res = create_streaming_resources(
+        aws, StreamingResources(stream=f"logs-{uuid.uuid4().hex[:6]}", shards=1, bucket=None)
+    )
+    proc, url = _start(aws, res.stream, tmp_path, "--log-level", "DEBUG")
+    property_value = "zq-distinctive-7781"
+    try:
+        auth = {"Authorization": "Basic " + base64.b64encode(b"wk_acme_live:").decode()}
+        event = {"event": "Viewed", "userId": "u-log-5521", "properties": {"note": property_value}}
+        assert httpx.post(f"{url}/v1/track", json=event, headers=auth).status_code == 200
+        wrong = {"Authorization": "Basic " + base64.b64encode(b"wk_guessed_9917:").decode()}
+        assert httpx.post(f"{url}/v1/track", json=event, headers=wrong).status_code == 401
+        body = json.dumps(
+            {
+                "event": "payment.captured",
+                "created_at": int(time.time()),
+                "payload": {"payment": {"entity": {"id": "pay_LOG1", "amount": 12345, "currency": "INR"}}},
+            }
+        ).encode()
+        secret = SECRETS["razorpay:acme-in"]
+        good = sign("razorpay", secret, body)
+        hook = f"{url}/webhooks/razorpay/acme-in"
+        assert httpx.post(hook, content=body, headers={"X-Razorpay-Signature": good}).status_code == 200
+        assert httpx.post(hook, content=body, headers={"X-Razorpay-Signature": "0" * 64}).status_code == 401
+        assert (
+            httpx.post(f"{url}/v1/track", content=b'{"event": "' + property_value.encode(), headers=auth).status_code
+            == 400
+        )
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    text = next(tmp_path.glob("collector-*.log")).read_text()
+    assert '"reason": "unknown_write_key"' in text and '"reason": "bad_signature"' in text  # the refusals are logged
+    for sent in (property_value, "u-log-5521", "wk_acme_live", "wk_guessed_9917", secret, good, "pay_LOG1", "12345"):
+        assert sent not in text, f"{sent!r} in the collector's log"
+    assert base64.b64encode(body).decode()[:40] not in text
+
+
+def _run_stream_pipeline(aws, res, lake: str, tmp_path):
+    argv = [
+        f"--stream={res.stream}",
+        f"--lake={lake}",
+        f"--aws-endpoint-url={aws.endpoint_url}",
+        f"--consumer-app={res.consumer_app}",
+        f"--dedupe-table={res.dedupe_table}",
+        "--buckets=2",
+        "--min-call-interval=0.02",
+        f"--webhook-secrets={tmp_path / 'secrets.json'}",
+    ]
+    return stream_events.run(argv, out=io.StringIO())
+
+
 def test_kill_9_loses_no_acknowledged_event(aws, tmp_path):
-    """Write-ahead spool: every 200 is fsynced; after kill -9 the restarted collector re-sends the spool."""
-    stream = f"durable-{uuid.uuid4().hex[:6]}"
-    client = make_stream(aws, stream, 2)
+    """Write-ahead spool: every 200 is fsynced; after kill -9 the restarted collector re-sends the spool, and
+    the stream pipeline makes every acknowledged message id exactly one lake row (copies counted duplicates)."""
+    res = create_streaming_resources(
+        aws, StreamingResources(stream=f"durable-{uuid.uuid4().hex[:6]}", shards=2, bucket=None)
+    )
+    stream = res.stream
+    client = default_kinesis_client(aws)
     spool = str(tmp_path / "spool")
     proc, url = _start(aws, stream, tmp_path, "--spool-dir", spool, "--spool-mode", "always")
     acked: list[str] = []
@@ -171,10 +220,24 @@ def test_kill_9_loses_no_acknowledged_event(aws, tmp_path):
         proc.wait(30)
     ids = [json.loads(data)["messageId"] for _, data in read_stream(client, stream)]
     missing = set(acked) - set(ids)
-    assert not missing, f"{len(missing)} acknowledged events missing"
-    # each message id is one event downstream: copies (a segment shipped but not yet deleted at the kill)
-    # carry the same messageId, which the pipeline's dedupe collapses
-    assert len(set(ids)) >= len(set(acked))
+    assert not missing, f"{len(missing)} acknowledged events missing from Kinesis"
+
+    lake = str(tmp_path / "lake")
+    summary = _run_stream_pipeline(aws, res, lake, tmp_path)
+    assert read_dead_letters(summary.dead_letters_path) == []
+    rows = duckdb.sql(
+        f"SELECT message_id, count(*) AS n FROM read_parquet('{lake}/events/**/*.parquet', hive_partitioning = true) "
+        "WHERE tenant_id = 'beta-co' GROUP BY message_id"
+    ).fetchall()
+    in_lake = dict(rows)
+    assert set(acked) <= set(in_lake), f"{len(set(acked) - set(in_lake))} acknowledged ids not in the lake"
+    assert {m: n for m, n in in_lake.items() if n != 1} == {}  # exactly once per message id
+    assert set(in_lake) == set(ids)  # nothing in the lake that was not on the stream
+    # books balance: every record read is a lake row or a counted duplicate (spool re-sends, late copies)
+    assert summary.total("records_read") == len(ids)
+    assert summary.total("lake_rows") == len(set(ids))
+    assert summary.total("duplicates") == len(ids) - len(set(ids))
     print(
-        f"acked {len(acked)}, in Kinesis {len(ids)} records / {len(set(ids))} ids, spool segments at kill {len(leftover)}"
+        f"acked {len(acked)}, in Kinesis {len(ids)} records / {len(set(ids))} ids, "
+        f"spool segments at kill {len(leftover)}, lake {len(in_lake)} rows, duplicates {summary.total('duplicates')}"
     )

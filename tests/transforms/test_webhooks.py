@@ -27,6 +27,7 @@ from transforms.webhooks import (
     SHOPIFY_TOPICS,
     WebhookConfig,
     WebhookRequest,
+    is_provider_name,
     sign,
     verify_and_convert,
     wrap_webhook,
@@ -114,6 +115,19 @@ def test_sign_matches_openssl(provider: str):
     )
     expected = base64.b64encode(bytes.fromhex(hex_digest)).decode() if provider == "shopify" else hex_digest
     assert sign(provider, secret, body) == expected
+
+
+def test_sign_matches_shopifys_published_vector():
+    """Shopify's PHP library (Shopify/shopify-api-php, tests/Webhooks/RegistryTest.php) publishes one delivery:
+    body ``json_encode(['foo' => 'bar'])`` signed with the app secret ``steffi`` (tests/BaseTestCase.php)."""
+    body = b'{"foo":"bar"}'
+    assert sign("shopify", "steffi", body) == "/Redz4YXHLnSmmSN8grr5/Jl/Ua3d7yX3iWbjb8R8wo="
+    delivery = WebhookRequest(
+        "shopify", "acme-in", {"X-Shopify-Hmac-Sha256": "/Redz4YXHLnSmmSN8grr5/Jl/Ua3d7yX3iWbjb8R8wo="}, body
+    )
+    # the signature passes; the delivery then stops at its (absent) topic, which the vector does not carry
+    assert only(verify_and_convert(delivery, {"shopify:acme-in": "steffi"})).reason == Reason.UNKNOWN_WEBHOOK
+    assert only(verify_and_convert(delivery, {"shopify:acme-in": "steffi2"})).reason == Reason.BAD_SIGNATURE
 
 
 def test_valid_signatures_are_accepted():
@@ -563,9 +577,9 @@ def test_unknown_or_unreadable_deliveries(provider, headers, body, reason, path)
     assert failure.payload == body
 
 
-def test_unknown_provider():
+def test_a_provider_without_a_secret_for_the_tenant_is_not_authentic():
     failure = only(verify_and_convert(WebhookRequest("stripe", "acme-in", {}, b"{}"), CONFIG))
-    assert failure.reason is Reason.UNKNOWN_WEBHOOK
+    assert failure.reason is Reason.BAD_SIGNATURE and "no secret configured for stripe:acme-in" in failure.message
 
 
 # --- generic webhooks ----------------------------------------------------------------------------
@@ -735,3 +749,49 @@ def test_razorpay_converters_never_raise(kind: str, payload: dict, created_at, c
     body = json.dumps({"event": kind, "account_id": ACME_RAZORPAY, "payload": payload, "created_at": created_at})
     outs = verify_and_convert(signed("razorpay", body.encode(), {}), config)
     assert len(outs) == 1 and isinstance(outs[0], RawEvent | FailedEvent)
+
+
+# --- generic providers by name ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "ok"),
+    [
+        ("stripe", True),
+        ("acme-erp", True),
+        ("my_app2", True),
+        ("", False),
+        ("Stripe", False),
+        ("2checkout", False),
+        ("a" * 33, False),
+        ("../shopify", False),
+        ("stripe:acme-in", False),
+        (None, False),
+    ],
+)
+def test_provider_names(name, ok):
+    assert is_provider_name(name) is ok
+
+
+def test_a_named_generic_provider_converts_through_the_pipelines_decoder():
+    """What the collector puts on Kinesis for /webhooks/stripe/acme-in, read back as the pipeline reads it."""
+    body = b'{"type":"track","event":"Charge Succeeded","userId":"cus_1","messageId":"evt_1"}'
+    secret = "whsec_acme_stripe"
+    request = WebhookRequest("stripe", "acme-in", {"X-Livora-Signature": sign("stripe", secret, body)}, body, RECEIVED)
+    record = wrap_webhook(request)
+    [event] = decode_record(record, webhook_secrets={"stripe:acme-in": secret})
+    assert isinstance(event, RawEvent)
+    assert (event.data["tenantId"], event.data["source"], event.data["messageId"]) == ("acme-in", "stripe", "evt_1")
+    assert event.data["event"] == "Charge Succeeded"
+    # a provider-wide secret does not count for a named provider (nothing binds its sender to a tenant)
+    [refused] = decode_record(record, webhook_secrets={"stripe": secret})
+    assert refused.reason == Reason.BAD_SIGNATURE
+    # another tenant's stripe secret does not verify it either
+    [refused] = decode_record(record, webhook_secrets={"stripe:beta-co": secret})
+    assert refused.reason == Reason.BAD_SIGNATURE
+
+
+def test_a_name_that_is_not_a_provider_name_is_refused_before_any_lookup():
+    body = b'{"type":"track","event":"x","userId":"u"}'
+    request = WebhookRequest("Stripe/../x", "acme-in", {"X-Livora-Signature": sign("x", "s", body)}, body, RECEIVED)
+    assert only(verify_and_convert(request, {"Stripe/../x:acme-in": "s"})).reason == Reason.UNKNOWN_WEBHOOK
