@@ -836,8 +836,9 @@ def _shopify_signed_shop(body: dict) -> tuple[str, frozenset[str]] | None:
             host = (parts.hostname or "").lower()
         except ValueError:
             continue
-        first = parts.path.split("/")[1] if parts.path.count("/") >= 2 else ""
-        identifiers = frozenset(i for i in (host, first if first.isdigit() else "") if i)
+        segments = [segment for segment in parts.path.split("/") if segment]
+        shop_id = segments[0] if segments and segments[0].isdigit() else ""
+        identifiers = frozenset(i for i in (host, shop_id) if i)
         if identifiers:
             return name, identifiers
     return None
@@ -861,10 +862,7 @@ def _shopify_binding_problem(
     if not _app_wide_secret(req, config.secrets):
         if bound is None or (header and header in bound):
             return None
-        return (
-            f"shop domain ({_SHOP_HEADER}) {header or '(absent)'!r} is not bound to tenant {req.tenant_id!r}",
-            _SHOP_HEADER,
-        )
+        return _unbound_header(req, header)
     if bound is None:
         return (
             f"the shopify secret is app-wide and no shop is bound to tenant {req.tenant_id!r} "
@@ -898,6 +896,10 @@ def _shopify_binding_problem(
         )
     if header and header in bound:
         return None
+    return _unbound_header(req, header)
+
+
+def _unbound_header(req: WebhookRequest, header: str) -> tuple[str, str]:
     return (
         f"shop domain ({_SHOP_HEADER}) {header or '(absent)'!r} is not bound to tenant {req.tenant_id!r}",
         _SHOP_HEADER,
