@@ -8,8 +8,8 @@ One value names where the configuration is:
   locally).
 
 Webhook secrets are ``{"<provider>:<tenant>": "<secret>", …}`` (``"<provider>"`` alone for an app-wide
-secret), or the full form ``{"secrets": {…}, "bindings": {"shopify:<tenant>": ["<shop>.myshopify.com"]},
-"replay_window_seconds": 604800}``. Write keys are ``{"<write key>": "<tenant_id>", …}``. Errors name the
+secret), or the full form ``{"secrets": {…}, "bindings": {"shopify:<tenant>": ["<shop>.myshopify.com",
+"<shop id>"]}, "trust_shop_header": false, "replay_window_seconds": 604800}``. Write keys are ``{"<write key>": "<tenant_id>", …}``. Errors name the
 source and the entry, never a secret's value.
 """
 

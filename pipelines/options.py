@@ -154,7 +154,7 @@ class ProcessingOptions(TenantOptions):
             "--webhook-secrets",
             dest="webhook_secrets",
             default=None,
-            help='JSON {"<provider>:<tenant>": secret} or {"secrets":…, "bindings":…, "replay_window_seconds":…} '
+            help='JSON {"<provider>:<tenant>": secret} or {"secrets":…, "bindings":…, "trust_shop_header":…, "replay_window_seconds":…} '
             "(file, s3://, env:VAR or secretsmanager:NAME; default $LIVORA_WEBHOOK_SECRETS). Without it every "
             "webhook delivery is dead-lettered bad_signature.",
         )

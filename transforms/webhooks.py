@@ -18,8 +18,10 @@ body. So everything that decides what an event *is* comes from the body:
   ``topic_mismatch`` failure;
 * a body whose own time is older than the replay window (7 days by default) before its arrival is a
   ``stale_delivery`` failure;
-* a tenant is bound to its Shopify shop domains / Razorpay account ids; with a provider-wide secret
-  the binding is required (``tenant_mismatch``).
+* a tenant is bound to its Shopify shops / Razorpay account ids; with a provider-wide secret the
+  binding is required and is checked against *signed* content (the shop in a Shopify order's
+  ``order_status_url``, the Razorpay ``account_id``); a Shopify body that names no shop cannot be bound
+  under an app-wide secret (``tenant_mismatch``) unless ``trust_shop_header`` says otherwise.
 
 Secrets are looked up as ``"<provider>:<tenant_id>"`` first, then ``"<provider>"``; all settings are
 one :class:`WebhookConfig`.
@@ -94,9 +96,16 @@ class WebhookConfig(BaseModel):
     )
     bindings: dict[str, list[str]] = Field(
         default_factory=dict,
-        description='"shopify:<tenant>" -> allowed shop domains (X-Shopify-Shop-Domain, e.g. acme-in.myshopify.com); '
-        '"razorpay:<tenant>" -> allowed Razorpay account ids (the signed body\'s account_id). Required for a '
-        "tenant whose deliveries are checked with a provider-wide secret.",
+        description='"shopify:<tenant>" -> the tenant\'s shops: shop domains (acme-in.myshopify.com, a storefront '
+        'domain such as www.acme.in) and/or numeric shop ids (60123456789); "razorpay:<tenant>" -> allowed '
+        "Razorpay account ids (the signed body's account_id). Required for a tenant whose deliveries are checked "
+        "with a provider-wide secret.",
+    )
+    trust_shop_header: bool = Field(
+        default=False,
+        description="Under an app-wide Shopify secret, accept a delivery whose signed body names no shop (refunds, "
+        "customers) when its unsigned X-Shopify-Shop-Domain is bound to the tenant. Weaker: such deliveries stay "
+        "forgeable by anyone holding another shop's signed body; a secret per tenant is the real fix.",
     )
     replay_window_seconds: float | None = Field(
         default=DEFAULT_REPLAY_WINDOW_SECONDS,
@@ -597,10 +606,10 @@ def _convert_shopify(
         ]
     if not isinstance(body, dict):
         return [_fail(req, Reason.NOT_AN_OBJECT, "Shopify webhook body is not a JSON object", source_ref)]
-    shop = (req.headers.get("X-Shopify-Shop-Domain") or "").strip().lower()
-    problem = _binding_problem(req, config, shop, "shop domain (X-Shopify-Shop-Domain)")
-    if problem is not None:
-        return [_fail(req, Reason.TENANT_MISMATCH, problem, source_ref, "X-Shopify-Shop-Domain")]
+    mismatch = _shopify_binding_problem(req, config, topic, body)
+    if mismatch is not None:
+        problem, where = mismatch
+        return [_fail(req, Reason.TENANT_MISMATCH, problem, source_ref, where)]
     problem = _shopify_topic_problem(topic, body)
     if problem is not None:
         return [_fail(req, Reason.TOPIC_MISMATCH, problem, source_ref, "X-Shopify-Topic")]
@@ -765,7 +774,9 @@ def _convert_razorpay(
     if convert is None:
         return [_fail(req, Reason.UNKNOWN_WEBHOOK, f"unsupported Razorpay event {kind!r}", source_ref, "event")]
     account = body.get("account_id")
-    problem = _binding_problem(req, config, account.strip().lower() if isinstance(account, str) else "", "account_id")
+    problem = _razorpay_binding_problem(
+        req, config, account.strip().lower() if isinstance(account, str) else "", "account_id"
+    )
     if problem is not None:
         return [_fail(req, Reason.TENANT_MISMATCH, problem, source_ref, "account_id")]
     failure = _replay_failure(req, config, _parse_time(body.get("created_at")), "created_at", source_ref)
@@ -783,12 +794,12 @@ def _convert_razorpay(
 # --- tenant binding and replay window -------------------------------------------------------------
 
 
-def _binding_problem(req: WebhookRequest, config: WebhookConfig, claimed: str, what: str) -> str | None:
-    """Why this delivery may not belong to the tenant it was posted for, or None.
+def _razorpay_binding_problem(req: WebhookRequest, config: WebhookConfig, claimed: str, what: str) -> str | None:
+    """Why this Razorpay delivery may not belong to the tenant it was posted for, or None.
 
-    ``claimed`` is the shop domain header (Shopify, unsigned) or the body's account id (Razorpay,
-    signed). A tenant with its own secret is proven by the signature; with a provider-wide secret any
-    installed shop can sign, so the tenant must be bound to its shops/accounts.
+    ``claimed`` is the signed body's account id. A tenant with its own secret is proven by the
+    signature; with a provider-wide secret any account can sign, so the tenant must be bound to its
+    accounts.
     """
     allowed = config.bindings.get(f"{req.provider}:{req.tenant_id}")
     if allowed is None:
@@ -801,6 +812,98 @@ def _binding_problem(req: WebhookRequest, config: WebhookConfig, claimed: str, w
     if claimed and claimed in {a.strip().lower() for a in allowed}:
         return None
     return f"{what} {claimed or '(absent)'!r} is not bound to tenant {req.tenant_id!r}"
+
+
+# Fields of a Shopify resource whose URL names the shop: https://<shop domain>/<shop id>/orders/... (an
+# order, cancelled or not) and https://<shop domain>/<shop id>/checkouts/... (a checkout). Refunds and
+# customers carry none.
+_SHOPIFY_SHOP_URLS = ("order_status_url", "abandoned_checkout_url")
+_SHOP_HEADER = "X-Shopify-Shop-Domain"
+
+
+def _shopify_signed_shop(body: dict) -> tuple[str, frozenset[str]] | None:
+    """(field, {domain, numeric shop id}) the signed body names its shop by; None when it names none.
+
+    Shopify signs the body, so these (unlike the X-Shopify-Shop-Domain header) cannot be rewritten by
+    whoever re-posts it. The domain is the shop's primary domain (myshopify or a storefront domain).
+    """
+    for name in _SHOPIFY_SHOP_URLS:
+        value = body.get(name)
+        if not isinstance(value, str):
+            continue
+        try:
+            parts = urlsplit(value.strip())
+            host = (parts.hostname or "").lower()
+        except ValueError:
+            continue
+        segments = [segment for segment in parts.path.split("/") if segment]
+        shop_id = segments[0] if segments and segments[0].isdigit() else ""
+        identifiers = frozenset(i for i in (host, shop_id) if i)
+        if identifiers:
+            return name, identifiers
+    return None
+
+
+def _shopify_binding_problem(
+    req: WebhookRequest, config: WebhookConfig, topic: str, body: dict
+) -> tuple[str, str] | None:
+    """(why, field) when this Shopify delivery may not belong to the tenant it was posted for, else None.
+
+    A tenant's own secret proves the tenant (a configured binding is still checked against the header,
+    as a guard against misrouted deliveries). An app-wide secret proves only that *some* installed shop
+    signed, so the shop must come from the signed body and be bound to the tenant; the unsigned header,
+    when sent, must be bound too. A body naming no shop can be bound only by the header, which an
+    attacker rewrites at will: refused unless ``config.trust_shop_header``.
+    """
+    key = f"shopify:{req.tenant_id}"
+    listed = config.bindings.get(key)
+    bound = None if listed is None else {a.strip().lower() for a in listed}
+    header = (req.headers.get(_SHOP_HEADER) or "").strip().lower()
+    if not _app_wide_secret(req, config.secrets):
+        if bound is None or (header and header in bound):
+            return None
+        return _unbound_header(req, header)
+    if bound is None:
+        return (
+            f"the shopify secret is app-wide and no shop is bound to tenant {req.tenant_id!r} "
+            f"(WebhookConfig.bindings[{key!r}])",
+            _SHOP_HEADER,
+        )
+    signed = _shopify_signed_shop(body)
+    if signed is not None:
+        field_name, shop = signed
+        names = " / ".join(sorted(shop))
+        said = f" ({_SHOP_HEADER} says {header!r})" if header else ""
+        if not shop & bound:
+            return (
+                f"the signed {field_name} names shop {names}, not bound to tenant {req.tenant_id!r}{said}",
+                field_name,
+            )
+        if header and header not in bound:
+            return (
+                f"{_SHOP_HEADER} {header!r} disagrees with the signed {field_name}, which names shop {names} "
+                f"of tenant {req.tenant_id!r}",
+                _SHOP_HEADER,
+            )
+        return None
+    if not config.trust_shop_header:
+        return (
+            f"the signed {topic} body names no shop and the shopify secret is app-wide, so nothing proves this "
+            f"delivery is tenant {req.tenant_id!r}'s (the {_SHOP_HEADER} header is unsigned): give the tenant "
+            f"its own secret (a custom app per shop, WebhookConfig.secrets[{key!r}]), or accept the weaker "
+            "header binding with WebhookConfig.trust_shop_header",
+            _SHOP_HEADER,
+        )
+    if header and header in bound:
+        return None
+    return _unbound_header(req, header)
+
+
+def _unbound_header(req: WebhookRequest, header: str) -> tuple[str, str]:
+    return (
+        f"shop domain ({_SHOP_HEADER}) {header or '(absent)'!r} is not bound to tenant {req.tenant_id!r}",
+        _SHOP_HEADER,
+    )
 
 
 def _replay_failure(

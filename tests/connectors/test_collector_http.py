@@ -232,6 +232,55 @@ def test_shopify_deliveries_the_edge_refuses(collector):
     assert [metric(text, "livora_collector_rejects_total", reason=r) for _, _, _, r in cases] == [1, 1, 1]
 
 
+def test_app_wide_shopify_secret_binds_by_the_signed_shop_not_the_header(aws):
+    """One public app for every shop: acme's signed order re-posted to bloom's URL with the unsigned
+    X-Shopify-Shop-Domain rewritten to bloom's shop is 403 (the signed order_status_url names acme's shop);
+    a refund, whose body names no shop, is 403 too unless the config opts in to the header."""
+    stream = f"events-{uuid.uuid4().hex[:8]}"
+    client = make_stream(aws, stream, 1)
+    app_secret = "shpss_public_app_secret"
+    bindings = {
+        "shopify:acme-in": ["acme-in.myshopify.com", "60123456789"],
+        "shopify:bloom-in": ["bloom-in.myshopify.com", "60987654321"],
+    }
+    config = WebhookConfig(secrets={"shopify": app_secret}, bindings=bindings)
+    order = _shopify_order(days_old=1)
+    refund = json.dumps(
+        {
+            "id": 929361462,
+            "order_id": 5678901234567,
+            "created_at": dt.datetime.now(dt.UTC).isoformat(),
+            "transactions": [{"kind": "refund", "status": "success", "amount": "10.00", "currency": "INR"}],
+            "refund_line_items": [],
+        }
+    ).encode()
+
+    def post(url: str, tenant: str, body: bytes, topic: str, shop: str) -> tuple[int, str | None]:
+        headers = {
+            "X-Shopify-Topic": topic,
+            "X-Shopify-Hmac-Sha256": sign("shopify", app_secret, body),
+            "X-Shopify-Shop-Domain": shop,
+            "X-Shopify-Webhook-Id": uuid.uuid4().hex,
+        }
+        r = httpx.post(f"{url}/webhooks/shopify/{tenant}", content=body, headers=headers)
+        return r.status_code, r.json().get("error")
+
+    app = build_collector(stream=stream, write_keys={}, webhooks=config, aws=aws)
+    with serving(app) as url:
+        assert post(url, "bloom-in", order, "orders/create", "bloom-in.myshopify.com") == (403, "tenant_mismatch")
+        assert post(url, "bloom-in", refund, "refunds/create", "bloom-in.myshopify.com") == (403, "tenant_mismatch")
+        assert post(url, "acme-in", order, "orders/create", "acme-in.myshopify.com")[0] == 200
+    assert len(read_stream(client, stream)) == 1
+    trusting = build_collector(
+        stream=stream, write_keys={}, webhooks=config.model_copy(update={"trust_shop_header": True}), aws=aws
+    )
+    with serving(trusting) as url:
+        assert post(url, "acme-in", refund, "refunds/create", "acme-in.myshopify.com")[0] == 200
+        # the signed order still wins over the header with the opt-in
+        assert post(url, "bloom-in", order, "orders/create", "bloom-in.myshopify.com") == (403, "tenant_mismatch")
+    assert len(read_stream(client, stream)) == 2
+
+
 def test_any_provider_with_a_tenant_secret_is_a_generic_webhook_route(collector):
     url, client, stream, _ = collector
     body = orjson.dumps(

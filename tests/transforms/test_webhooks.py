@@ -41,15 +41,18 @@ SECRETS = {
     "generic": "gen-secret",
 }
 ACME_SHOP = "acme-in.myshopify.com"
+ACME_SHOP_ID = "60123456789"  # what the cases' signed order_status_url / abandoned_checkout_url name
 ACME_RAZORPAY = "acc_BFQ7uQEaa7j2z7"
 BINDINGS = {
-    "shopify:acme-in": [ACME_SHOP],
+    "shopify:acme-in": [ACME_SHOP, ACME_SHOP_ID],
     "razorpay:acme-in": [ACME_RAZORPAY],
-    "shopify:bloom-in": ["bloom-in.myshopify.com"],
+    "shopify:bloom-in": ["bloom-in.myshopify.com", "60987654321"],
     "razorpay:bloom-in": ["acc_Bl00mIn5dP2kQx"],
 }
 # The secrets above are provider-wide (one app for all shops), so each tenant is bound to its shop/account.
 CONFIG = WebhookConfig(secrets=SECRETS, bindings=BINDINGS)
+# Refunds and customers name no shop in their body: under the app-wide secret only the header can bind them.
+TRUSTING = CONFIG.model_copy(update={"trust_shop_header": True})
 RECEIVED = dt.datetime(2026, 10, 20, 7, 0, 0, tzinfo=dt.UTC)
 NOW = dt.datetime(2026, 10, 21, tzinfo=dt.UTC)
 
@@ -203,8 +206,10 @@ def test_tenant_secret_wins_over_provider_secret():
         only(verify_and_convert(signed("shopify", body, case["headers"], secret="shared-secret"), secrets)).reason
         is Reason.BAD_SIGNATURE
     )
+    bloom_body = body.replace(b"www.acme.in/60123456789/", b"bloom-in.myshopify.com/60987654321/")
+    assert bloom_body != body
     bloom_headers = {**case["headers"], "X-Shopify-Shop-Domain": "bloom-in.myshopify.com"}
-    bloom = signed("shopify", body, bloom_headers, tenant="bloom-in", secret="shared-secret")
+    bloom = signed("shopify", bloom_body, bloom_headers, tenant="bloom-in", secret="shared-secret")
     bound = WebhookConfig(secrets=secrets, bindings={"shopify:bloom-in": ["bloom-in.myshopify.com"]})
     assert isinstance(only(verify_and_convert(bloom, bound)), RawEvent)
     # the shared secret alone does not say which shop signed: without a binding bloom's delivery is refused
@@ -227,7 +232,7 @@ def test_golden_payloads(name: str):
     body, case = load_case(name)
     received = case_received(case)
     req = signed(case["provider"], body, case["headers"], tenant=case["tenant_id"], received=received)
-    outs = verify_and_convert(req, CONFIG)
+    outs = verify_and_convert(req, TRUSTING)
     assert all(isinstance(o, RawEvent) for o in outs), outs
     assert len(outs) == len(case["events"])
     for out, expected in zip(outs, case["events"], strict=True):
@@ -345,7 +350,7 @@ def test_message_id_ignores_every_header_id(name: str, message_id: str):
     headers = {k: v for k, v in case["headers"].items() if not k.lower().endswith("-id")}
     headers["X-Shopify-Webhook-Id" if case["provider"] == "shopify" else "X-Razorpay-Event-Id"] = "replayed-1"
     req = signed(case["provider"], body, headers, tenant=case["tenant_id"], received=case_received(case))
-    assert only(verify_and_convert(req, CONFIG)).data["messageId"] == message_id
+    assert only(verify_and_convert(req, TRUSTING)).data["messageId"] == message_id
 
 
 def test_a_body_without_an_id_falls_back_to_a_body_digest():
@@ -380,7 +385,7 @@ def _shopify(name: str, topic: str) -> WebhookRequest:
     ],
 )
 def test_a_topic_the_signed_body_contradicts_is_dead_lettered(name: str, topic: str):
-    failure = only(verify_and_convert(_shopify(name, topic), CONFIG))
+    failure = only(verify_and_convert(_shopify(name, topic), TRUSTING))
     assert isinstance(failure, FailedEvent)
     assert (failure.stage, failure.reason, failure.field_path) == (
         Stage.WEBHOOK,
@@ -442,22 +447,86 @@ def test_the_replay_window_uses_the_signed_body_not_the_triggered_at_header():
 
 
 def test_one_shops_delivery_posted_to_another_tenant_is_refused():
-    """Regression: with the app-wide secret, acme's signed order posted to bloom's URL became bloom's event."""
+    """With the app-wide secret, acme's signed order posted to bloom's URL must not become bloom's event."""
     body, case = load_case("shopify_orders_create")
     cross = signed("shopify", body, case["headers"], tenant="bloom-in")
-    failure = only(verify_and_convert(cross, CONFIG))
-    assert (failure.reason, failure.field_path, failure.tenant_id) == (
-        Reason.TENANT_MISMATCH,
-        "X-Shopify-Shop-Domain",
-        "bloom-in",
-    )
-    assert "acme-in.myshopify.com" in failure.message
-    # no shop header at all is no better
-    headers = {k: v for k, v in case["headers"].items() if k != "X-Shopify-Shop-Domain"}
-    assert only(verify_and_convert(signed("shopify", body, headers), CONFIG)).reason is Reason.TENANT_MISMATCH
+    for config in (CONFIG, TRUSTING):  # a signed shop in the body is never overruled by the header
+        failure = only(verify_and_convert(cross, config))
+        assert (failure.reason, failure.field_path, failure.tenant_id) == (
+            Reason.TENANT_MISMATCH,
+            "order_status_url",
+            "bloom-in",
+        )
+        assert "60123456789" in failure.message and "acme-in.myshopify.com" in failure.message
+
+
+def test_a_rewritten_shop_header_does_not_move_a_signed_order_to_another_tenant():
+    """Regression: acme's signed order posted to bloom's URL with the unsigned header rewritten to bloom's
+    shop domain was accepted as bloom's event; the shop in the signed order_status_url is acme's."""
+    body, case = load_case("shopify_orders_create")
+    forged = {**case["headers"], "X-Shopify-Shop-Domain": "bloom-in.myshopify.com"}
+    for config in (CONFIG, TRUSTING):
+        failure = only(verify_and_convert(signed("shopify", body, forged, tenant="bloom-in"), config))
+        assert (failure.reason, failure.field_path, failure.tenant_id) == (
+            Reason.TENANT_MISMATCH,
+            "order_status_url",
+            "bloom-in",
+        )
+        # the message names both the signed shop and what the header claimed
+        assert "60123456789" in failure.message and "bloom-in.myshopify.com" in failure.message
+
+
+def test_a_signed_shop_binds_the_tenant_and_the_header_must_agree():
+    body, case = load_case("shopify_orders_create")
+    # the body names www.acme.in / 60123456789: either identifier in the binding is enough
+    for bound in ([ACME_SHOP_ID], ["www.acme.in"], ["WWW.Acme.IN", ACME_SHOP_ID]):
+        config = WebhookConfig(secrets=SECRETS, bindings={"shopify:acme-in": bound})
+        headerless = {k: v for k, v in case["headers"].items() if k != "X-Shopify-Shop-Domain"}
+        event = only(verify_and_convert(signed("shopify", body, headerless), config))
+        assert isinstance(event, RawEvent) and event.data["tenantId"] == "acme-in", bound
+    # a binding with only the myshopify domain does not cover a body that names the storefront domain and id
+    only_domain = WebhookConfig(secrets=SECRETS, bindings={"shopify:acme-in": [ACME_SHOP]})
+    failure = only(verify_and_convert(signed("shopify", body, case["headers"]), only_domain))
+    assert (failure.reason, failure.field_path) == (Reason.TENANT_MISMATCH, "order_status_url")
+    # a header naming a shop that is not the tenant's disagrees with the signed body: refused, naming both
+    other = {**case["headers"], "X-Shopify-Shop-Domain": "bloom-in.myshopify.com"}
+    failure = only(verify_and_convert(signed("shopify", body, other), CONFIG))
+    assert (failure.reason, failure.field_path) == (Reason.TENANT_MISMATCH, "X-Shopify-Shop-Domain")
+    assert "bloom-in.myshopify.com" in failure.message and "60123456789" in failure.message
     # the domain is compared case-insensitively
     upper = {**case["headers"], "X-Shopify-Shop-Domain": "ACME-IN.myshopify.com"}
     assert isinstance(only(verify_and_convert(signed("shopify", body, upper), CONFIG)), RawEvent)
+    # a checkout names its shop in the signed abandoned_checkout_url
+    body, case = load_case("shopify_checkouts_create")
+    assert isinstance(only(verify_and_convert(signed("shopify", body, case["headers"]), CONFIG)), RawEvent)
+    failure = only(verify_and_convert(signed("shopify", body, case["headers"], tenant="bloom-in"), CONFIG))
+    assert (failure.reason, failure.field_path) == (Reason.TENANT_MISMATCH, "abandoned_checkout_url")
+
+
+@pytest.mark.parametrize("name", ["shopify_refunds_create", "shopify_customers_create"])
+def test_a_body_naming_no_shop_needs_a_tenant_secret_or_the_explicit_header_opt_in(name: str):
+    body, case = load_case(name)
+    genuine = signed("shopify", body, case["headers"], received=case_received(case))
+    # app-wide secret: nothing signed says which shop this is, so it is refused with the way out
+    failure = only(verify_and_convert(genuine, CONFIG))
+    assert (failure.reason, failure.field_path) == (Reason.TENANT_MISMATCH, "X-Shopify-Shop-Domain")
+    assert "names no shop" in failure.message and "own secret" in failure.message
+    assert "trust_shop_header" in failure.message
+    # opted in: a bound header is accepted, an unbound or absent one is not
+    assert isinstance(only(verify_and_convert(genuine, TRUSTING)), RawEvent)
+    forged = signed("shopify", body, case["headers"], tenant="bloom-in", received=case_received(case))
+    assert only(verify_and_convert(forged, TRUSTING)).reason is Reason.TENANT_MISMATCH
+    headerless = {k: v for k, v in case["headers"].items() if k != "X-Shopify-Shop-Domain"}
+    missing = signed("shopify", body, headerless, received=case_received(case))
+    assert only(verify_and_convert(missing, TRUSTING)).reason is Reason.TENANT_MISMATCH
+    # the documented weakness of the opt-in: the same body with the header rewritten passes as bloom's
+    rewritten = {**case["headers"], "X-Shopify-Shop-Domain": "bloom-in.myshopify.com"}
+    weak = signed("shopify", body, rewritten, tenant="bloom-in", received=case_received(case))
+    assert isinstance(only(verify_and_convert(weak, TRUSTING)), RawEvent)
+    # a tenant secret of its own proves the tenant by the signature alone, opt-in or not
+    own = WebhookConfig(secrets={"shopify:acme-in": "acme-own-secret"})
+    mine = signed("shopify", body, headerless, secret="acme-own-secret", received=case_received(case))
+    assert isinstance(only(verify_and_convert(mine, own)), RawEvent)
 
 
 def test_razorpay_binding_checks_the_signed_account_id():
@@ -500,7 +569,7 @@ def test_no_email_or_phone_of_the_fixtures_becomes_an_id():
         contacts = {c.strip().lower() for c in _contact_values(json.loads(body))}
         contacts |= {c.replace(" ", "") for c in contacts} | {c.lstrip("+") for c in contacts}
         req = signed(case["provider"], body, case["headers"], tenant=case["tenant_id"], received=case_received(case))
-        for out in verify_and_convert(req, CONFIG):
+        for out in verify_and_convert(req, TRUSTING):
             valid = normalize_event(validate_event(out), now=case_received(case) + dt.timedelta(days=1))
             for key in ("userId", "anonymousId"):
                 value = str(out.data.get(key) or "").lower()
@@ -571,7 +640,7 @@ def test_a_bare_secrets_mapping_is_a_config_with_defaults():
     ],
 )
 def test_unknown_or_unreadable_deliveries(provider, headers, body, reason, path):
-    failure = only(verify_and_convert(signed(provider, body, headers), CONFIG))
+    failure = only(verify_and_convert(signed(provider, body, headers), TRUSTING))
     assert isinstance(failure, FailedEvent)
     assert (failure.stage, failure.reason, failure.field_path) == (Stage.WEBHOOK, reason, path)
     assert failure.payload == body
