@@ -15,6 +15,7 @@ import datetime as dt
 import decimal
 import json
 import math
+import os
 import posixpath
 import re
 from collections.abc import Sequence
@@ -271,7 +272,8 @@ class QualityChecker:
             "unexpected_index_column_names": [INDEX_COLUMN],
             "include_unexpected_rows": False,
         }
-        self.docs_dir = docs_dir
+        # GX (1.24) refuses a relative base_directory, and a relative --lake is what users type
+        self.docs_dir = docs_dir = os.path.abspath(docs_dir) if docs_dir else None
         actions = []
         if docs_dir:
             self.context.add_data_docs_site(

@@ -425,3 +425,12 @@ def test_one_checkpoint_run_gives_the_same_per_partition_results_as_one_validati
     assert (
         fast[1].expectations[[e.name for e in fast[1].expectations].index("not_null:person_id")].unexpected_count == 2
     )
+
+
+def test_data_docs_under_a_relative_lake_path(lake, tmp_path, monkeypatch):
+    """``--lake lake`` is a relative path: the Data Docs site must still be built (GX wants absolute)."""
+    monkeypatch.chdir(tmp_path)
+    checker = QualityChecker(docs_dir=os.path.join("lake", "_quality", "docs"))
+    (result,) = checker.check_partitions(lake, partitions(lake)[:1])
+    assert result.success
+    assert (tmp_path / "lake" / "_quality" / "docs" / "index.html").is_file()
