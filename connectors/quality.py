@@ -51,7 +51,6 @@ __all__ = [
     "read_result",
     "result_path",
     "rows_by_partition",
-    "run_result_path",
     "write_result",
 ]
 
@@ -590,14 +589,6 @@ def check_and_write(
     return results
 
 
-def run_result_path(lake: str, pipeline: str, run_id: str, result: QualityResult) -> str:
-    """Where a gate's result of one run's files of a partition lives: beside the run's JSON, so that the
-    partition's own ``result.json`` (whole partition, :func:`check_and_write`) keeps meaning the whole partition."""
-    base = table_path(lake, f"{QUALITY_DIR}/runs/{pipeline}-{run_id}/{result.table}")
-    partition = {"tenant_id": result.tenant_id, "event_date": result.start_date}
-    return paths.join_under(paths.partition_path(base, partition), "result.json")
-
-
 def check_files_and_write(
     lake: str,
     files: Sequence[EventFile],
@@ -605,20 +596,24 @@ def check_files_and_write(
     run_id: str,
     max_future: dt.timedelta = DEFAULT_MAX_FUTURE,
 ) -> list[QualityResult]:
-    """Check the rows of ``files`` (one run's writes; :meth:`QualityChecker.check_files`), write one result per
-    partition under ``LAKE/_quality/runs/<pipeline>-<run_id>/``, the run's JSON (with the files checked) and
-    the Data Docs site. Cost follows the run's rows, not the size of the partitions it wrote into."""
+    """Check the rows of ``files`` (one run's writes; :meth:`QualityChecker.check_files`), write the run's JSON
+    (the files checked, and the full result of each failing partition) and the Data Docs site. Cost follows
+    the run's rows, not the size of the partitions it wrote into.
+
+    The partitions' own ``result.json`` files are left to whole-partition checks (:func:`check_and_write`):
+    a result of one run's rows is not a verdict on the partition, and a file per run and partition would
+    grow the lake's ``_quality`` with every run.
+    """
     checker = shared_checker(max_future, docs_dir(lake))
     results = checker.check_files(lake, files)
-    for result in results:
-        path = run_result_path(lake, pipeline, run_id, result)
-        write_bytes_atomically(path, result_json(result), table_path(lake, QUALITY_DIR))
     names: dict[str, list[str]] = {}
     for file in files:
         names.setdefault(f"{file.tenant_id}/{file.event_date}", []).append(posixpath.basename(file.path))
-    _write_run_document(
-        lake, run_document(run_id, pipeline, checker, results, {k: sorted(v) for k, v in names.items()})
-    )
+    document = run_document(run_id, pipeline, checker, results, {k: sorted(v) for k, v in names.items()})
+    document["failed_results"] = {
+        f"{r.tenant_id}/{r.start_date}": r.model_dump(mode="json") for r in results if not r.success
+    }
+    _write_run_document(lake, document)
     return results
 
 

@@ -23,8 +23,8 @@
     the run before anything is written.
 
 The checks are the fast path of :mod:`connectors.quality` (one GX checkpoint run per 200 partitions):
-:func:`~connectors.quality.check_files_and_write` for a run's own files (results under
-``LAKE/_quality/runs/<pipeline>-<run id>/``), :func:`~connectors.quality.check_and_write` for the analytics'
+:func:`~connectors.quality.check_files_and_write` for a run's own files (results in the run's JSON,
+``LAKE/_quality/runs/<pipeline>-<run id>.json``), :func:`~connectors.quality.check_and_write` for the analytics'
 whole input partitions (results where ``check_lake`` puts them, ``LAKE/_quality/events/``).
 """
 

@@ -312,4 +312,9 @@ def test_the_ingest_gate_judges_only_the_rows_the_run_wrote(tmp_path, monkeypatc
     quarantined = _files(_partition(lake, "_quarantine/events"))
     assert quarantined and "part-earlier-0000.parquet" not in quarantined
     assert _files(_partition(lake)) == published  # the earlier runs' files, the bad one's included, stay
+    failed = _quality_runs(lake, "ingest_batch")[-1]["failed_results"]
+    assert list(failed) == [f"{BAD[0]}/{BAD[1]}"]
+    assert failed[f"{BAD[0]}/{BAD[1]}"]["rows"] == sum(
+        pq.read_metadata(p).num_rows for p in glob.glob(f"{_partition(lake, '_quarantine/events')}/*.parquet")
+    )  # the bad run's rows of the partition, not the earlier runs'
     assert pathlib.Path(earlier).read_bytes() == earlier_bytes
