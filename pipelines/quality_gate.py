@@ -6,26 +6,27 @@
 - ``block`` (the default of ``--profile staging`` and ``prod``): outputs that fail their suite are not
   published, and the run exits with :class:`pipelines.errors.QualityError` (exit 7, one line):
 
-  * ingest (:func:`gate_ingest`): after the write, the rows the run wrote (its files, per partition; not the
-    earlier files of those partitions) are checked; the run's files of a failing partition are moved to ``LAKE/_quarantine/events/tenant_id=T/event_date=D/`` (same names), so
-    no reader of ``events/`` (the warehouse load, analytics, DuckDB) sees them, and the lake's manifest does not
-    record the input, so a re-run after the fix ingests it again. A re-run rewrites the same file names (they
-    derive from the input's content) and removes their quarantined copies.
+  * ingest (:func:`gate_ingest`): after the write, the rows the run wrote (its files, per partition; not the earlier
+    files of those partitions) are checked; the run's files of a failing partition are moved to
+    ``LAKE/_quarantine/events/tenant_id=T/event_date=D/`` (same names), so no reader of ``events/`` (the warehouse
+    load, analytics, DuckDB) sees them, and the lake's manifest does not record the input, so a re-run after the fix
+    ingests it again. A re-run rewrites the same file names (they derive from the input's content) and removes their
+    quarantined copies.
   * stream passes (``pipelines.stream_events``, local incremental mode; :class:`GateWrittenFiles` in the pass,
-    :func:`gate_pass` after it): the partitions the pass wrote are checked inside the pass, after the lake
-    write and before anything else is published (again only the pass's own files); under ``block`` a failing verdict holds back the rows bound
-    for the warehouse and DynamoDB and the checkpoint commit, then the driver quarantines the pass's files
-    of the failing partitions (as for ingest) and exits 7. The checkpoints stay where the pass started, so
-    the records stay in Kinesis and a re-run of the pass (after the fix, or with ``--quality-gate warn|off``)
-    reads them again, removes the quarantined copies and publishes; nothing is lost as long as the fix comes
-    within the stream's retention (24 h by default), and the quarantine keeps a copy meanwhile.
+    :func:`gate_pass` after it): the partitions the pass wrote are checked inside the pass, after the lake write and
+    before anything else is published (again only the pass's own files); under ``block`` a failing verdict holds
+    back the rows bound for the warehouse and DynamoDB and the checkpoint commit, then the driver quarantines the
+    pass's files of the failing partitions (as for ingest) and exits 7. The checkpoints stay where the pass started,
+    so the records stay in Kinesis and a re-run of the pass (after the fix, or with ``--quality-gate warn|off``)
+    reads them again, removes the quarantined copies and publishes; nothing is lost as long as the fix comes within
+    the stream's retention (24 h by default), and the quarantine keeps a copy meanwhile.
   * analytics (:func:`gate_inputs`): the input partitions are checked before computing; a failing one stops
     the run before anything is written.
 
 The checks are the fast path of :mod:`connectors.quality` (one GX checkpoint run per 200 partitions):
 :func:`~connectors.quality.check_files_and_write` for a run's own files (results in the run's JSON,
-``LAKE/_quality/runs/<pipeline>-<run id>.json``), :func:`~connectors.quality.check_and_write` for the analytics'
-whole input partitions (results where ``check_lake`` puts them, ``LAKE/_quality/events/``).
+``LAKE/_quality/runs/<pipeline>-<run id>.json``), :func:`~connectors.quality.check_and_write` for the
+analytics' whole input partitions (results where ``check_lake`` puts them, ``LAKE/_quality/events/``).
 """
 
 from __future__ import annotations
