@@ -18,6 +18,7 @@ whole-file record. Records leave in batches, each packed into one pickle
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from typing import NamedTuple
 
@@ -27,6 +28,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
+from connectors.read_progress import tracker
 from schemas.records import SourceRecord
 from transforms.composites import pack_records
 
@@ -115,16 +117,35 @@ class _RangesFn(beam.DoFn):
         self.files = Metrics.counter("livora", "input_files")
 
     def process(self, metadata):
+        """(range, its share of the input's bytes): the share is what reading the range adds to the progress."""
         self.files.inc()
-        yield from file_ranges(metadata.path, metadata.size_in_bytes, self.range_bytes)
+        size = metadata.size_in_bytes
+        for file_range in file_ranges(metadata.path, size, self.range_bytes):
+            yield file_range, (size if file_range.end is None else file_range.end) - file_range.start
 
 
 class _ReadRangeBatchesFn(beam.DoFn):
-    def __init__(self, batch_size: int):
-        self.batch_size = batch_size
-        self.bytes_read = Metrics.counter("livora", "input_bytes")
+    """Reads one range into packed batches; with ``total_bytes`` also logs the read's progress
+    (:mod:`connectors.read_progress`; the total is a construction argument, so it works on any runner)."""
 
-    def process(self, file_range: FileRange):
+    def __init__(
+        self, batch_size: int, total_bytes: int | None = None, progress_every: float = 10.0, progress_key: str = ""
+    ):
+        self.batch_size = batch_size
+        self.total_bytes, self.progress_every, self.progress_key = total_bytes, progress_every, progress_key
+        self.bytes_read = Metrics.counter("livora", "input_bytes")
+        self.progress = None
+
+    def setup(self):
+        if self.total_bytes is not None:
+            self.progress = tracker(self.progress_key, "input read", self.total_bytes, self.progress_every)
+
+    def process(self, element):
+        file_range, share = element
+        # a plain range advances by the bytes of its lines as they are read; a compressed or whole-file JSON
+        # range (its offsets are not positions in the file's bytes) by its share once read
+        partial = _splittable(file_range.path)
+        reported = 0
         batch: list[SourceRecord] = []
         size = 0  # counted per batch, not per line: a metric update is a Python call into the runner
         with FileSystems.open(file_range.path, compression_type=CompressionTypes.AUTO) as handle:
@@ -133,10 +154,16 @@ class _ReadRangeBatchesFn(beam.DoFn):
                 batch.append(record)
                 if len(batch) >= self.batch_size:
                     self.bytes_read.inc(size)
+                    if self.progress is not None:
+                        step = min(size, share - reported) if partial else 0
+                        reported += step
+                        self.progress.add(step, len(batch))
                     size = 0
                     yield pack_records(batch)
                     batch = []
         self.bytes_read.inc(size)
+        if self.progress is not None:
+            self.progress.add(share - reported, len(batch))
         if batch:
             yield pack_records(batch)
 
@@ -153,15 +180,28 @@ class ReadRecordBatches(beam.PTransform):
         batch_size: records per emitted batch.
         range_bytes: plain files larger than this are read as several ranges, in parallel where the
             runner has workers.
+        total_bytes: the files' total size; when given, the reading workers log their progress (bytes and
+            records read, rate, ETA) at most every ``progress_every`` seconds (:mod:`connectors.read_progress`).
     """
 
-    def __init__(self, patterns: list[str], batch_size: int = 2000, range_bytes: int = DEFAULT_RANGE_BYTES):
+    def __init__(
+        self,
+        patterns: list[str],
+        batch_size: int = 2000,
+        range_bytes: int = DEFAULT_RANGE_BYTES,
+        total_bytes: int | None = None,
+        progress_every: float = 10.0,
+    ):
         super().__init__()
         if not patterns:
             raise ValueError("ReadRecordBatches needs at least one file pattern")
         if range_bytes < 1:
             raise ValueError("range_bytes must be positive")
+        if progress_every <= 0:
+            raise ValueError("progress_every must be positive")
         self.patterns, self.batch_size, self.range_bytes = list(patterns), batch_size, range_bytes
+        self.total_bytes, self.progress_every = total_bytes, progress_every
+        self.progress_key = uuid.uuid4().hex  # this read's tracker in each worker process
 
     def expand(self, pbegin):
         return (
@@ -170,5 +210,8 @@ class ReadRecordBatches(beam.PTransform):
             | "MatchFiles" >> fileio.MatchAll(empty_match_treatment=fileio.EmptyMatchTreatment.DISALLOW)
             | "FileRanges" >> beam.ParDo(_RangesFn(self.range_bytes))
             | "SpreadRanges" >> beam.Reshuffle()
-            | "ReadRangeBatches" >> beam.ParDo(_ReadRangeBatchesFn(self.batch_size))
+            | "ReadRangeBatches"
+            >> beam.ParDo(
+                _ReadRangeBatchesFn(self.batch_size, self.total_bytes, self.progress_every, self.progress_key)
+            )
         )

@@ -22,12 +22,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from pydantic import BaseModel, Field
 
 from connectors import paths
-from connectors.analytics_io import event_files, read_event_file, write_bytes_atomically
+from connectors.analytics_io import EventFile, event_files, read_event_file, write_bytes_atomically
 from connectors.lake import read_events, table_path
 from schemas.expectations import (
     DEFAULT_MAX_FUTURE,
@@ -44,6 +46,7 @@ __all__ = [
     "ExpectationOutcome",
     "QualityChecker",
     "QualityResult",
+    "check_files_and_write",
     "parse_partition_dir",
     "read_result",
     "result_path",
@@ -182,6 +185,28 @@ def _read_chunk(lake: str, part, start: dt.date, end: dt.date, tenant: str | Non
 _READ_SCHEMA = pa.schema([field.with_nullable(True) for field in EVENTS_SCHEMA], metadata=EVENTS_SCHEMA.metadata)
 """The contract's types with every column nullable: a null where the contract forbids one is for the suite to
 report (``not_null:*``), as on a local lake, not a cast error that stops the check."""
+
+
+_PARTITIONING = ds.partitioning(
+    pa.schema([pa.field("tenant_id", pa.string()), pa.field("event_date", pa.date32())]), flavor="hive"
+)
+
+
+def _read_files(lake: str, files: Sequence[EventFile]) -> pa.Table:
+    """The rows of these lake files only, read as :func:`_read_chunk` reads whole partitions (a missing column
+    reads as nulls, a column of another type is an Arrow error): what a gate checks of one run's writes."""
+    if "://" not in lake:
+        dataset = ds.dataset(
+            [os.path.abspath(f.path) for f in files],
+            format="parquet",
+            filesystem=pafs.LocalFileSystem(),
+            schema=EVENTS_SCHEMA,
+            partitioning=_PARTITIONING,
+            partition_base_dir=os.path.abspath(table_path(lake, EVENTS_TABLE)),
+        )
+        return dataset.to_table()
+    tables = [read_event_file(f, EVENTS_SCHEMA.names).cast(_READ_SCHEMA) for f in files]
+    return pa.concat_tables(tables) if tables else _READ_SCHEMA.empty_table()
 
 
 def _missing_mask(spec: ExpectationSpec, frame: Any):
@@ -374,6 +399,39 @@ class QualityChecker:
                 on_chunk(len(part))
         return [by_key[key] for key in wanted]
 
+    def check_files(self, lake: str, files: Sequence[EventFile], chunk: int = 200) -> list[QualityResult]:
+        """Check the rows of ``files`` only (one run's writes), not the rest of their partitions; one result per
+        partition they are in (``rows`` = the files' rows), in first-seen order.
+
+        As :meth:`check_partitions`, one checkpoint run per ``chunk`` partitions, and uniqueness over the
+        chunk's rows; a chunk that cannot be read is read partition by partition (``partition_readable``).
+        """
+        by_partition: dict[tuple[str, dt.date], list[EventFile]] = {}
+        for file in files:
+            by_partition.setdefault((file.tenant_id, file.event_date), []).append(file)
+        keys = list(by_partition)
+        by_key: dict[tuple[str, dt.date], QualityResult] = {}
+        for i in range(0, len(keys), chunk):
+            part = keys[i : i + chunk]
+            try:
+                table = _read_files(lake, [f for key in part for f in by_partition[key]])
+            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+                for tenant, date in part:
+                    by_key[(tenant, date)] = self._check_files_alone(lake, tenant, date, by_partition[(tenant, date)])
+            else:
+                by_key.update(self.check_table_by_partition(table, part))
+        return [by_key[key] for key in keys]
+
+    def _check_files_alone(self, lake: str, tenant: str, date: dt.date, files: Sequence[EventFile]) -> QualityResult:
+        try:
+            table = _read_files(lake, files)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as err:
+            outcome = ExpectationOutcome(
+                name=READ_CHECK, expectation=READ_CHECK, success=False, error=f"{type(err).__name__}: {err}"
+            )
+            return self._result(tenant, date, date, 0, [outcome])
+        return self.check_table(table, tenant, date, date)
+
     def check_table_by_partition(
         self, table: pa.Table, partitions: Sequence[tuple[str, dt.date]]
     ) -> dict[tuple[str, dt.date], QualityResult]:
@@ -469,10 +527,20 @@ def shared_checker(max_future: dt.timedelta = DEFAULT_MAX_FUTURE, docs: str | No
     return _CHECKERS[key]
 
 
-def run_document(run_id: str, pipeline: str, checker: QualityChecker, results: Sequence[QualityResult]) -> dict:
-    """The per-run JSON: which partitions one run checked, which failed and why (details in result.json)."""
+def run_document(
+    run_id: str,
+    pipeline: str,
+    checker: QualityChecker,
+    results: Sequence[QualityResult],
+    files: dict[str, list[str]] | None = None,
+) -> dict:
+    """The per-run JSON: which partitions one run checked, which failed and why (details in result.json).
+
+    ``files`` (``"tenant/date"`` -> file names): the run checked only these files of each partition (a gate's
+    check of its own writes, ``scope`` ``run_files``); None: whole partitions (``scope`` ``partitions``).
+    """
     failed = [r for r in results if not r.success]
-    return {
+    document = {
         "run_id": run_id,
         "pipeline": pipeline,
         "checked_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -480,11 +548,25 @@ def run_document(run_id: str, pipeline: str, checker: QualityChecker, results: S
         "suite_fingerprint": checker.fingerprint,
         "gx_version": checker.gx_version,
         "success": not failed,
+        "scope": "partitions" if files is None else "run_files",
         "partitions": len(results),
         "rows": sum(r.rows for r in results),
         "failed_partitions": {f"{r.tenant_id}/{r.start_date}": r.failed for r in failed},
         "data_docs": checker.docs_dir,
     }
+    if files is not None:
+        document["files"] = files
+    return document
+
+
+def _run_json_path(lake: str, pipeline: str, run_id: str) -> str:
+    return table_path(lake, f"{QUALITY_DIR}/runs/{pipeline}-{run_id}.json")
+
+
+def _write_run_document(lake: str, document: dict) -> None:
+    path = _run_json_path(lake, document["pipeline"], document["run_id"])
+    body = (json.dumps(document, indent=2, sort_keys=True) + "\n").encode()
+    write_bytes_atomically(path, body, table_path(lake, QUALITY_DIR))
 
 
 def check_and_write(
@@ -503,11 +585,35 @@ def check_and_write(
     results = checker.check_partitions(lake, partitions, on_chunk=on_chunk)
     for result in results:
         write_result(lake, result)
-    document = run_document(run_id, pipeline, checker, results)
-    path = table_path(lake, f"{QUALITY_DIR}/runs/{pipeline}-{run_id}.json")
-    write_bytes_atomically(
-        path, (json.dumps(document, indent=2, sort_keys=True) + "\n").encode(), table_path(lake, QUALITY_DIR)
-    )
+    _write_run_document(lake, run_document(run_id, pipeline, checker, results))
+    return results
+
+
+def check_files_and_write(
+    lake: str,
+    files: Sequence[EventFile],
+    pipeline: str,
+    run_id: str,
+    max_future: dt.timedelta = DEFAULT_MAX_FUTURE,
+) -> list[QualityResult]:
+    """Check the rows of ``files`` (one run's writes; :meth:`QualityChecker.check_files`), write the run's JSON
+    (the files checked, and the full result of each failing partition) and the Data Docs site. Cost follows
+    the run's rows, not the size of the partitions it wrote into.
+
+    The partitions' own ``result.json`` files are left to whole-partition checks (:func:`check_and_write`):
+    a result of one run's rows is not a verdict on the partition, and a file per run and partition would
+    grow the lake's ``_quality`` with every run.
+    """
+    checker = shared_checker(max_future, docs_dir(lake))
+    results = checker.check_files(lake, files)
+    names: dict[str, list[str]] = {}
+    for file in files:
+        names.setdefault(f"{file.tenant_id}/{file.event_date}", []).append(posixpath.basename(file.path))
+    document = run_document(run_id, pipeline, checker, results, {k: sorted(v) for k, v in names.items()})
+    document["failed_results"] = {
+        f"{r.tenant_id}/{r.start_date}": r.model_dump(mode="json") for r in results if not r.success
+    }
+    _write_run_document(lake, document)
     return results
 
 

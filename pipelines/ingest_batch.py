@@ -37,9 +37,11 @@ from connectors.lake import (
 from connectors.manifest import read_manifest, write_manifest_entry
 from connectors.paths import remove_stale_temp_files
 from connectors.quality import rows_by_partition
+from connectors.read_progress import format_bytes
 from connectors.run_records import current as current_run
 from connectors.run_summary import WriteRunSummary, read_run_summary, run_summary_path, total
 from pipelines.errors import InputError, UnbalancedError
+from pipelines.logs import progress_seconds
 from pipelines.options import (
     AwsOptions,
     ProcessingOptions,
@@ -135,6 +137,12 @@ def match_inputs(patterns: list[str]) -> list[InputFile]:
     return files
 
 
+def describe_inputs(files: list[InputFile], limit: int = 10) -> str:
+    """``path (size), ...`` of the first ``limit`` files and a count of the rest: what the run reads, for its log."""
+    shown = ", ".join(f"{f.path} ({format_bytes(f.size_bytes)})" for f in files[:limit])
+    return shown + (f" and {len(files) - limit} more" if len(files) > limit else "")
+
+
 def select_new(files: list[InputFile], manifest: dict, reprocess: bool) -> tuple[list[InputFile], list[InputFile]]:
     """(files to ingest, files skipped): one file per content, none the lake holds unless ``reprocess``."""
     chosen: dict[str, InputFile] = {}
@@ -152,7 +160,12 @@ def build(
 ) -> None:
     input_tags = {f.path: f.fingerprint for f in files}
     config = opts.process_config(opts.lake).model_copy(update={"input_tags": input_tags})
-    batches = pipeline | "ReadInput" >> ReadRecordBatches([f.path for f in files], opts.batch_size)
+    batches = pipeline | "ReadInput" >> ReadRecordBatches(
+        [f.path for f in files],
+        opts.batch_size,
+        total_bytes=sum(f.size_bytes for f in files),
+        progress_every=progress_seconds(),
+    )
     processed = batches | "ProcessEvents" >> ProcessEvents(config, batched=True)
     own = [tag, *input_tags.values()]
     encryption = opts.view_as(AwsOptions).encryption()  # --kms-key-id: carried by each writer to the workers
@@ -249,7 +262,14 @@ def run(argv: list[str] | None = None) -> IngestSummary:
             tag, 0, 0, 0, 0, 0, round(time.monotonic() - started, 2), opts.lake, opts.dead_letters, **counts
         )
     summary_path = run_summary_path(opts.lake, f"ingest-{tag}")
-    log.info("ingesting %d file(s) (run tag %s) into %s", len(files), tag, opts.lake)
+    log.info(
+        "ingesting %d file(s), %s (run tag %s) into %s: %s",
+        len(files),
+        format_bytes(sum(f.size_bytes for f in files)),
+        tag,
+        opts.lake,
+        describe_inputs(files),
+    )
     run_pipeline(lambda p: build(p, opts, tag, files, summary_path), options)
     totals = read_run_summary(summary_path)
     summary = IngestSummary(

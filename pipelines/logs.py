@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import os
 import sys
 import time
 
@@ -23,6 +24,9 @@ THIRD_PARTY = ("apache_beam", "botocore", "boto3", "urllib3", "s3transfer", "gre
 # ("apitools not found …", on ``import apache_beam``), and Beam calling the flags of our composed option
 # groups "unparseable" (``parse_options`` has checked every flag before Beam sees them).
 NOISE = ("apitools not found", "Discarding unparseable args", "Unparseable argument")
+
+PROGRESS_ENV = "LIVORA_PROGRESS_SECONDS"
+DEFAULT_PROGRESS_SECONDS = 10.0
 
 _STANDARD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
 
@@ -170,3 +174,15 @@ class Progress:
             fields["eta_s"] = round(eta, 1)
             text += f", ETA {eta:.0f}s"
         self.logger.info(text, extra={"progress": fields})
+
+
+def progress_seconds() -> float:
+    """Seconds between progress lines of long work: ``$LIVORA_PROGRESS_SECONDS`` (tests make it tiny), else 10."""
+    raw = os.environ.get(PROGRESS_ENV, "")
+    try:
+        value = float(raw) if raw else DEFAULT_PROGRESS_SECONDS
+    except ValueError:
+        raise ValueError(f"${PROGRESS_ENV} must be a number of seconds, not {raw!r}") from None
+    if value <= 0:
+        raise ValueError(f"${PROGRESS_ENV} must be positive, not {raw!r}")
+    return value

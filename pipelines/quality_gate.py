@@ -6,24 +6,27 @@
 - ``block`` (the default of ``--profile staging`` and ``prod``): outputs that fail their suite are not
   published, and the run exits with :class:`pipelines.errors.QualityError` (exit 7, one line):
 
-  * ingest (:func:`gate_ingest`): after the write, the partitions the run touched are checked; the run's files
-    of a failing partition are moved to ``LAKE/_quarantine/events/tenant_id=T/event_date=D/`` (same names), so
-    no reader of ``events/`` (the warehouse load, analytics, DuckDB) sees them, and the lake's manifest does not
-    record the input, so a re-run after the fix ingests it again. A re-run rewrites the same file names (they
-    derive from the input's content) and removes their quarantined copies.
+  * ingest (:func:`gate_ingest`): after the write, the rows the run wrote (its files, per partition; not the earlier
+    files of those partitions) are checked; the run's files of a failing partition are moved to
+    ``LAKE/_quarantine/events/tenant_id=T/event_date=D/`` (same names), so no reader of ``events/`` (the warehouse
+    load, analytics, DuckDB) sees them, and the lake's manifest does not record the input, so a re-run after the fix
+    ingests it again. A re-run rewrites the same file names (they derive from the input's content) and removes their
+    quarantined copies.
   * stream passes (``pipelines.stream_events``, local incremental mode; :class:`GateWrittenFiles` in the pass,
-    :func:`gate_pass` after it): the partitions the pass wrote are checked inside the pass, after the lake
-    write and before anything else is published; under ``block`` a failing verdict holds back the rows bound
-    for the warehouse and DynamoDB and the checkpoint commit, then the driver quarantines the pass's files
-    of the failing partitions (as for ingest) and exits 7. The checkpoints stay where the pass started, so
-    the records stay in Kinesis and a re-run of the pass (after the fix, or with ``--quality-gate warn|off``)
-    reads them again, removes the quarantined copies and publishes; nothing is lost as long as the fix comes
-    within the stream's retention (24 h by default), and the quarantine keeps a copy meanwhile.
+    :func:`gate_pass` after it): the partitions the pass wrote are checked inside the pass, after the lake write and
+    before anything else is published (again only the pass's own files); under ``block`` a failing verdict holds
+    back the rows bound for the warehouse and DynamoDB and the checkpoint commit, then the driver quarantines the
+    pass's files of the failing partitions (as for ingest) and exits 7. The checkpoints stay where the pass started,
+    so the records stay in Kinesis and a re-run of the pass (after the fix, or with ``--quality-gate warn|off``)
+    reads them again, removes the quarantined copies and publishes; nothing is lost as long as the fix comes within
+    the stream's retention (24 h by default), and the quarantine keeps a copy meanwhile.
   * analytics (:func:`gate_inputs`): the input partitions are checked before computing; a failing one stops
     the run before anything is written.
 
-The checks are the fast path of :func:`connectors.quality.check_and_write` (one GX checkpoint run per 200
-partitions); results go where ``check_lake`` puts them (``LAKE/_quality``).
+The checks are the fast path of :mod:`connectors.quality` (one GX checkpoint run per 200 partitions):
+:func:`~connectors.quality.check_files_and_write` for a run's own files (results in the run's JSON,
+``LAKE/_quality/runs/<pipeline>-<run id>.json``), :func:`~connectors.quality.check_and_write` for the
+analytics' whole input partitions (results where ``check_lake`` puts them, ``LAKE/_quality/events/``).
 """
 
 from __future__ import annotations
@@ -38,10 +41,10 @@ from dataclasses import asdict, dataclass, field
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from connectors.analytics_io import event_files
+from connectors.analytics_io import EventFile, event_files
 from connectors.lake import run_files_pattern, table_path
 from connectors.paths import move_atomically
-from connectors.quality import check_and_write, parse_partition_dir
+from connectors.quality import QualityResult, check_and_write, check_files_and_write, parse_partition_dir
 from connectors.run_records import current as current_run
 from pipelines.errors import QualityError
 from pipelines.options import PROFILES, ProfileOptions, profile_defaults
@@ -125,6 +128,18 @@ class GateOutcome:
         )
 
 
+def _run_id(run_id: str | None) -> str:
+    record = current_run()
+    return run_id or (record.run_id if record is not None else uuid.uuid4().hex[:12])
+
+
+def _judged(outcome: GateOutcome, results: Sequence[QualityResult]) -> GateOutcome:
+    outcome.failed = {f"{r.tenant_id}/{r.start_date}": r.failed for r in results if not r.success}
+    for key, names in outcome.failed.items():
+        log.warning("quality gate (%s): partition %s fails %s", outcome.mode, key, ", ".join(names))
+    return outcome
+
+
 def _check(
     lake: str,
     partitions: Iterable[tuple[str, dt.date]],
@@ -133,17 +148,34 @@ def _check(
     max_future_hours: float,
     run_id: str | None = None,
 ) -> GateOutcome:
+    """Whole partitions (analytics inputs): every row a computation is about to read."""
     chosen = sorted(set(partitions))
     outcome = GateOutcome(mode, len(chosen))
     if mode == "off" or not chosen:
         return outcome
-    record = current_run()
-    run_id = run_id or (record.run_id if record is not None else uuid.uuid4().hex[:12])
-    results = check_and_write(lake, chosen, pipeline, run_id, dt.timedelta(hours=max_future_hours))
-    outcome.failed = {f"{r.tenant_id}/{r.start_date}": r.failed for r in results if not r.success}
-    for key, names in outcome.failed.items():
-        log.warning("quality gate (%s): partition %s fails %s", mode, key, ", ".join(names))
-    return outcome
+    results = check_and_write(lake, chosen, pipeline, _run_id(run_id), dt.timedelta(hours=max_future_hours))
+    return _judged(outcome, results)
+
+
+def _check_written(
+    lake: str,
+    written: Iterable[str],
+    mode: str,
+    pipeline: str,
+    max_future_hours: float,
+    run_id: str | None = None,
+) -> GateOutcome:
+    """The rows a run wrote (its lake files ``written``), not the earlier files of the partitions they are in:
+    the check's cost follows the run, not the lake, and an earlier run's rows cannot fail (or quarantine) this
+    one. Every rule of the suite is a property of each row, of each file's columns, or (uniqueness of
+    ``(tenant_id, message_id)``) of the keys, which ingest's lake-duplicate step keeps unique against the lake
+    before the write; the check adds uniqueness within the run's rows (docs/quality.md)."""
+    files = sorted({EventFile(path, *parse_partition_dir(os.path.dirname(path.rstrip("/")))) for path in written})
+    outcome = GateOutcome(mode, len({(f.tenant_id, f.event_date) for f in files}))
+    if mode == "off" or not files:
+        return outcome
+    results = check_files_and_write(lake, files, pipeline, _run_id(run_id), dt.timedelta(hours=max_future_hours))
+    return _judged(outcome, results)
 
 
 def _record(outcome: GateOutcome) -> None:
@@ -158,10 +190,6 @@ def _record(outcome: GateOutcome) -> None:
         counts["quality_failed"] = {**before.get("quality_failed", {}), **counts["quality_failed"]}
         counts["quality_partitions_failed"] = len(counts["quality_failed"])
     record.add_counts(counts)
-
-
-def _partitions_of(paths: Iterable[str]) -> set[tuple[str, dt.date]]:
-    return {parse_partition_dir(os.path.dirname(path.rstrip("/"))) for path in paths}
 
 
 def _tagged(directory: str, tags: Sequence[str]) -> list[str]:
@@ -200,12 +228,12 @@ def _enforce(lake: str, written: Sequence[str], outcome: GateOutcome, consequenc
 
 
 def gate_ingest(lake: str, tags: Sequence[str], mode: str, max_future_hours: float = 24.0) -> GateOutcome:
-    """Check the partitions that ingest files tagged ``tags`` are in; ``block``: quarantine a failing partition's
-    files of these tags and raise :class:`QualityError`. Quarantined copies of these tags are removed first: the
+    """Check the rows of the ingest files tagged ``tags`` (this run's, per partition); ``block``: quarantine a failing
+    partition's files of these tags and raise :class:`QualityError`. Quarantined copies of these tags are removed first: the
     run has just rewritten them under ``events/``."""
     remove_quarantined(lake, tags)
     written = _tagged(table_path(lake, EVENTS_TABLE), tags)
-    outcome = _check(lake, _partitions_of(written), mode, "ingest_batch", max_future_hours)
+    outcome = _check_written(lake, written, mode, "ingest_batch", max_future_hours)
     return _enforce(
         lake,
         written,
@@ -220,13 +248,13 @@ class _CheckWrittenFn(beam.DoFn):
         self.max_future_hours, self.run_id = max_future_hours, run_id
 
     def process(self, paths):
-        outcome = _check(self.lake, _partitions_of(paths), self.mode, self.pipeline, self.max_future_hours, self.run_id)
+        outcome = _check_written(self.lake, paths, self.mode, self.pipeline, self.max_future_hours, self.run_id)
         yield asdict(outcome)
 
 
 class GateWrittenFiles(beam.PTransform):
-    """``(path, rows)`` of the lake files a pipeline wrote -> ONE :class:`GateOutcome` (as a dict), once every
-    file is written: the in-pipeline half of the gate, for pipelines that publish further in the same job.
+    """``(path, rows)`` of the lake files a pipeline wrote -> ONE :class:`GateOutcome` (as a dict) of those files'
+    rows, once every file is written: the in-pipeline half of the gate, for pipelines that publish further in the same job.
 
     Args:
         lake: the lake root (results go to ``LAKE/_quality``).

@@ -272,3 +272,51 @@ def test_each_run_appends_a_run_record(tmp_path, capsys):
     assert first[4]["lake_rows"] == 20 and first[4]["dead_letters_by_reason"] == {"malformed_json": 1}
     assert second[4]["files_skipped"] == 1 and second[4]["lake_rows"] == 0
     assert "p" * 24 not in str(first[5])
+
+
+def _progress_lines(err: str) -> list[dict]:
+    lines = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    return [line for line in lines if line.get("logger") == "livora.read_progress"]
+
+
+def test_ingest_logs_its_inputs_and_reading_progress_up_to_100_percent(tmp_path, monkeypatch, capsys):
+    """With the interval forced tiny: JSON progress lines on stderr, bytes never going back, the last at 100 %;
+    with the default interval a small run logs none."""
+    import gzip
+
+    from connectors.synthetic import generate_events
+    from pipelines.ingest_batch import main
+
+    records = list(generate_events(3000, seed=3))
+    (tmp_path / "a.ndjson").write_bytes(b"".join(r.replace(b"\n", b" ") + b"\n" for r in records[:2000]))
+    (tmp_path / "b.ndjson.gz").write_bytes(
+        gzip.compress(b"".join(r.replace(b"\n", b" ") + b"\n" for r in records[2000:]))
+    )
+    total = sum(os.path.getsize(tmp_path / name) for name in ("a.ndjson", "b.ndjson.gz"))
+    argv = [
+        "--input",
+        str(tmp_path / "*.ndjson*"),
+        "--quality-gate",
+        "off",
+        "--batch-size",
+        "100",
+        "--log-format",
+        "json",
+    ]
+
+    monkeypatch.setenv("LIVORA_PROGRESS_SECONDS", "0.000001")
+    main([*argv, "--lake", str(tmp_path / "lake")])
+    err = capsys.readouterr().err
+    inputs = [json.loads(line)["message"] for line in err.splitlines() if '"ingesting 2 file(s)' in line]
+    assert len(inputs) == 1 and "a.ndjson (" in inputs[0] and "b.ndjson.gz (" in inputs[0]
+    progress = [line["progress"] for line in _progress_lines(err)]
+    assert len(progress) >= 3
+    done = [p["bytes_done"] for p in progress]
+    assert done == sorted(done) and all(p["bytes_total"] == total for p in progress)
+    assert [p["records"] for p in progress] == sorted(p["records"] for p in progress)
+    assert done[-1] == total and progress[-1]["percent"] == 100.0 and progress[-1]["records"] == len(records)
+    assert all("eta_s" in p and p["bytes_per_s"] > 0 for p in progress[:-1])
+
+    monkeypatch.delenv("LIVORA_PROGRESS_SECONDS")
+    main([*argv, "--lake", str(tmp_path / "quiet")])
+    assert _progress_lines(capsys.readouterr().err) == []

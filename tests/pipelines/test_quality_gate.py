@@ -6,6 +6,7 @@ import datetime as dt
 import glob
 import json
 import os
+import pathlib
 from decimal import Decimal
 
 import apache_beam as beam
@@ -237,3 +238,83 @@ def test_a_run_of_several_gated_passes_records_them_all(tmp_path):
     assert record.counts["quality_partitions_checked"] == 6
     assert record.counts["quality_failed"] == {"a/2026-10-01": ["x"], "b/2026-10-02": ["y"]}
     assert record.counts["quality_partitions_failed"] == 2
+
+
+def _write_bad_earlier_file(lake: str) -> str:
+    """An earlier run's file in the BAD partition, written directly: its rows break three rules."""
+    (clean,) = glob.glob(f"{_partition(lake)}/*.parquet")[:1]
+    rows = pq.read_table(clean).to_pylist()[:5]
+    for row in rows:
+        row["message_id"] = "earlier-" + row["message_id"]
+    rows[0]["person_id"] = None
+    rows[1]["revenue_inr"] = Decimal("-99.0000")
+    rows[2]["message_id"] = rows[3]["message_id"]
+    schema = pa.schema([f.with_nullable(True) for f in EVENTS_FILE_SCHEMA])
+    path = os.path.join(_partition(lake), "part-earlier-0000.parquet")
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
+    return path
+
+
+def _quality_runs(lake: str, pipeline: str) -> list[dict]:
+    paths = sorted(glob.glob(f"{lake}/_quality/runs/{pipeline}-*.json"), key=os.path.getmtime)
+    return [json.loads(open(p).read()) for p in paths]
+
+
+def test_the_ingest_gate_judges_only_the_rows_the_run_wrote(tmp_path, monkeypatch, capsys):
+    """Bad rows an earlier run left in a partition neither fail nor quarantine a later clean run into it; a bad
+    later run is blocked and quarantines its own files of the partition, never the earlier file."""
+    lake = str(tmp_path / "lake")
+    first = _events(str(tmp_path / "day1.ndjson"))
+    ingest_batch.run(["--input", first, "--lake", lake, "--quality-gate", "off"])
+    earlier = _write_bad_earlier_file(lake)
+    earlier_bytes = pathlib.Path(earlier).read_bytes()
+
+    later = str(tmp_path / "later.ndjson")
+    from connectors.synthetic import generate_events
+    from tests.quality_lake import _books_negative_amount
+
+    with open(later, "wb") as handle:
+        for record in generate_events(400, seed=77, tenants=("acme-in", "bloom-in"), start=DAY, days=2):
+            if not _books_negative_amount(record):
+                handle.write(record + b"\n")
+    argv = ["--input", later, "--lake", lake, "--quality-gate", "block"]
+    capsys.readouterr()
+    ingest_batch.main(argv)  # under a whole-partition check: exit 7 for the earlier file's rows
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["lake_rows"] > 0 and summary["lake_duplicates"] == 0
+    record = _last_record(lake, "ingest_batch")
+    assert record["counts"]["quality_partitions_failed"] == 0 and record["counts"]["quality_partitions_checked"] > 0
+    assert not os.path.isdir(os.path.join(lake, "_quarantine"))
+    run_json = _quality_runs(lake, "ingest_batch")[-1]
+    assert run_json["scope"] == "run_files" and run_json["success"]
+    checked = run_json["files"][f"{BAD[0]}/{BAD[1]}"]
+    assert "part-earlier-0000.parquet" not in checked and checked
+    assert run_json["rows"] == summary["lake_rows"]  # the run's rows, not the partitions'
+    assert pathlib.Path(earlier).read_bytes() == earlier_bytes
+
+    # the whole-partition check (check_lake) still sees the earlier rows
+    from pipelines import check_lake
+
+    result = check_lake.run(["--lake", lake, "--start-date", BAD[1], "--end-date", BAD[1], "--tenant", BAD[0]])
+    assert result.partitions_failed == 1
+
+    # a bad later run: blocked, its own files of the partition quarantined, the earlier file left where it was
+    bad = str(tmp_path / "bad.ndjson")
+    with open(bad, "wb") as handle:
+        for record in generate_events(400, seed=78, tenants=("acme-in", "bloom-in"), start=DAY, days=2):
+            if not _books_negative_amount(record):
+                handle.write(record + b"\n")
+    published = _files(_partition(lake))
+    monkeypatch.setattr(ingest_batch, "WriteLakePartitions", _BuggyWrite)
+    with pytest.raises(SystemExit) as exit_info:
+        ingest_batch.main(["--input", bad, "--lake", lake, "--quality-gate", "block"])
+    assert exit_info.value.code == EXIT_QUALITY
+    quarantined = _files(_partition(lake, "_quarantine/events"))
+    assert quarantined and "part-earlier-0000.parquet" not in quarantined
+    assert _files(_partition(lake)) == published  # the earlier runs' files, the bad one's included, stay
+    failed = _quality_runs(lake, "ingest_batch")[-1]["failed_results"]
+    assert list(failed) == [f"{BAD[0]}/{BAD[1]}"]
+    assert failed[f"{BAD[0]}/{BAD[1]}"]["rows"] == sum(
+        pq.read_metadata(p).num_rows for p in glob.glob(f"{_partition(lake, '_quarantine/events')}/*.parquet")
+    )  # the bad run's rows of the partition, not the earlier runs'
+    assert pathlib.Path(earlier).read_bytes() == earlier_bytes
