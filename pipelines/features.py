@@ -15,7 +15,6 @@ on (tenant_id, person_id, as_of). See docs/features.md.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 
 import apache_beam as beam
@@ -34,6 +33,7 @@ from pipelines.options import (
     iso_date,
     main_entry,
     parse_options,
+    printed,
     require_lake,
     run_pipeline,
     with_s3_options,
@@ -230,9 +230,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _main(argv: list[str]) -> dict:
-    summary = run(argv)
-    print(json.dumps(summary, indent=2))
-    return summary
+    return printed(run(argv))
 
 
 if __name__ == "__main__":

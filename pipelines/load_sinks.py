@@ -31,6 +31,7 @@ from pipelines.options import (
     counter_totals,
     main_entry,
     parse_options,
+    printed,
     require_lake,
     run_pipeline,
 )
@@ -177,9 +178,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _main(argv: list[str]) -> dict[str, int]:
-    totals = run(argv)
-    print(json.dumps(totals, indent=2))
-    return totals
+    return printed(run(argv))
 
 
 if __name__ == "__main__":

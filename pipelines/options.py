@@ -469,6 +469,13 @@ def main_entry(name: str, body: Callable[[list[str]], object], argv: Sequence[st
             raise SystemExit(err.exit_code) from None
 
 
+def printed(summary: dict) -> dict:
+    """``summary`` printed as JSON on stdout (what a scheduler's log keeps), then returned: a ``_main``
+    returns it so that it becomes the run record's ``counts``."""
+    print(json.dumps(summary, indent=2))
+    return summary
+
+
 def require_lake(lake: str, table: str = EVENTS_TABLE) -> None:
     """Fail with an :class:`InputError` when ``lake`` has no ``table`` (a typo in --lake, an unmounted volume):
     without this a batch job over a missing lake writes header-only outputs and exits 0."""

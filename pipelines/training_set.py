@@ -14,7 +14,6 @@ per bucket (CoGroupByKey), so no worker needs the whole lake. Output rows keep t
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 
 import apache_beam as beam
@@ -31,6 +30,7 @@ from pipelines.options import (
     DateRangeOptions,
     main_entry,
     parse_options,
+    printed,
     require_lake,
     run_pipeline,
     with_s3_options,
@@ -193,9 +193,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _main(argv: list[str]) -> dict:
-    summary = run(argv)
-    print(json.dumps(summary, indent=2))
-    return summary
+    return printed(run(argv))
 
 
 if __name__ == "__main__":
