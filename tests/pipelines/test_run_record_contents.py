@@ -21,6 +21,7 @@ import pytest
 
 from pipelines import ingest_batch
 from tests.analytics_lake import generate_rows, write_lake
+from tests.run_records import read_run_records
 
 pytestmark = pytest.mark.slow
 
@@ -43,14 +44,6 @@ def base_lake(tmp_path_factory) -> str:
     root = str(tmp_path_factory.mktemp("record_lake"))
     write_lake(root, generate_rows(persons=16, seed=5, days=24))
     return root
-
-
-def records(root: str) -> list[dict]:
-    """The run records under ``root``, oldest first, read as the README says (DuckDB)."""
-    rows = duckdb.sql(
-        f"select to_json(r) from read_json('{root}/_runs/records/*/*.json', union_by_name=true) r order by started_at"
-    ).fetchall()
-    return [json.loads(row[0]) for row in rows]
 
 
 def parquet_rows(pattern: str) -> int:
@@ -248,7 +241,7 @@ def test_a_run_records_its_inputs_outputs_and_counts_and_a_rerun_appends(name, b
     module = importlib.import_module(f"pipelines.{name}")
     for _ in range(2):
         module.main(case.argv(lake, work))
-    runs = [r for r in records(case.root(lake, work)) if r["pipeline"] == name]
+    runs = [r for r in read_run_records(case.root(lake, work)) if r["pipeline"] == name]
     assert len(runs) == 2 and runs[0]["run_id"] != runs[1]["run_id"]
     for record in runs:
         assert record["status"] == "succeeded" and record["exit_code"] == 0
@@ -270,7 +263,7 @@ def _funnels(lake: str, out: str, *extra: str) -> dict:
     importlib.import_module("pipelines.funnels").main(
         ["--lake", lake, "--steps", "Product Viewed,Order Completed", "--output", out, *extra]
     )
-    return records(lake)[-1]["inputs"][0]
+    return read_run_records(lake)[-1]["inputs"][0]
 
 
 def test_the_fingerprint_changes_with_the_files_read_and_only_with_them(base_lake, tmp_path):

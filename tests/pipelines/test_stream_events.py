@@ -21,6 +21,7 @@ from infra.resources import StreamingResources, create_streaming_resources
 from pipelines import stream_events
 from pipelines.demo_stream import put_records
 from tests.connectors.kinesis_helpers import faithful_kinesis_server, split_first_shard
+from tests.run_records import read_run_records
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -572,13 +573,6 @@ def test_a_new_streaming_run_removes_only_the_files_of_uncommitted_windows(tmp_p
     assert (part / "part-w20261202T100200-r0000000000300-gggg-0000.parquet").exists()
 
 
-def _run_records(lake: str) -> list[dict]:
-    rows = duckdb.sql(
-        f"select to_json(r) from read_json('{lake}/_runs/records/*/*.json', union_by_name=true) r order by started_at"
-    ).fetchall()
-    return [json.loads(row[0]) for row in rows]
-
-
 def _reasons_on_disk(lake: str) -> dict[str, int]:
     return dict(collections.Counter(d.reason.value for d in read_dead_letters(f"{lake}/dead_letters")))
 
@@ -591,7 +585,7 @@ def test_the_run_record_sums_its_passes_with_dead_letters_by_reason(aws, tmp_pat
     put_records(aws.client("kinesis"), res.stream, records)
     stream_events.main(_argv(aws, res, lake, None, "--max-records=100"))  # 3 passes with records, 1 caught up
     stream_events.main(_argv(aws, res, lake, None))  # caught up: a second record, nothing read
-    first, second = _run_records(lake)
+    first, second = read_run_records(lake)
     counts = first["counts"]
     assert first["status"] == "succeeded" and counts["passes"] >= 3
     assert counts["records_read"] == len(records)
@@ -633,7 +627,7 @@ def test_a_follow_run_stopped_by_sigterm_still_appends_its_record(aws, tmp_path)
     finally:
         if proc.poll() is None:
             proc.kill()
-    (record,) = _run_records(lake)
+    (record,) = read_run_records(lake)
     assert (record["status"], record["exit_code"], record["error"]) == ("terminated", 143, "terminated by SIGTERM")
     assert record["counts"]["records_read"] == len(records)
     assert record["counts"]["lake_rows"] == len(_lake_keys(lake))
