@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import os
 import zlib
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -36,10 +38,12 @@ __all__ = [
     "WriteDeadLetters",
     "WriteLakePartitions",
     "content_fingerprint",
+    "dead_letter_reasons",
     "events_dataset",
     "input_fingerprint",
     "lake_file_name",
     "partition_dirs",
+    "partition_file_patterns",
     "read_events",
     "rows_to_table",
     "run_files_pattern",
@@ -393,6 +397,22 @@ class WriteDeadLetters(beam.PTransform):
             | "GroupDeadLetters" >> beam.GroupByKey()
             | "WriteDeadLetterFiles" >> beam.ParDo(_WriteDeadLetterFileFn(self.path, self.tag, self.encryption))
         )
+
+
+def dead_letter_reasons(directory: str, tags: Iterable[str], suffix: str = ".jsonl") -> dict[str, int]:
+    """Reason code -> count over the dead-letter files a run tagged ``tags`` wrote under ``directory``:
+    the ``dead_letters_by_reason`` of its run record."""
+    counts: Counter[str] = Counter()
+    for tag in tags:
+        for meta in FileSystems.match([run_files_pattern(directory, tag, suffix)])[0].metadata_list:
+            with FileSystems.open(meta.path, compression_type="uncompressed") as handle:
+                counts.update(json.loads(line)["reason"] for line in handle.read().splitlines() if line.strip())
+    return dict(sorted(counts.items()))
+
+
+def partition_file_patterns(lake: str, table: str, partitions: Iterable[Mapping[str, str]]) -> list[str]:
+    """``LAKE/table/k=v/.../*.parquet`` per partition: the files a partition-wise job reads."""
+    return [f"{partition_path(lake, table, p)}/*.parquet" for p in partitions]
 
 
 def read_dead_letters(path: str) -> list[FailedEvent]:

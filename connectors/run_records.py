@@ -11,6 +11,15 @@ Who ran it: the OS user always; when the run touches AWS (an ``s3://`` path, a K
 table, ``--aws-*`` flags, or AWS credentials in the environment) also ``caller``, the STS
 GetCallerIdentity answer (Arn, Account, UserId) for the run's ``--aws-*`` settings, or ``caller_error``
 when STS could not say (a short timeout: an unreachable STS never fails or stalls the run).
+
+What it read, wrote and counted: a pipeline declares it with :func:`note_input` (a lake table or
+files, fingerprinted from their listing: relative path, size, modification time; no content is read),
+:func:`note_outputs` (paths written; the Parquet ones get their row count, from the footers, in
+``counts["rows_out"]``) and :func:`note_counts`; its summary (the value ``main`` returns) joins
+``counts`` too. All three do nothing outside a recorded run (``run()`` called from code).
+
+A run ended by SIGTERM (a scheduler stopping it, ``kill``) still appends its record: :func:`on_sigterm_exit`
+turns the signal into :class:`Terminated`, status ``terminated``, exit code 143.
 """
 
 from __future__ import annotations
@@ -20,23 +29,43 @@ import contextvars
 import dataclasses
 import datetime as dt
 import getpass
+import hashlib
 import json
 import logging
 import os
 import re
+import signal
 import socket
 import sys
+import threading
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
+import pyarrow.parquet as pq
+from apache_beam.io.filesystem import FileMetadata
+from apache_beam.io.filesystems import FileSystems
 from botocore.exceptions import BotoCoreError, ClientError
 
 from connectors import paths
 from connectors.aws import AwsSettings
 from schemas import PIPELINE_VERSION
 
-__all__ = ["RECORDS_DIR", "RunRecord", "caller_identity", "current", "recording", "redact_argv", "touches_aws"]
+__all__ = [
+    "RECORDS_DIR",
+    "RunRecord",
+    "Terminated",
+    "caller_identity",
+    "current",
+    "listing_fingerprint",
+    "note_counts",
+    "note_input",
+    "note_outputs",
+    "on_sigterm_exit",
+    "recording",
+    "redact_argv",
+    "touches_aws",
+]
 
 RECORDS_DIR = "_runs/records"
 log = logging.getLogger("livora.runs")
@@ -106,7 +135,7 @@ class RunRecord:
             self.outputs.append(path)
 
     def add_counts(self, counts: Mapping[str, Any]) -> None:
-        self.counts.update({k: v for k, v in counts.items() if isinstance(v, (int, float, str, bool, dict))})
+        self.counts.update({k: v for k, v in counts.items() if isinstance(v, (int, float, str, bool, dict, list))})
 
     def document(self, status: str, exit_code: int, error: str | None) -> dict[str, Any]:
         ended = dt.datetime.now(dt.UTC)
@@ -127,8 +156,8 @@ class RunRecord:
             "host": socket.gethostname(),
             "pipeline_version": PIPELINE_VERSION,
             "python": sys.version.split()[0],
-            "inputs": self.inputs,
-            "outputs": self.outputs,
+            "inputs": [{**i, "path": _URL_PASSWORD.sub(r"\1:***@", i["path"])} for i in self.inputs],
+            "outputs": [_URL_PASSWORD.sub(r"\1:***@", path) for path in self.outputs],
             "counts": self.counts,
         }
 
@@ -187,10 +216,14 @@ def current() -> RunRecord | None:
 
 
 def _root(argv: Sequence[str]) -> str | None:
-    for flag in ("--lake", "--output"):
-        if (value := _flag(argv, flag)) is not None:
-            return value
-    return None
+    """``--lake``, else ``--output`` when it is a folder, else the folder of the ``--output`` file (a report
+    page, a training set: a name with a suffix)."""
+    if (lake := _flag(argv, "--lake")) is not None:
+        return lake
+    output = _flag(argv, "--output")
+    if output is None or os.path.isdir(output) or not os.path.splitext(output.rstrip("/").rsplit("/", 1)[-1])[1]:
+        return output
+    return output.rsplit("/", 1)[0] if "/" in output else "."
 
 
 def _as_counts(result: Any) -> dict[str, Any]:
@@ -201,8 +234,120 @@ def _as_counts(result: Any) -> dict[str, Any]:
     if hasattr(result, "as_dict"):
         return result.as_dict()
     if isinstance(result, Mapping):
-        return {k: v for k, v in result.items() if isinstance(v, (int, float, str, bool))}
+        return {k: v for k, v in result.items() if isinstance(v, (int, float, str, bool, dict, list))}
     return {}
+
+
+# --- what a run read, wrote and counted -----------------------------------------------------
+
+_GLOB = re.compile(r"[*?\[]")
+
+
+def _listing(files: Iterable[Any]) -> list[FileMetadata]:
+    """Size and modification time of ``files`` (paths, globs, or objects with a ``path``), hidden files
+    (``.name``: a writer's temporary) left out. Exact paths are listed per directory: one LIST per
+    partition on an object store, not one per file."""
+    wanted = [str(getattr(f, "path", f)) for f in files]
+    exact = {p for p in wanted if not _GLOB.search(p)}
+    patterns = sorted({p for p in wanted if p not in exact} | {f"{p.rsplit('/', 1)[0]}/*" for p in exact})
+    found: dict[str, FileMetadata] = {}
+    for pattern, result in zip(patterns, FileSystems.match(patterns) if patterns else [], strict=True):
+        for meta in result.metadata_list:
+            if meta.path.rsplit("/", 1)[-1].startswith("."):
+                continue
+            if pattern in wanted or meta.path in exact:
+                found[meta.path] = meta
+    return [found[p] for p in sorted(found)]
+
+
+def _relative(path: str, root: str) -> str:
+    if _GLOB.search(root):  # a glob names files under the folder before its first wildcard
+        root = root[: _GLOB.search(root).start()].rsplit("/", 1)[0]
+    if "://" in root:
+        return path.removeprefix(root.rstrip("/") + "/")
+    return os.path.relpath(os.path.abspath(path), os.path.abspath(root))
+
+
+def listing_fingerprint(root: str, listing: Iterable[FileMetadata]) -> str:
+    """12 hex digits over the sorted (path under ``root``, size, modification time) of the files: the same
+    files give the same fingerprint wherever the lake is mounted; a file added, removed or rewritten
+    changes it. Cheap on a big lake: nothing but the listing is read."""
+    digest = hashlib.sha1()
+    for rel, size, mtime in sorted(
+        (_relative(m.path, root), m.size_in_bytes, m.last_updated_in_seconds) for m in listing
+    ):
+        digest.update(f"{rel}\x1f{size}\x1f{mtime:.6f}\n".encode())
+    return digest.hexdigest()[:12]
+
+
+def note_input(root: str, files: Iterable[Any], fingerprint: str | None = None, **details: Any) -> None:
+    """Declare that the run read ``files`` (paths, globs, or :class:`connectors.analytics_io.EventFile`)
+    under ``root`` (a lake, a folder, a file): one ``inputs`` entry with the file count, bytes and
+    :func:`listing_fingerprint`. A source that is not files (a Kinesis stream) passes no files and its own
+    ``fingerprint``. ``details``: what else says which part was read."""
+    record = current()
+    if record is None:
+        return
+    if fingerprint is None:
+        listing = _listing(files)
+        fingerprint = listing_fingerprint(root, listing)
+        details = {"files": len(listing), "size_bytes": sum(m.size_in_bytes for m in listing), **details}
+    record.add_input(root, fingerprint=fingerprint, **details)
+
+
+def _parquet_rows(path: str) -> int:
+    rows = 0
+    for meta in _listing([path]):
+        with FileSystems.open(meta.path, compression_type="uncompressed") as handle:
+            rows += pq.ParquetFile(handle).metadata.num_rows
+    return rows
+
+
+def note_outputs(*paths: str) -> None:
+    """Declare what the run wrote (after writing it): each path joins ``outputs``; a Parquet file (or a glob
+    of them) also gets its row count, read from the footers, in ``counts["rows_out"][path]``."""
+    record = current()
+    if record is None:
+        return
+    for path in paths:
+        record.add_output(path)
+        if path.endswith(".parquet"):
+            record.counts.setdefault("rows_out", {})[path] = _parquet_rows(path)
+
+
+def note_counts(counts: Mapping[str, Any] | Any) -> None:
+    """Merge ``counts`` (a mapping, dataclass or pydantic model: the pipeline's own summary) into the run's
+    ``counts``; a later call for the same name replaces it (a running total per pass)."""
+    record = current()
+    if record is not None:
+        record.add_counts(counts if isinstance(counts, Mapping) else _as_counts(counts))
+
+
+class Terminated(SystemExit):
+    """SIGTERM, raised in the main thread: the run unwinds (``finally`` blocks, leases, its record) and
+    the process exits ``128 + signal``, as a shell reports a killed command."""
+
+    def __init__(self, signum: int):
+        super().__init__(128 + signum)
+        self.signal_name = signal.Signals(signum).name
+
+
+@contextlib.contextmanager
+def on_sigterm_exit() -> Iterator[None]:
+    """While the block runs, SIGTERM raises :class:`Terminated` instead of killing the process unrecorded.
+    Only the main thread can install a handler; elsewhere (a test's thread) the block runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _raise(signum: int, _frame: Any) -> None:
+        raise Terminated(signum)
+
+    previous = signal.signal(signal.SIGTERM, _raise)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def write_record(root: str, record: RunRecord, status: str, exit_code: int, error: str | None) -> str:
@@ -227,6 +372,9 @@ def recording(pipeline: str, argv: Sequence[str]) -> Iterator[RunRecord]:
     status, code, error = "succeeded", 0, None
     try:
         yield record
+    except Terminated as exc:
+        status, code, error = "terminated", exc.code, f"terminated by {exc.signal_name}"
+        raise
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         status = "succeeded" if code == 0 else "failed"

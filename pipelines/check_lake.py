@@ -19,9 +19,10 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 
-from connectors.lake import partition_dirs
-from connectors.quality import QualityResult, check_and_write, parse_partition_dir
+from connectors.lake import partition_dirs, table_path
+from connectors.quality import QUALITY_DIR, QualityResult, check_and_write, parse_partition_dir
 from connectors.run_records import current as current_run
+from connectors.run_records import note_counts, note_input, note_outputs
 from pipelines.errors import UsageError
 from pipelines.logs import Progress
 from pipelines.options import (
@@ -122,12 +123,9 @@ def run(argv: list[str] | None = None) -> CheckSummary:
     if opts.max_future_hours < 0:
         raise UsageError("--max-future-hours must not be negative")
     require_lake(opts.lake)
-    selected = sorted(
-        (tenant, date.isoformat())
-        for tenant, date in map(
-            parse_partition_dir, partition_dirs(opts.lake, opts.start_date, opts.end_date, opts.tenant)
-        )
-    )
+    dirs = partition_dirs(opts.lake, opts.start_date, opts.end_date, opts.tenant)
+    note_input(opts.lake, [f"{d}/*.parquet" for d in dirs])
+    selected = sorted((tenant, date.isoformat()) for tenant, date in map(parse_partition_dir, dirs))
     log.info("checking %d partitions of %s", len(selected), opts.lake)
     progress = Progress(log, "partitions checked", len(selected))
     record = current_run()
@@ -143,6 +141,8 @@ def run(argv: list[str] | None = None) -> CheckSummary:
     progress.finish()
     summary = CheckSummary.of(results)
     summary.fail_on_error = opts.fail_on_error
+    note_outputs(table_path(opts.lake, f"{QUALITY_DIR}/runs/check_lake-{run_id}.json"))
+    note_counts(summary)  # before _main's exit code: a run that exits 1 keeps its numbers
     return summary
 
 

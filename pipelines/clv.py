@@ -21,6 +21,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.parquetio import ReadAllFromParquetBatched, WriteToParquetBatched
 
 from connectors.analytics_io import lake_file_patterns
+from connectors.run_records import note_input, note_outputs
 from pipelines.errors import InputError
 from pipelines.options import (
     AwsOptions,
@@ -241,7 +242,9 @@ def run(argv: list[str] | None = None) -> dict:
             + (f" for tenant {opts.tenant}" if opts.tenant else "")
         )
     log.info("CLV on %d partitions of %s, calibration end %s", len(patterns), opts.lake, opts.calibration_end)
+    note_input(opts.lake, patterns)
     run_pipeline(lambda p: build(p, opts, patterns), options)
+    note_outputs(*(f"{opts.output.rstrip('/')}/{name}" for name in (PREDICTIONS_FILE, MODEL_FILE)))
     with FileSystems.open(f"{opts.output.rstrip('/')}/{MODEL_FILE}") as handle:
         return json.loads(handle.read())
 
@@ -250,7 +253,7 @@ def main(argv: list[str] | None = None) -> None:
     main_entry("clv", _main, argv)
 
 
-def _main(argv: list[str]) -> None:
+def _main(argv: list[str]) -> dict:
     document = run(argv)
     for model in document["models"]:
         log.info(
@@ -268,6 +271,7 @@ def _main(argv: list[str]) -> None:
             model["v"],
         )
     print(json.dumps(document, indent=2))
+    return {"tenants": len(document["models"]), "customers": sum(m["n_customers"] for m in document["models"])}
 
 
 if __name__ == "__main__":

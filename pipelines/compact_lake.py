@@ -21,6 +21,8 @@ import apache_beam as beam
 
 from connectors.aws import AwsSettings, S3Encryption
 from connectors.compaction import arrow_s3_filesystem, compact_partition, exchange_supported, list_partitions
+from connectors.lake import partition_file_patterns, table_path
+from connectors.run_records import note_input, note_outputs
 from pipelines.logs import Progress
 from pipelines.options import (
     AwsOptions,
@@ -28,6 +30,7 @@ from pipelines.options import (
     counter_totals,
     main_entry,
     parse_options,
+    printed,
     require_lake,
     run_pipeline,
     with_s3_options,
@@ -156,10 +159,12 @@ def run(argv: list[str] | None = None) -> dict[str, int]:
     filesystem = arrow_s3_filesystem(opts.settings()) if opts.lake.startswith("s3://") else None
     partitions = list_partitions(opts.lake, opts.table, opts.start_date, opts.end_date, opts.tenant, filesystem)
     log.info("compacting %d partitions of %s/%s", len(partitions), opts.lake, opts.table)
+    note_input(opts.lake, partition_file_patterns(opts.lake, opts.table, partitions))
     totals = dict.fromkeys(COUNTERS, 0)
     if partitions:
         totals = counter_totals(run_pipeline(lambda p: build(p, opts, partitions), options), NAMESPACE, COUNTERS)
     log.info("done: %s", totals)
+    note_outputs(table_path(opts.lake, opts.table))
     return totals
 
 
@@ -167,8 +172,8 @@ def main(argv: list[str] | None = None) -> None:
     main_entry("compact_lake", _main, argv)
 
 
-def _main(argv: list[str]) -> None:
-    print(json.dumps(run(argv), indent=2))
+def _main(argv: list[str]) -> dict[str, int]:
+    return printed(run(argv))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ on (tenant_id, person_id, as_of). See docs/features.md.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 
 import apache_beam as beam
@@ -26,6 +25,7 @@ from connectors.analytics_io import ReadEventBuckets, event_files
 from connectors.aws import AwsSettings, S3Encryption
 from connectors.offline_store import feature_partition, prune_partition, write_feature_file
 from connectors.online_store import WriteOnlineFeatures, create_online_table
+from connectors.run_records import note_input, note_outputs
 from connectors.warehouse import load_table
 from pipelines.options import (
     AwsOptions,
@@ -33,6 +33,7 @@ from pipelines.options import (
     iso_date,
     main_entry,
     parse_options,
+    printed,
     require_lake,
     run_pipeline,
     with_s3_options,
@@ -197,6 +198,7 @@ def run(argv: list[str] | None = None) -> dict:
     opts.as_of = as_of
     require_lake(opts.lake)
     files = event_files(opts.lake, end=max(as_of), tenant=tenant)
+    note_input(opts.lake, files)
     tenants = sorted({f.tenant_id for f in files})
     partitions = [(d.isoformat(), t) for d in as_of for t in tenants]
     if opts.online_table:
@@ -206,7 +208,9 @@ def run(argv: list[str] | None = None) -> dict:
     )
     aws = options.view_as(AwsOptions).settings()
     run_pipeline(lambda p: build(p, opts, [tuple(f) for f in files], partitions, aws, tenant), options)
-    return summarise(opts.output_lake or opts.lake, partitions)
+    out = opts.output_lake or opts.lake
+    note_outputs(*(f"{feature_partition(out, day, t)}/*.parquet" for day, t in partitions))
+    return summarise(out, partitions)
 
 
 def summarise(lake: str, partitions: list[tuple[str, str]]) -> dict:
@@ -225,8 +229,8 @@ def main(argv: list[str] | None = None) -> None:
     main_entry("features", _main, argv)
 
 
-def _main(argv: list[str]) -> None:
-    print(json.dumps(run(argv), indent=2))
+def _main(argv: list[str]) -> dict:
+    return printed(run(argv))
 
 
 if __name__ == "__main__":

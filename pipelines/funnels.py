@@ -30,6 +30,7 @@ from apache_beam.io.parquetio import ReadAllFromParquetBatched
 
 from connectors.analytics_io import lake_file_patterns, load_tables, read_parquet, write_tables
 from connectors.aws import S3Encryption
+from connectors.run_records import note_input, note_outputs
 from pipelines.errors import ConfigError, UsageError, describe_validation
 from pipelines.options import (
     AwsOptions,
@@ -245,6 +246,7 @@ def run(argv: list[str] | None = None) -> dict[str, pa.Table]:
         read_end = opts.end_date + dt.timedelta(days=-(-max(d.window_seconds for d in definitions) // 86400))
     require_lake(opts.lake)
     patterns = lake_file_patterns(opts.lake, opts.start_date, read_end, opts.tenant)
+    note_input(opts.lake, patterns)
     if not opts.allow_empty:
         steps = [step.event for d in definitions for step in d.steps]
         require_events(patterns, steps, f"{opts.lake} {opts.describe_range()}")
@@ -265,6 +267,7 @@ def run(argv: list[str] | None = None) -> dict[str, pa.Table]:
     result = {}
     for name in (STEPS_TABLE, ENTRY_DAYS_TABLE):
         result[name] = read_parquet(f"{out}/{name}.parquet")
+        note_outputs(f"{out}/{name}.parquet")
     return result
 
 

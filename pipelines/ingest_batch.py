@@ -15,7 +15,6 @@ import hashlib
 import json
 import logging
 import time
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 
 import apache_beam as beam
@@ -31,6 +30,7 @@ from connectors.lake import (
     WriteDeadLetters,
     WriteLakePartitions,
     content_fingerprint,
+    dead_letter_reasons,
     run_files_pattern,
     table_path,
 )
@@ -305,16 +305,6 @@ def run(argv: list[str] | None = None) -> IngestSummary:
         )
     record_ingested(opts, files, tag)
     return summary
-
-
-def dead_letter_reasons(directory: str, tags: list[str]) -> dict[str, int]:
-    """Reason code -> count over the dead-letter files of these tags (this run's)."""
-    counts: Counter[str] = Counter()
-    for tag in tags:
-        for meta in FileSystems.match([run_files_pattern(directory, tag, ".jsonl")])[0].metadata_list:
-            with FileSystems.open(meta.path, compression_type="uncompressed") as handle:
-                counts.update(json.loads(line)["reason"] for line in handle.read().splitlines() if line.strip())
-    return dict(sorted(counts.items()))
 
 
 def input_fingerprint_of(fingerprints) -> str:

@@ -20,8 +20,9 @@ from apache_beam.io.filesystems import FileSystems
 
 from connectors.compaction import list_partitions
 from connectors.dynamodb import WriteIdentityGraph, WriteProfiles, create_tables
-from connectors.lake import WriteDeadLetters, read_events, table_path
+from connectors.lake import WriteDeadLetters, partition_file_patterns, read_events, table_path
 from connectors.paths import use_encryption
+from connectors.run_records import note_input, note_outputs
 from connectors.warehouse import LoadToWarehouse, connect
 from pipelines.errors import UsageError
 from pipelines.options import (
@@ -30,6 +31,7 @@ from pipelines.options import (
     counter_totals,
     main_entry,
     parse_options,
+    printed,
     require_lake,
     run_pipeline,
 )
@@ -162,9 +164,12 @@ def run(argv: list[str] | None = None) -> dict[str, int]:
     names = ("lake_rows", "profile_rows_applied", "identity_rows_applied", "warehouse_rows_loaded", "sink_failures")
     totals = dict.fromkeys(names, 0)
     log.info("loading %d partitions of %s into the sinks", len(partitions), opts.lake)
+    note_input(opts.lake, partition_file_patterns(opts.lake, EVENTS_TABLE, partitions))
     if partitions:
         totals = counter_totals(run_pipeline(lambda p: build(p, opts, partitions, tag), options), NAMESPACE, names)
     log.info("done: %s", totals)
+    sinks = (opts.warehouse and f"{opts.warehouse}#{opts.warehouse_table}", opts.profiles_table, opts.identity_table)
+    note_outputs(*(sink for sink in sinks if sink), *([opts.dead_letters] if totals["sink_failures"] else []))
     return totals
 
 
@@ -172,8 +177,8 @@ def main(argv: list[str] | None = None) -> None:
     main_entry("load_sinks", _main, argv)
 
 
-def _main(argv: list[str]) -> None:
-    print(json.dumps(run(argv), indent=2))
+def _main(argv: list[str]) -> dict[str, int]:
+    return printed(run(argv))
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ from connectors.config_sources import ConfigSourceError, load_webhook_config, lo
 from connectors.lake import table_path
 from connectors.paths import use_encryption
 from connectors.run_records import current as current_run
-from connectors.run_records import recording
+from connectors.run_records import on_sigterm_exit, recording
 from connectors.secrets import pii_secret
 from infra.runners import RunnerUnavailable, portable_options, resolve_runner
 from pipelines.errors import ConfigError, InputError, PipelineError, UsageError, describe_validation
@@ -451,11 +451,12 @@ def _note_profile(options_cls: type[PipelineOptions], opts: ProfileOptions) -> N
 def main_entry(name: str, body: Callable[[list[str]], object], argv: Sequence[str] | None = None) -> None:
     """The one way every pipeline's ``main()`` runs ``body(argv)``: logging set up from ``--log-level`` /
     ``--log-format`` before anything else, and a :class:`PipelineError` ends the process with ONE line on
-    stderr and its exit code (README "Exit codes"). Any other exception is a bug: traceback, exit 1."""
+    stderr and its exit code (README "Exit codes"). Any other exception is a bug: traceback, exit 1.
+    SIGTERM ends the run with exit 143 and still appends its record (status ``terminated``)."""
     args = sys.argv[1:] if argv is None else list(argv)
     level, fmt = logging_flags(args)
     configure_logging(level, fmt)
-    with recording(name, args) as record:  # one appended run record, whatever the outcome
+    with recording(name, args) as record, on_sigterm_exit():  # one appended run record, whatever the outcome
         try:
             record.result = body(args)
         except PipelineError as err:
@@ -466,6 +467,13 @@ def main_entry(name: str, body: Callable[[list[str]], object], argv: Sequence[st
             else:
                 print(f"{name}: {message}", file=sys.stderr, flush=True)
             raise SystemExit(err.exit_code) from None
+
+
+def printed(summary: dict) -> dict:
+    """``summary`` printed as JSON on stdout (what a scheduler's log keeps), then returned: a ``_main``
+    returns it so that it becomes the run record's ``counts``."""
+    print(json.dumps(summary, indent=2))
+    return summary
 
 
 def require_lake(lake: str, table: str = EVENTS_TABLE) -> None:

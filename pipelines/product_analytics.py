@@ -36,6 +36,7 @@ from connectors.analytics_io import (
     write_table,
 )
 from connectors.aws import S3Encryption
+from connectors.run_records import note_input, note_outputs
 from pipelines.options import (
     AwsOptions,
     DateRangeOptions,
@@ -244,6 +245,7 @@ def build(pipeline: beam.Pipeline, opts: ProductAnalyticsOptions) -> None:
     first = opts.start_date - day if opts.start_date else None
     last = opts.end_date + day if opts.end_date else None
     files = event_files(opts.lake, first, last, opts.tenant)
+    note_input(opts.lake, files)
     end_date, data_start, data_end = data_bounds(files, opts.start_date, opts.end_date, opts.timezone)
     log.info("product analytics over %d partition files, local days up to %s (%s)", len(files), end_date, opts.timezone)
     (
@@ -279,6 +281,7 @@ def run(argv: list[str] | None = None) -> ProductAnalyticsOptions:
     log.info("product analytics on %s %s", opts.lake, opts.describe_range())
     run_pipeline(lambda p: build(p, opts), options)
     log.info("wrote the product tables under %s", opts.output)
+    note_outputs(*(f"{opts.output.rstrip('/')}/{name}.parquet" for name in TABLES))
     return opts
 
 

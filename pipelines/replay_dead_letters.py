@@ -34,10 +34,12 @@ from apache_beam.io.filesystems import FileSystems
 
 from connectors.lake import WriteDeadLetters, WriteLakePartitions, events_dataset, table_path
 from connectors.paths import use_encryption
+from connectors.run_records import note_input, note_outputs
 from connectors.run_summary import WriteRunSummary, read_run_summary, run_summary_path, total
 from pipelines.errors import InputError
 from pipelines.options import AwsOptions, ProcessingOptions, main_entry, parse_options, run_pipeline
 from schemas.failures import FailedEvent, Reason, Stage
+from schemas.lake import EVENTS_TABLE
 from schemas.records import SourceRecord
 from transforms.composites import ProcessEvents
 
@@ -233,10 +235,13 @@ def run(argv: list[str] | None = None) -> ReplaySummary:
     files, lines = _read_lines(opts.dead_letters)
     if not files:
         raise InputError(f"--dead-letters {', '.join(opts.dead_letters)}: matches no file")
+    for pattern in opts.dead_letters:
+        note_input(pattern, [pattern])
     corrections_text = ""
     if opts.corrections:
         with FileSystems.open(opts.corrections) as handle:
             corrections_text = handle.read().decode("utf-8")
+        note_input(opts.corrections, [opts.corrections])
     corrections = load_corrections(corrections_text.splitlines())
     failures = [FailedEvent.from_json_line(line) for line in lines]
     only = frozenset(opts.only_reasons) if opts.only_reasons else None
@@ -270,6 +275,7 @@ def run(argv: list[str] | None = None) -> ReplaySummary:
         **totals,
     )
     log.info("done: %s", summary)
+    note_outputs(table_path(opts.lake, EVENTS_TABLE), opts.dead_letters_out)
     return summary
 
 
@@ -277,9 +283,10 @@ def main(argv: list[str] | None = None) -> None:
     main_entry("replay_dead_letters", _main, argv)
 
 
-def _main(argv: list[str]) -> None:
+def _main(argv: list[str]) -> ReplaySummary:
     summary = run(argv)
     print(json.dumps({**asdict(summary), "accounted": summary.accounted}, indent=2))
+    return summary
 
 
 if __name__ == "__main__":

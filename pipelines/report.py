@@ -27,7 +27,7 @@ import pandas as pd
 import pyarrow.dataset as ds
 
 from connectors.analytics_io import read_table, write_bytes_atomically
-from connectors.run_records import RECORDS_DIR
+from connectors.run_records import RECORDS_DIR, note_input, note_outputs
 from pipelines.errors import InputError, PipelineError, UsageError
 from pipelines.logs import add_logging_arguments
 from pipelines.options import LivoraArgumentParser, main_entry, parse_options
@@ -195,6 +195,10 @@ def run(argv: Sequence[str] | None = None) -> str:
         if "://" not in root and not os.path.isdir(root):
             raise InputError(f"--input {root}: no such directory")
     tables = load_tables(args.input)
+    for root in args.input:
+        note_input(
+            root, [f"{root.rstrip('/')}/*.parquet", *(f"{root.rstrip('/')}/{n}/**.parquet" for n in PARTITIONED)]
+        )
     log.info("report from %s", ", ".join(f"{k} ({len(v)} rows)" for k, v in sorted(tables.items())) or "no tables")
     generated_at = args.generated_at or dt.datetime.now(dt.UTC)
     recorded = recorded_definitions(args.runs or [], args.input)
@@ -220,6 +224,7 @@ def run(argv: Sequence[str] | None = None) -> str:
             )
         page = render_tenant_page(tables, args.tenant, definitions=definitions, **common)
         write_bytes_atomically(args.output, page.encode("utf-8"))
+        note_outputs(args.output)
         log.info("wrote %s", args.output)
         return args.output
     index_name = args.output.rstrip("/").rsplit("/", 1)[-1]
@@ -230,6 +235,7 @@ def run(argv: Sequence[str] | None = None) -> str:
         write_bytes_atomically(_sibling(args.output, name), page.encode("utf-8"))
         links[tenant] = name
     write_bytes_atomically(args.output, render_index(tables, links, **common).encode("utf-8"))
+    note_outputs(args.output, *(_sibling(args.output, name) for name in links.values()))
     log.info("wrote %s and %d tenant page(s) beside it", args.output, len(links))
     return args.output
 

@@ -21,6 +21,7 @@ from apache_beam.io.parquetio import ReadAllFromParquetBatched
 
 from connectors.analytics_io import event_files, lake_file_patterns, load_tables, read_parquet, write_tables
 from connectors.aws import S3Encryption
+from connectors.run_records import note_input, note_outputs
 from pipelines.errors import UsageError
 from pipelines.options import (
     AwsOptions,
@@ -166,6 +167,7 @@ def run(argv: list[str] | None = None) -> pa.Table:
     if span:  # the partitions read: the range +-1 day, and all history before it for first_time
         history = None if definition.kind == "first_time" else first
         gate_inputs(opts.lake, history, last, opts.tenant, opts.quality_gate, "retention")  # may raise
+    note_input(opts.lake, patterns)
     if patterns:
         log.info("retention %s over %d partitions, %s..%s (%s)", definition.kind, len(patterns), *span, opts.timezone)
         run_pipeline(
@@ -178,6 +180,7 @@ def run(argv: list[str] | None = None) -> pa.Table:
         write_tables(opts.output, {RETENTION_TABLE: RETENTION_SCHEMA.empty_table()})
     path = f"{opts.output.rstrip('/')}/{RETENTION_TABLE}.parquet"
     log.info("wrote %s (+ .csv)", path)
+    note_outputs(path)
     return read_parquet(path)
 
 

@@ -39,6 +39,7 @@ from connectors.analytics_io import (
 )
 from connectors.aws import AwsSettings, S3Encryption
 from connectors.paths import join_under, partition_path, use_encryption
+from connectors.run_records import note_input, note_outputs
 from connectors.segment_store import DEFAULT_KEY_ATTRIBUTE, DEFAULT_SORT_KEY, write_memberships
 from pipelines.errors import UsageError
 from pipelines.options import (
@@ -343,6 +344,7 @@ def build(pipeline: beam.Pipeline, opts: SegmentsOptions, config: seg.SegmentsCo
         len(older),
     )
     window_files = pipeline | "EventFiles" >> beam.Create([tuple(f) for f in files])
+    note_input(opts.lake, [*files, *older])
     older_files = pipeline | "OlderEventFiles" >> beam.Create([tuple(f) for f in older])
     result = (window_files, older_files) | "SegmentMembership" >> SegmentMembership(config, opts.as_of, opts.buckets)
     root = opts.output or opts.lake
@@ -386,6 +388,8 @@ def run(argv: list[str] | None = None) -> SegmentsOptions:
     require_lake(opts.lake)
     log.info("%d segments as of %s on %s", len(config.segments), opts.as_of, opts.lake)
     run_pipeline(lambda p: build(p, opts, config), opts)
+    tables = ("segments", "segment_sizes", *(["rfm_scores"] if config.uses_rfm() else []))
+    note_outputs(*(f"{(opts.output or opts.lake).rstrip('/')}/{t}/as_of={opts.as_of}/*/*.parquet" for t in tables))
     return opts
 
 

@@ -27,6 +27,7 @@ import logging
 import re
 import sys
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 
 import apache_beam as beam
@@ -70,12 +71,14 @@ from connectors.lake import (
     DropLakeDuplicates,
     WriteDeadLetters,
     WriteLakePartitions,
+    dead_letter_reasons,
     event_sort_key,
     table_path,
     write_partition_file,
 )
 from connectors.paths import use_encryption, write_bytes_atomically
 from connectors.run_records import current as current_run
+from connectors.run_records import note_counts, note_input, note_outputs
 from connectors.run_summary import read_run_summary, run_summary_path, total
 from infra.runners import RunnerUnavailable, portable_options, resolve_runner
 from pipelines.errors import EXIT_LEASE_HELD, EXIT_LEASE_LOST, PipelineError, UsageError
@@ -518,6 +521,8 @@ class PassSummary:
     shards: list = field(default_factory=list)
     quality: dict | None = None
     """The quality gate's verdict on the pass's lake files (None: --quality-gate off)."""
+    dead_letters_by_reason: dict[str, int] = field(default_factory=dict)
+    """Reason code -> dead letters of this pass, read back from its dead-letter files."""
 
 
 @dataclass
@@ -531,14 +536,19 @@ class StreamSummary:
         return sum(getattr(p, name) for p in self.passes)
 
     def as_dict(self) -> dict:
+        """The run's totals: every pass's counts summed (what the run record's ``counts`` hold)."""
         names = ("records_read", "lake_rows", "lake_files", "dead_letters", "duplicates", "suppressed")
         names += ("profile_rows_applied", "warehouse_rows_merged")
+        reasons: Counter[str] = Counter()
+        for p in self.passes:
+            reasons.update(p.dead_letters_by_reason)
         return {
             "stream": self.stream,
             "lake": self.lake,
             "dead_letters_path": self.dead_letters_path,
             "passes": len(self.passes),
             **{name: self.total(name) for name in names},
+            "dead_letters_by_reason": dict(sorted(reasons.items())),
         }
 
 
@@ -592,6 +602,8 @@ def _one_pass(
         summary_path = run_summary_path(opts.lake, f"stream-{opts.stream}-{tag}")
         run_pipeline(lambda p: build_pass(p, opts, aws, tasks, tag, summary_path, config, lease), options)
         this = PassSummary(tag, **read_run_summary(summary_path))
+        this.dead_letters_by_reason = dead_letter_reasons(opts.dead_letters_path(), [tag])
+        note_input(f"kinesis:{opts.stream}", (), fingerprint=tag, records=this.records_read)
         if this.quality is not None:  # block + failed: quarantine, QualityError (nothing else was published)
             gate_pass(opts.lake, [tag], this.quality)
     this.seconds = round(time.monotonic() - started, 2)
@@ -611,10 +623,12 @@ def run_incremental(options: PipelineOptions, opts: StreamEventsOptions, out=sys
     lease = ConsumerLease(store, opts.stream, seconds=opts.lease_seconds)
     wait = opts.lease_wait if opts.lease_wait is not None else (float("inf") if opts.follow else 2 * opts.lease_seconds)
     lease.acquire(wait, say=lambda fmt, *args: print(fmt % args, file=out, flush=True))
+    note_outputs(table_path(opts.lake, EVENTS_TABLE), opts.dead_letters_path())
     try:
         while True:
             this = _one_pass(options, opts, aws, client, store, config, lease)
             summary.passes.append(this)
+            note_counts(summary.as_dict())  # after every pass: a run stopped by SIGTERM keeps its passes' counts
             print(_progress_line(this), file=out, flush=True)
             caught_up = this.records_read == 0 and not any(s["shard_end"] for s in this.shards)
             if opts.once or (opts.max_passes and len(summary.passes) >= opts.max_passes):
@@ -971,7 +985,17 @@ def run_streaming(options: PipelineOptions, opts: StreamEventsOptions, out=sys.s
         print(f"streaming run {run_id} ended: {state}", file=out, flush=True)
     finally:
         lease.release()
+        note_streaming_counts(opts, run_id)
     return run_id
+
+
+def note_streaming_counts(opts: StreamEventsOptions, run_id: str) -> None:
+    """The run record of a ``--streaming`` run: its lake files and dead letters, found by the run id in
+    their names (the rows from the Parquet footers, dead letters by reason), also after SIGTERM."""
+    note_outputs(f"{table_path(opts.lake, EVENTS_TABLE)}/*/*/part-w*-{run_id}-*.parquet", opts.dead_letters_path())
+    note_counts(
+        {"run_id": run_id, "dead_letters_by_reason": dead_letter_reasons(opts.dead_letters_path(), [f"w*-{run_id}"])}
+    )
 
 
 def _run_job(build, options: PipelineOptions, timeout: float | None) -> str:

@@ -14,7 +14,6 @@ per bucket (CoGroupByKey), so no worker needs the whole lake. Output rows keep t
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 
 import apache_beam as beam
@@ -25,11 +24,13 @@ from apache_beam.metrics import Metrics
 
 from connectors.analytics_io import ReadEventBuckets, event_files, person_buckets
 from connectors.offline_store import read_spine, write_training_set
+from connectors.run_records import note_input, note_outputs
 from pipelines.options import (
     AwsOptions,
     DateRangeOptions,
     main_entry,
     parse_options,
+    printed,
     require_lake,
     run_pipeline,
     with_s3_options,
@@ -174,8 +175,11 @@ def run(argv: list[str] | None = None) -> dict:
         raise ValueError("the spine has rows without a label_timestamp")
     last = pc.max(labels.column("label_timestamp")).as_py()
     files = event_files(opts.lake, end=last.date(), tenant=dates.tenant)
+    note_input(opts.lake, files)
+    note_input(opts.spine, [opts.spine])
     log.info("training set for %d spine rows from %d lake files (ttl %s)", labels.num_rows, len(files), ttl)
     run_pipeline(lambda p: build(p, opts, [tuple(f) for f in files], ttl, dates.tenant), options)
+    note_outputs(opts.output)
     return {
         "output": opts.output,
         "spine_rows": labels.num_rows,
@@ -188,8 +192,8 @@ def main(argv: list[str] | None = None) -> None:
     main_entry("training_set", _main, argv)
 
 
-def _main(argv: list[str]) -> None:
-    print(json.dumps(run(argv), indent=2))
+def _main(argv: list[str]) -> dict:
+    return printed(run(argv))
 
 
 if __name__ == "__main__":

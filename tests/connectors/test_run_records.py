@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import signal
+import time
+from pathlib import Path
 
 import duckdb
 import pytest
 
-from connectors.run_records import current, recording, redact_argv
+from connectors.run_records import (
+    current,
+    note_counts,
+    note_input,
+    note_outputs,
+    on_sigterm_exit,
+    recording,
+    redact_argv,
+)
 
 
 def test_secrets_never_reach_the_arguments():
@@ -79,3 +91,51 @@ def test_a_mistyped_lake_is_not_created_by_its_record(tmp_path):
     with pytest.raises(SystemExit), recording("funnels", ["--lake", str(tmp_path / "typo")]):
         raise SystemExit(5)
     assert not (tmp_path / "typo").exists()
+
+
+def _read_records(root) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(Path(root).glob("_runs/records/*/*.json"))]
+
+
+def test_declarations_do_nothing_outside_a_run_and_passwords_never_reach_outputs(tmp_path):
+    note_input(str(tmp_path), [str(tmp_path / "nothing.parquet")])  # no run: no error, nothing listed
+    note_outputs(str(tmp_path / "x.parquet"))
+    note_counts({"rows": 1})
+    assert not list(tmp_path.iterdir())
+    with recording("load_sinks", ["--lake", str(tmp_path)]):
+        note_outputs("postgresql://livora:hunter2@db:5432/wh#events")
+    (record,) = _read_records(tmp_path)
+    assert record["outputs"] == ["postgresql://livora:***@db:5432/wh#events"]
+
+
+def test_sigterm_inside_a_run_unwinds_and_appends_a_terminated_record(tmp_path):
+    unwound = []
+    with pytest.raises(SystemExit) as ended, recording("compact_lake", ["--lake", str(tmp_path)]), on_sigterm_exit():
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises before this ends
+        finally:
+            unwound.append(True)
+    assert ended.value.code == 143 and unwound == [True]
+    (record,) = _read_records(tmp_path)
+    assert (record["status"], record["exit_code"], record["error"]) == ("terminated", 143, "terminated by SIGTERM")
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is the run's only
+
+
+def test_the_listing_fingerprint_ignores_where_the_lake_is_and_sees_what_changed(tmp_path):
+    for lake in ("a", "b"):
+        part = tmp_path / lake / "events" / "tenant_id=t" / "event_date=2026-01-01"
+        part.mkdir(parents=True)
+        (part / "part-0.parquet").write_bytes(b"x" * 10)
+        (part / ".part-1.parquet.tmp").write_bytes(b"in flight")  # a writer's temporary: not an input
+        os.utime(part / "part-0.parquet", (1_700_000_000, 1_700_000_000))
+
+    def fingerprint(lake: str) -> dict:
+        with recording("funnels", ["--lake", str(tmp_path / lake)]) as record:
+            note_input(str(tmp_path / lake), [f"{tmp_path / lake}/events/*/*/*"])
+        return record.inputs[0]
+
+    a, b = fingerprint("a"), fingerprint("b")
+    assert a["fingerprint"] == b["fingerprint"] and (a["files"], a["size_bytes"]) == (1, 10)
+    os.utime(tmp_path / "b/events/tenant_id=t/event_date=2026-01-01/part-0.parquet", (1_700_000_001,) * 2)
+    assert fingerprint("b")["fingerprint"] != a["fingerprint"]

@@ -320,3 +320,40 @@ def test_ingest_logs_its_inputs_and_reading_progress_up_to_100_percent(tmp_path,
     monkeypatch.delenv("LIVORA_PROGRESS_SECONDS")
     main([*argv, "--lake", str(tmp_path / "quiet")])
     assert _progress_lines(capsys.readouterr().err) == []
+
+
+def test_write_keys_file_names_the_tenant_and_an_unknown_key_is_a_dead_letter(tmp_path, monkeypatch):
+    """``--write-keys FILE`` end to end: events that carry a writeKey and no tenantId land under the tenant
+    the file maps the key to; an unknown key is a dead letter ``unknown_tenant`` (and the run record
+    counts it by reason)."""
+    monkeypatch.setattr("pipelines.options.configure_logging", lambda level, fmt: None)
+    from pipelines import ingest_batch
+
+    keys = tmp_path / "write-keys.json"
+    keys.write_text(json.dumps({"wk_acme_0001": "acme-in", "wk_bloom_0002": "bloom-in"}))
+    plan = [("wk_bloom_0002", 4), ("wk_acme_0001", 3), ("wk_guess_9999", 2)]
+    events, expected = [], collections.defaultdict(set)
+    for key, n in plan:
+        for _ in range(n):
+            body = event(len(events), writeKey=key)
+            del body["tenantId"]
+            events.append(body)
+            expected[key].add(body["messageId"])
+    source = tmp_path / "events.ndjson"
+    write_corpus(source, [json.dumps(e).encode() for e in events])
+    lake = tmp_path / "lake"
+    lake.mkdir()
+    ingest_batch.main(
+        ["--input", str(source), "--lake", str(lake), "--write-keys", str(keys), "--tracking-plans", "none"]
+    )
+
+    landed = collections.defaultdict(set)
+    for row in lake_rows(lake).select(["tenant_id", "message_id"]).to_pylist():
+        landed[row["tenant_id"]].add(row["message_id"])
+    assert dict(landed) == {"bloom-in": expected["wk_bloom_0002"], "acme-in": expected["wk_acme_0001"]}
+    dead = read_dead_letters(str(lake / "dead_letters"))
+    assert {d.message_id for d in dead} == expected["wk_guess_9999"]
+    assert {d.reason.value for d in dead} == {"unknown_tenant"}
+    (record,) = [json.loads(p.read_text()) for p in lake.glob("_runs/records/*/*.json")]
+    assert record["counts"]["dead_letters_by_reason"] == {"unknown_tenant": 2}
+    assert str(keys) in record["argv"]

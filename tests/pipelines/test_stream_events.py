@@ -21,6 +21,7 @@ from infra.resources import StreamingResources, create_streaming_resources
 from pipelines import stream_events
 from pipelines.demo_stream import put_records
 from tests.connectors.kinesis_helpers import faithful_kinesis_server, split_first_shard
+from tests.run_records import read_run_records
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -570,3 +571,64 @@ def test_a_new_streaming_run_removes_only_the_files_of_uncommitted_windows(tmp_p
         "part-w20261202T100300-r0000000000400-ffff-0000.parquet"
     ]
     assert (part / "part-w20261202T100200-r0000000000300-gggg-0000.parquet").exists()
+
+
+def _reasons_on_disk(lake: str) -> dict[str, int]:
+    return dict(collections.Counter(d.reason.value for d in read_dead_letters(f"{lake}/dead_letters")))
+
+
+def test_the_run_record_sums_its_passes_with_dead_letters_by_reason(aws, tmp_path, monkeypatch):
+    monkeypatch.setattr("pipelines.options.configure_logging", lambda level, fmt: None)
+    res = _resources(aws, shards=1, sinks=False)
+    lake = str(tmp_path / "lake")
+    records = list(generate_events(240, seed=21, bad_fraction=0.1))
+    put_records(aws.client("kinesis"), res.stream, records)
+    stream_events.main(_argv(aws, res, lake, None, "--max-records=100"))  # 3 passes with records, 1 caught up
+    stream_events.main(_argv(aws, res, lake, None))  # caught up: a second record, nothing read
+    first, second = read_run_records(lake)
+    counts = first["counts"]
+    assert first["status"] == "succeeded" and counts["passes"] >= 3
+    assert counts["records_read"] == len(records)
+    assert counts["lake_rows"] == len(_lake_keys(lake))
+    assert counts["dead_letters_by_reason"] == _reasons_on_disk(lake) and sum(_reasons_on_disk(lake).values()) > 0
+    assert counts["dead_letters"] == sum(counts["dead_letters_by_reason"].values())
+    reads = first["inputs"]
+    assert len(reads) == 3 and sum(i["records"] for i in reads) == len(records)
+    assert len({i["fingerprint"] for i in reads}) == 3 and all(i["path"] == f"kinesis:{res.stream}" for i in reads)
+    assert first["outputs"] == [f"{lake}/events", f"{lake}/dead_letters"]
+    assert second["counts"]["records_read"] == 0 and second["inputs"] == []
+
+
+def test_a_follow_run_stopped_by_sigterm_still_appends_its_record(aws, tmp_path):
+    res = _resources(aws, shards=1, sinks=False)
+    lake = str(tmp_path / "lake")
+    records = list(generate_events(120, seed=22, bad_fraction=0.1))
+    put_records(aws.client("kinesis"), res.stream, records)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pipelines.stream_events",
+            *_argv(aws, res, lake, None, "--follow", "--follow-interval=0.2"),
+        ],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": ROOT},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        for line in proc.stdout:  # the first pass reads everything, then the run polls until stopped
+            if "caught up" in line:
+                break
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 143
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    (record,) = read_run_records(lake)
+    assert (record["status"], record["exit_code"], record["error"]) == ("terminated", 143, "terminated by SIGTERM")
+    assert record["counts"]["records_read"] == len(records)
+    assert record["counts"]["lake_rows"] == len(_lake_keys(lake))
+    assert record["counts"]["dead_letters_by_reason"] == _reasons_on_disk(lake)
