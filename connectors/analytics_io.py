@@ -11,6 +11,10 @@ their worker threads may drop the last reference to it while the interpreter fin
 process at exit ("terminate called without an active exception", code 134; apache/arrow#33975, #34314),
 in about 1 run in 10 here. Local files are read by path through pyarrow's own filesystem; remote files
 are read whole through Beam's ``FileSystems`` and copied into Arrow-owned memory (:func:`arrow_input`).
+
+The two lake read transforms (:class:`ReadLakeBatches`, :class:`ReadEventBuckets`) log the workers' reading
+progress against a total known before the read (footers' rows, files' listed sizes): every analytics
+pipeline gets it from the transform it reads with (:mod:`connectors.read_progress`).
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ import datetime as dt
 import io
 import os
 import re
+import struct
+import uuid
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
@@ -32,20 +38,24 @@ import pyarrow.csv as pacsv
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.io.parquetio import ReadAllFromParquetBatched
 from apache_beam.metrics import Metrics
 
 from connectors import paths
 from connectors.aws import S3Encryption
+from connectors.read_progress import progress_seconds, tracker
 from connectors.warehouse import load_table
 from schemas.lake import EVENTS_TABLE, PARTITION_COLUMNS
 
 __all__ = [
     "EventFile",
     "ReadEventBuckets",
+    "ReadLakeBatches",
     "arrow_input",
     "event_files",
     "lake_file_patterns",
     "load_tables",
+    "parquet_row_count",
     "person_bucket",
     "person_buckets",
     "read_event_file",
@@ -64,6 +74,7 @@ class EventFile(NamedTuple):
     path: str
     tenant_id: str
     event_date: dt.date
+    size_bytes: int = 0  # from the listing (free): the total a read's progress counts against
 
 
 def event_files(
@@ -79,7 +90,7 @@ def event_files(
         day = dt.date.fromisoformat(m.group(2))
         if (tenant and m.group(1) != tenant) or (start and day < start) or (end and day > end):
             continue
-        found.append(EventFile(meta.path, m.group(1), day))
+        found.append(EventFile(meta.path, m.group(1), day, meta.size_in_bytes))
     return sorted(found)
 
 
@@ -131,15 +142,24 @@ def person_buckets(person_ids: pa.ChunkedArray | pa.Array, buckets: int) -> np.n
 
 
 class _ReadBucketsFn(beam.DoFn):
-    def __init__(self, columns, events, before, buckets):
+    """Reads whole files into person buckets; logs the read's progress in bytes of ``total_bytes`` (a side
+    input: the sum of the files' listed sizes), from the worker (:mod:`connectors.read_progress`)."""
+
+    def __init__(self, columns, events, before, buckets, progress_every: float, progress_key: str):
         self.columns, self.events, self.before, self.buckets = list(columns), events, before, buckets
+        self.progress_every, self.progress_key = progress_every, progress_key
         self.rows_read = Metrics.counter("livora.analytics", "rows_read")
         self.files_read = Metrics.counter("livora.analytics", "files_read")
 
-    def process(self, file: EventFile):
-        table = read_event_file(EventFile(*file), self.columns, self.events, self.before)
+    def process(self, file: EventFile, total_bytes: int = 0):
+        file = EventFile(*file)
+        # made before the first read, so that the rate counts it
+        progress = tracker(self.progress_key, "lake read", total_bytes, self.progress_every) if total_bytes else None
+        table = read_event_file(file, self.columns, self.events, self.before)
         self.files_read.inc()
         self.rows_read.inc(table.num_rows)
+        if progress is not None:
+            progress.add(file.size_bytes, table.num_rows)
         if not table.num_rows:
             return
         bucket = person_buckets(table["person_id"], self.buckets)
@@ -147,14 +167,22 @@ class _ReadBucketsFn(beam.DoFn):
             yield int(b), table.filter(pa.array(bucket == b))
 
 
+def _file_bytes(file) -> int:
+    return EventFile(*file).size_bytes
+
+
 class ReadEventBuckets(beam.PTransform):
     """PCollection[EventFile] → ``(person bucket, pa.Table)`` pieces: a person's rows share a bucket.
+
+    The reading workers log their progress (bytes of the files' listed sizes, rows kept, rate, ETA) at most
+    every ``progress_every`` seconds (default ``$LIVORA_PROGRESS_SECONDS``, else 10).
 
     Args:
         columns: lake columns to read (partition columns allowed).
         events: keep only these track event names (None: all rows).
         before: keep only rows with ``timestamp < before`` (as-of cut-offs).
         buckets: number of person buckets (parallelism of the per-person work).
+        progress_every: seconds between progress lines (None: :func:`connectors.read_progress.progress_seconds`).
     """
 
     def __init__(
@@ -163,17 +191,94 @@ class ReadEventBuckets(beam.PTransform):
         events: Sequence[str] | None = None,
         before: dt.datetime | None = None,
         buckets: int = 16,
+        progress_every: float | None = None,
     ):
         super().__init__()
         if buckets < 1:
             raise ValueError("buckets must be >= 1")
         if "person_id" not in columns:
             raise ValueError("ReadEventBuckets needs the person_id column")
+        if progress_every is not None and progress_every <= 0:
+            raise ValueError("progress_every must be positive")
         self.columns, self.events, self.before, self.buckets = list(columns), events, before, buckets
+        self.progress_every = progress_every if progress_every is not None else progress_seconds()
+        self.progress_key = uuid.uuid4().hex  # this read's tracker in each worker process
 
     def expand(self, files):
+        # the total is a side input summed from the files themselves, so no caller has to pass it
+        total = files | "TotalBytes" >> beam.Map(_file_bytes) | "SumBytes" >> beam.CombineGlobally(sum)
         return files | "ReadFileBuckets" >> beam.ParDo(
-            _ReadBucketsFn(self.columns, self.events, self.before, self.buckets)
+            _ReadBucketsFn(
+                self.columns, self.events, self.before, self.buckets, self.progress_every, self.progress_key
+            ),
+            total_bytes=beam.pvalue.AsSingleton(total),
+        )
+
+
+def parquet_row_count(path: str, size_bytes: int | None = None) -> int:
+    """Rows of one Parquet file, from its footer only: by path locally, two ranged reads remotely.
+
+    The footer is handed to Arrow as Arrow-owned bytes behind the 4-byte magic (see the module docstring).
+    """
+    if "://" not in path:
+        return pq.read_metadata(os.path.abspath(path), filesystem=pafs.LocalFileSystem()).num_rows
+    if size_bytes is None:
+        size_bytes = FileSystems.match([path])[0].metadata_list[0].size_in_bytes
+    with FileSystems.open(path) as handle:
+        handle.seek(size_bytes - 8)
+        (footer_len,) = struct.unpack("<I", handle.read(4))
+        handle.seek(size_bytes - 8 - footer_len)
+        tail = handle.read(footer_len + 8)
+    return pq.read_metadata(arrow_input(b"PAR1" + tail)).num_rows
+
+
+class _CountRowsFn(beam.DoFn):
+    """Passes ``(file, table)`` batches through, adding their rows to the read's progress (of ``total_rows``)."""
+
+    def __init__(self, total_rows: int, progress_every: float, progress_key: str):
+        self.total_rows, self.progress_every, self.progress_key = total_rows, progress_every, progress_key
+        self.progress = None
+
+    def setup(self):
+        if self.total_rows:
+            self.progress = tracker(self.progress_key, "lake read", self.total_rows, self.progress_every, "rows")
+
+    def process(self, batch):
+        if self.progress is not None:
+            self.progress.add(batch[1].num_rows)
+        yield batch
+
+
+class ReadLakeBatches(beam.PTransform):
+    """Lake file patterns (``DIR/*.parquet``, :func:`lake_file_patterns`) → ``(file path, pa.Table)`` batches,
+    Beam's ``ReadAllFromParquetBatched`` with the workers logging their progress in rows.
+
+    The total is read up front, when the graph is built, from the matched files' Parquet footers (one small
+    read a file), so the workers need no shared state: any runner. Lines come at most every
+    ``progress_every`` seconds (default ``$LIVORA_PROGRESS_SECONDS``, else 10); a short run logs none.
+
+    Args:
+        patterns: file patterns to read.
+        columns: columns to read (file columns; partition columns come from the file path).
+        progress_every: seconds between progress lines (None: :func:`connectors.read_progress.progress_seconds`).
+    """
+
+    def __init__(self, patterns: Sequence[str], columns: Sequence[str], progress_every: float | None = None):
+        super().__init__()
+        if progress_every is not None and progress_every <= 0:
+            raise ValueError("progress_every must be positive")
+        self.patterns, self.columns = list(patterns), list(columns)
+        self.progress_every = progress_every if progress_every is not None else progress_seconds()
+        self.progress_key = uuid.uuid4().hex
+
+    def expand(self, pbegin):
+        matched = FileSystems.match(self.patterns) if self.patterns else []
+        total = sum(parquet_row_count(m.path, m.size_in_bytes) for match in matched for m in match.metadata_list)
+        return (
+            pbegin
+            | "LakeFiles" >> beam.Create(self.patterns)
+            | "ReadFiles" >> ReadAllFromParquetBatched(columns=self.columns, with_filename=True)
+            | "CountRows" >> beam.ParDo(_CountRowsFn(total, self.progress_every, self.progress_key))
         )
 
 

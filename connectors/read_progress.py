@@ -2,7 +2,7 @@
 
 A Beam pipeline runs its DoFns in worker processes the driver cannot watch, so the reading DoFn logs its own
 progress: bytes of the input read (of the total, known up front from the files' sizes and passed to the DoFn
-when it is built), records, rate and ETA, at most once every ``every`` seconds per worker process. The DoFn
+when it is built) or rows (of the total in the Parquet files' footers), records, rate and ETA, at most once every ``every`` seconds per worker process. The DoFn
 instances of one process (the runner's threads) add into one tracker, so a one-process run (the in-process
 and direct runners) logs the whole job's progress and ends at 100 %. On a runner with several worker
 processes each logs the part it read (``of the input`` percentages then add up across workers; its ETA is
@@ -20,12 +20,27 @@ import socket
 import threading
 import time
 
-__all__ = ["ReadProgress", "format_bytes", "tracker"]
+__all__ = ["ReadProgress", "format_bytes", "progress_seconds", "tracker"]
 
 log = logging.getLogger("livora.read_progress")
 
+PROGRESS_ENV = "LIVORA_PROGRESS_SECONDS"
+DEFAULT_PROGRESS_SECONDS = 10.0
+UNITS = ("bytes", "rows")
 _TRACKERS: dict[str, ReadProgress] = {}
 _LOCK = threading.Lock()
+
+
+def progress_seconds() -> float:
+    """Seconds between progress lines of long work: ``$LIVORA_PROGRESS_SECONDS`` (tests make it tiny), else 10."""
+    raw = os.environ.get(PROGRESS_ENV, "")
+    try:
+        value = float(raw) if raw else DEFAULT_PROGRESS_SECONDS
+    except ValueError:
+        raise ValueError(f"${PROGRESS_ENV} must be a number of seconds, not {raw!r}") from None
+    if value <= 0:
+        raise ValueError(f"${PROGRESS_ENV} must be positive, not {raw!r}")
+    return value
 
 
 def format_bytes(n: float) -> str:
@@ -37,16 +52,23 @@ def format_bytes(n: float) -> str:
 
 
 class ReadProgress:
-    """Bytes and records read by this process of an input of ``total_bytes``; logs at most every ``every`` s.
+    """Bytes (or rows) and records read by this process of an input of ``total_bytes`` (or rows); logs at most
+    every ``every`` s.
 
     Args:
         what: what is read, e.g. ``"input read"`` (the start of each line).
-        total_bytes: the whole input's size (sum of the files' sizes).
+        total_bytes: the whole input's size (sum of the files' sizes), or its row count with ``unit="rows"``.
         every: seconds between lines (and before the first one).
+        unit: ``"bytes"`` or ``"rows"`` (a Parquet reader that only sees row groups counts rows, not bytes).
     """
 
-    def __init__(self, what: str, total_bytes: int, every: float = 10.0, clock=time.monotonic) -> None:
+    def __init__(
+        self, what: str, total_bytes: int, every: float = 10.0, clock=time.monotonic, unit: str = "bytes"
+    ) -> None:
+        if unit not in UNITS:
+            raise ValueError(f"unit must be one of {UNITS}, not {unit!r}")
         self.what, self.total, self.every, self._clock = what, max(int(total_bytes), 0), every, clock
+        self.unit = unit
         self.started = self._last = clock()
         self.bytes = self.records = 0
         self.logged = False
@@ -68,20 +90,21 @@ class ReadProgress:
         elapsed = max(now - self.started, 1e-9)
         rate = self.bytes / elapsed
         percent = 100.0 * self.bytes / self.total if self.total else 100.0
-        fields = {
-            "bytes_done": self.bytes,
-            "bytes_total": self.total,
-            "percent": round(percent, 1),
-            "records": self.records,
-            "bytes_per_s": round(rate),
-            "records_per_s": round(self.records / elapsed, 1),
-            "elapsed_s": round(elapsed, 1),
-            "worker": self.worker,
-        }
-        text = (
-            f"{self.what}: {format_bytes(self.bytes)} of {format_bytes(self.total)} ({percent:.1f}%), "
-            f"{self.records} records, {format_bytes(rate)}/s, {self.records / elapsed:.0f} records/s"
-        )
+        unit = self.unit
+        fields = {f"{unit}_done": self.bytes, f"{unit}_total": self.total, "percent": round(percent, 1)}
+        if unit == "bytes":
+            fields["records"] = self.records
+        fields[f"{unit}_per_s"] = round(rate)
+        if unit == "bytes":
+            fields["records_per_s"] = round(self.records / elapsed, 1)
+        fields |= {"elapsed_s": round(elapsed, 1), "worker": self.worker}
+        if unit == "bytes":
+            text = (
+                f"{self.what}: {format_bytes(self.bytes)} of {format_bytes(self.total)} ({percent:.1f}%), "
+                f"{self.records} records, {format_bytes(rate)}/s, {self.records / elapsed:.0f} records/s"
+            )
+        else:
+            text = f"{self.what}: {self.bytes} of {self.total} rows ({percent:.1f}%), {rate:.0f} rows/s"
         if complete:
             text += f", done in {elapsed:.1f}s"
         elif rate > 0:
@@ -92,10 +115,10 @@ class ReadProgress:
         log.info(text, extra={"progress": fields})
 
 
-def tracker(key: str, what: str, total_bytes: int, every: float) -> ReadProgress:
+def tracker(key: str, what: str, total_bytes: int, every: float, unit: str = "bytes") -> ReadProgress:
     """The process's tracker of one read (``key``: unique per pipeline read, fixed when the graph is built):
     every DoFn instance of this process that reads for it adds into the same one."""
     with _LOCK:
         if key not in _TRACKERS:
-            _TRACKERS[key] = ReadProgress(what, total_bytes, every)
+            _TRACKERS[key] = ReadProgress(what, total_bytes, every, unit=unit)
         return _TRACKERS[key]

@@ -18,9 +18,9 @@ import zoneinfo
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.io.parquetio import ReadAllFromParquetBatched, WriteToParquetBatched
+from apache_beam.io.parquetio import WriteToParquetBatched
 
-from connectors.analytics_io import lake_file_patterns
+from connectors.analytics_io import ReadLakeBatches, lake_file_patterns
 from connectors.run_records import note_input, note_outputs
 from pipelines.errors import InputError
 from pipelines.options import (
@@ -198,8 +198,7 @@ def build(pipeline: beam.Pipeline, opts: ClvOptions, patterns: list[str]) -> Non
     output = opts.output.rstrip("/")
     orders = (
         pipeline
-        | "LakeFiles" >> beam.Create(patterns)
-        | "ReadLake" >> ReadAllFromParquetBatched(columns=list(ORDER_COLUMNS), with_filename=True)
+        | "ReadLake" >> ReadLakeBatches(patterns, list(ORDER_COLUMNS))
         | "Orders" >> OrdersFromLakeBatches(opts.money_column, opts.timezone, opts.start_date, opts.buckets)
     )
     summaries = orders | "Summarise" >> SummariseCustomers(opts.calibration_end, opts.period_days, opts.holdout_end)

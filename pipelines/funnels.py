@@ -26,9 +26,8 @@ import apache_beam as beam
 import pyarrow as pa
 import pydantic
 import yaml
-from apache_beam.io.parquetio import ReadAllFromParquetBatched
 
-from connectors.analytics_io import lake_file_patterns, load_tables, read_parquet, write_tables
+from connectors.analytics_io import ReadLakeBatches, lake_file_patterns, load_tables, read_parquet, write_tables
 from connectors.aws import S3Encryption
 from connectors.run_records import note_input, note_outputs
 from pipelines.errors import ConfigError, UsageError, describe_validation
@@ -223,8 +222,7 @@ def build(
     columns = [c for c in funnel_input_columns(definitions) if c != "tenant_id"]
     _ = (
         pipeline
-        | "LakeFiles" >> beam.Create(list(patterns))
-        | "ReadLake" >> ReadAllFromParquetBatched(columns=columns, with_filename=True)
+        | "ReadLake" >> ReadLakeBatches(patterns, columns)
         | "Funnels" >> ComputeFunnels(definitions, buckets, entry_before)
         | "AllFunnels" >> beam.combiners.ToList()
         | "Write" >> beam.ParDo(_WriteFunnelOutputs(output, definitions, warehouse, encryption))

@@ -9,9 +9,10 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import os
 import sys
 import time
+
+from connectors.read_progress import DEFAULT_PROGRESS_SECONDS, PROGRESS_ENV, progress_seconds  # noqa: F401
 
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 FORMATS = ("text", "json")
@@ -25,8 +26,6 @@ THIRD_PARTY = ("apache_beam", "botocore", "boto3", "urllib3", "s3transfer", "gre
 # groups "unparseable" (``parse_options`` has checked every flag before Beam sees them).
 NOISE = ("apitools not found", "Discarding unparseable args", "Unparseable argument")
 
-PROGRESS_ENV = "LIVORA_PROGRESS_SECONDS"
-DEFAULT_PROGRESS_SECONDS = 10.0
 
 _STANDARD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
 
@@ -174,15 +173,3 @@ class Progress:
             fields["eta_s"] = round(eta, 1)
             text += f", ETA {eta:.0f}s"
         self.logger.info(text, extra={"progress": fields})
-
-
-def progress_seconds() -> float:
-    """Seconds between progress lines of long work: ``$LIVORA_PROGRESS_SECONDS`` (tests make it tiny), else 10."""
-    raw = os.environ.get(PROGRESS_ENV, "")
-    try:
-        value = float(raw) if raw else DEFAULT_PROGRESS_SECONDS
-    except ValueError:
-        raise ValueError(f"${PROGRESS_ENV} must be a number of seconds, not {raw!r}") from None
-    if value <= 0:
-        raise ValueError(f"${PROGRESS_ENV} must be positive, not {raw!r}")
-    return value

@@ -17,9 +17,15 @@ import logging
 
 import apache_beam as beam
 import pyarrow as pa
-from apache_beam.io.parquetio import ReadAllFromParquetBatched
 
-from connectors.analytics_io import event_files, lake_file_patterns, load_tables, read_parquet, write_tables
+from connectors.analytics_io import (
+    ReadLakeBatches,
+    event_files,
+    lake_file_patterns,
+    load_tables,
+    read_parquet,
+    write_tables,
+)
 from connectors.aws import S3Encryption
 from connectors.run_records import note_input, note_outputs
 from pipelines.errors import UsageError
@@ -133,9 +139,7 @@ def build(
 
     _ = (
         pipeline
-        | "LakeFiles" >> beam.Create(patterns)
-        | "ReadLake"
-        >> ReadAllFromParquetBatched(columns=["person_id", "event", "timestamp", "message_id"], with_filename=True)
+        | "ReadLake" >> ReadLakeBatches(patterns, ["person_id", "event", "timestamp", "message_id"])
         | "Retention" >> ComputeRetention(definition, start, end, buckets)
         | "Write" >> beam.Map(write)
     )

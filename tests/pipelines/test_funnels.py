@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 import duckdb
 import pyarrow.parquet as pq
@@ -172,8 +173,9 @@ def test_lookahead_lets_late_entries_convert_without_new_entries(lake, tmp_path)
 
 
 @pytest.mark.integration
-def test_s3_lake_and_output_on_the_moto_server(aws, s3_lake_fs):  # noqa: F811
-    """Both pipelines read an s3:// lake and write s3:// outputs (Beam's S3 filesystem, moto over HTTP)."""
+def test_s3_lake_and_output_on_the_moto_server(aws, s3_lake_fs, monkeypatch, caplog):  # noqa: F811
+    """Both pipelines read an s3:// lake and write s3:// outputs (Beam's S3 filesystem, moto over HTTP); the
+    read's progress counts against the rows in the S3 files' footers (read by ranged GETs)."""
     import pyarrow.fs as pafs
 
     from connectors.lake import rows_to_table
@@ -188,11 +190,15 @@ def test_s3_lake_and_output_on_the_moto_server(aws, s3_lake_fs):  # noqa: F811
         with fs.open_output_stream(f"lake/prod/events/tenant_id=acme-in/event_date={day}/part-0.parquet") as out:
             pq.write_table(rows_to_table(part), out)
     common = ["--aws-endpoint-url", aws.endpoint_url, "--aws-region", aws.region, "--buckets", "2"]
+    monkeypatch.setenv("LIVORA_PROGRESS_SECONDS", "0.000001")
+    caplog.set_level("INFO", logger="livora.read_progress")
     steps = run(["--lake", "s3://lake/prod", "--steps", ",".join(STEPS), "--output", "s3://lake/out/funnels", *common])[
         "funnel_steps"
     ].to_pylist()
     expected = len({r["person_id"] for r in rows if r["event"] == STEPS[0]})
     assert [r["persons"] for r in steps if r["step"] == 1] == [expected]
+    progress = [r.progress for r in caplog.records if r.name == "livora.read_progress"]
+    assert progress and progress[-1]["rows_total"] == progress[-1]["rows_done"] == len(rows)
     retention = run_retention(
         ["--lake", "s3://lake/prod", "--start-event", STEPS[0], "--return-event", STEPS[2], "--periods", "3",
          "--output", "s3://lake/out/retention", *common]
@@ -247,3 +253,45 @@ def test_rows_without_a_person_are_left_out_and_counted_not_a_crash(tmp_path, ga
     assert step1 == _distinct_step1_persons(lake, "2026-01-01", "2027-01-01")
     dropped = [r for r in caplog.records if "without a person_id" in r.getMessage()]
     assert dropped and sum(getattr(r, "rows_without_person", 0) for r in dropped) == nulled
+
+
+def _progress_lines(err: str) -> list[dict]:
+    lines = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    return [line["progress"] for line in lines if line.get("logger") == "livora.read_progress"]
+
+
+def test_workers_log_lake_read_progress_in_rows_up_to_100_percent(lake, tmp_path, monkeypatch, capsys):
+    """With the interval forced tiny: JSON progress lines in rows of the range's total (counted here by DuckDB),
+    never going back, the last at 100 %; with the default interval a small run logs none."""
+    from pipelines.funnels import main
+
+    total = duckdb.execute(
+        f"""SELECT count(*) FROM read_parquet('{lake}/events/**/*.parquet', hive_partitioning = true)
+            WHERE event_date BETWEEN '2026-10-02' AND '2026-10-05'""",
+    ).fetchone()[0]
+    argv = [
+        "--lake",
+        lake,
+        "--steps",
+        ",".join(STEPS),
+        "--start-date",
+        "2026-10-02",
+        "--end-date",
+        "2026-10-05",
+        "--buckets",
+        "3",
+        "--log-format",
+        "json",
+    ]
+    monkeypatch.setenv("LIVORA_PROGRESS_SECONDS", "0.000001")
+    main([*argv, "--output", str(tmp_path / "out")])
+    progress = _progress_lines(capsys.readouterr().err)
+    assert len(progress) >= 3
+    done = [p["rows_done"] for p in progress]
+    assert done == sorted(done) and all(p["rows_total"] == total for p in progress)
+    assert done[-1] == total and progress[-1]["percent"] == 100.0
+    assert all("eta_s" in p and p["rows_per_s"] > 0 for p in progress[:-1])
+
+    monkeypatch.delenv("LIVORA_PROGRESS_SECONDS")
+    main([*argv, "--output", str(tmp_path / "quiet")])
+    assert _progress_lines(capsys.readouterr().err) == []

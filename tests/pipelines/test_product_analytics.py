@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import shutil
 import subprocess
@@ -237,3 +238,29 @@ def test_product_analytics_and_segments_on_portable_runner(lake, tmp_path, worke
     for tenant in ("acme-in", "bloom-in"):
         part = f"segments/as_of=2026-09-20/tenant_id={tenant}/part-00000.parquet"
         pd.testing.assert_frame_equal(read(tmp_path / "seg_portable" / part), read(tmp_path / "seg_local" / part))
+
+
+def _progress_lines(err: str) -> list[dict]:
+    lines = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    return [line["progress"] for line in lines if line.get("logger") == "livora.read_progress"]
+
+
+def test_workers_log_lake_read_progress_in_bytes_up_to_100_percent(lake, tmp_path, monkeypatch, capsys):
+    """With the interval forced tiny: JSON progress lines in bytes of the lake files' sizes (summed here from
+    the filesystem), never going back, the last at 100 %; with the default interval a small run logs none."""
+    files = [os.path.join(d, f) for d, _, names in os.walk(lake / "events") for f in names if f.endswith(".parquet")]
+    total = sum(os.path.getsize(f) for f in files)
+    argv = ["--lake", str(lake), "--buckets", "3", "--log-format", "json"]
+
+    monkeypatch.setenv("LIVORA_PROGRESS_SECONDS", "0.000001")
+    product_analytics.main([*argv, "--output", str(tmp_path / "out")])
+    progress = _progress_lines(capsys.readouterr().err)
+    assert len(progress) >= 3
+    done = [p["bytes_done"] for p in progress]
+    assert done == sorted(done) and all(p["bytes_total"] == total for p in progress)
+    assert done[-1] == total and progress[-1]["percent"] == 100.0 and progress[-1]["records"] > 0
+    assert all("eta_s" in p and p["bytes_per_s"] > 0 for p in progress[:-1])
+
+    monkeypatch.delenv("LIVORA_PROGRESS_SECONDS")
+    product_analytics.main([*argv, "--output", str(tmp_path / "quiet")])
+    assert _progress_lines(capsys.readouterr().err) == []
