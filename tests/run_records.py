@@ -9,7 +9,11 @@ import duckdb
 
 def read_run_records(root: str) -> list[dict]:
     """The run records under ``root`` (``ROOT/_runs/records``), each as the JSON object it was written as."""
-    rows = duckdb.sql(
-        f"select to_json(r) from read_json('{root}/_runs/records/*/*.json', union_by_name=true) r order by started_at"
-    ).fetchall()
+    rows = (
+        duckdb.connect()
+        .sql(  # own connection: other tests leave results open on the default one
+            f"select to_json(r) from read_json('{root}/_runs/records/*/*.json', union_by_name=true) r order by started_at"
+        )
+        .fetchall()
+    )
     return [json.loads(row[0]) for row in rows]

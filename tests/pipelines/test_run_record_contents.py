@@ -47,7 +47,7 @@ def base_lake(tmp_path_factory) -> str:
 
 
 def parquet_rows(pattern: str) -> int:
-    return duckdb.sql(f"select count(*) from read_parquet('{pattern}')").fetchall()[0][0]
+    return duckdb.connect().sql(f"select count(*) from read_parquet('{pattern}')").fetchall()[0][0]
 
 
 def lake_rows(lake: str) -> int:
@@ -121,10 +121,14 @@ def _training_agree(record: dict, lake: str, work: str) -> None:
 
 
 def _write_spine(lake: str, work: Path) -> None:
-    persons = duckdb.sql(
-        f"select distinct tenant_id, person_id from read_parquet('{lake}/events/*/*/*.parquet', hive_partitioning=true)"
-        " where person_id is not null order by 1, 2"
-    ).fetchall()
+    persons = (
+        duckdb.connect()
+        .sql(
+            f"select distinct tenant_id, person_id from read_parquet('{lake}/events/*/*/*.parquet', hive_partitioning=true)"
+            " where person_id is not null order by 1, 2"
+        )
+        .fetchall()
+    )
     label = dt.datetime(2026, 8, 20, tzinfo=dt.UTC)
     rows = [
         {"tenant_id": t, "person_id": p, "label_timestamp": label, "label": i % 2} for i, (t, p) in enumerate(persons)
