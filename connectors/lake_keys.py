@@ -52,6 +52,8 @@ KEY_FILE_SCHEMA = pa.schema(
         pa.field("file_mtime", pa.float64(), nullable=False),
     ]
 )
+_FILE_DICT = pa.dictionary(pa.int32(), pa.string())
+_IN_MEMORY_SCHEMA = KEY_FILE_SCHEMA.set(1, pa.field("file", _FILE_DICT, nullable=False))
 _MERGED_PREFIX = "keys-merged-"
 
 
@@ -82,6 +84,17 @@ def _read_column(path: str, columns: Sequence[str]) -> pa.Table:
     from connectors.analytics_io import read_parquet
 
     return read_parquet(path, columns=list(columns))
+
+
+def _read_key_file(path: str) -> pa.Table:
+    """A key file with ``file`` as a dictionary: one string per lake file in memory, not one per row."""
+    if "://" in path:
+        with FileSystems.open(path) as handle:
+            source = pa.BufferReader(handle.read())
+    else:
+        source = os.path.abspath(path)
+    table = pq.read_table(source, columns=KEY_FILE_SCHEMA.names, read_dictionary=["file"])
+    return table.cast(_IN_MEMORY_SCHEMA)
 
 
 def write_key_file(
@@ -128,8 +141,21 @@ def _key_files(lake: str, tenant: str) -> list[str]:
 
 
 def _read_entries(key_files: Iterable[str]) -> pa.Table:
-    tables = [_read_column(path, KEY_FILE_SCHEMA.names).cast(KEY_FILE_SCHEMA) for path in key_files]
-    return pa.concat_tables(tables) if tables else KEY_FILE_SCHEMA.empty_table()
+    tables = [_read_key_file(path) for path in key_files]
+    return pa.concat_tables(tables).combine_chunks() if tables else _IN_MEMORY_SCHEMA.empty_table()
+
+
+def _file_column(rel: str, rows: int) -> pa.ChunkedArray:
+    return pa.chunked_array([pa.DictionaryArray.from_arrays(pa.array([0] * rows, pa.int32()), [rel])], _FILE_DICT)
+
+
+def _files_of(entries: pa.Table) -> set[str]:
+    """The lake files a table of entries names (its dictionary values that rows use)."""
+    found: set[str] = set()
+    for chunk in entries["file"].chunks:
+        used = pc.unique(chunk.indices)
+        found.update(pc.take(chunk.dictionary, used).to_pylist())
+    return found
 
 
 def _valid_entries(entries: pa.Table, files: Mapping[str, tuple[str, int, float]]) -> pa.Table:
@@ -137,11 +163,19 @@ def _valid_entries(entries: pa.Table, files: Mapping[str, tuple[str, int, float]
     if not entries.num_rows or not files:
         return entries.slice(0, 0)
     names = pa.array(list(files), pa.string())
-    at = pc.index_in(entries["file"], value_set=names)
-    size = pc.take(pa.array([v[1] for v in files.values()], pa.int64()), at)
-    mtime = pc.take(pa.array([float(v[2]) for v in files.values()], pa.float64()), at)
-    same = pc.and_(pc.equal(entries["file_size"], size), pc.equal(entries["file_mtime"], mtime))
-    return entries.filter(pc.fill_null(same, False))
+    sizes = pa.array([v[1] for v in files.values()], pa.int64())
+    mtimes = pa.array([float(v[2]) for v in files.values()], pa.float64())
+    masks = []
+    offset = 0
+    for chunk in entries["file"].chunks:  # per lake file named in the dictionary, then per row
+        at = pc.index_in(chunk.dictionary, value_set=names)
+        size = pc.take(pc.take(sizes, at), chunk.indices)
+        mtime = pc.take(pc.take(mtimes, at), chunk.indices)
+        rows = entries.slice(offset, len(chunk))
+        offset += len(chunk)
+        same = pc.and_(pc.equal(rows["file_size"], size), pc.equal(rows["file_mtime"], mtime))
+        masks.append(pc.fill_null(same, False))
+    return entries.filter(pa.chunked_array(masks, pa.bool_()))
 
 
 @dataclass
@@ -160,25 +194,25 @@ def tenant_keys(lake: str, tenant: str, own_prefixes: Sequence[str] = (), table:
     own = tuple(own_prefixes)
     files = {rel: v for rel, v in _lake_files(lake, tenant, table).items() if not rel.split("/")[-1].startswith(own)}
     entries = _valid_entries(_read_entries(_key_files(lake, tenant)), files)
-    covered = set(pc.unique(entries["file"]).to_pylist()) if entries.num_rows else set()
+    covered = _files_of(entries)
     read_directly = {}
     ids, where = [entries["message_id"]], [entries["file"]]
     for rel in sorted(set(files) - covered):
         column = _read_column(files[rel][0], ["message_id"]).column(0).cast(pa.string())
         read_directly[rel] = column.combine_chunks()
         ids.append(column)
-        where.append(pa.chunked_array([pa.array([rel] * len(column), pa.string())]))
+        where.append(_file_column(rel, len(column)))
     return TenantKeys(
-        ids=_concat(ids),
-        files=_concat(where),
+        ids=_concat(ids, pa.string()),
+        files=_concat(where, _FILE_DICT),
         paths={rel: v[0] for rel, v in files.items()},
         read_directly=read_directly,
         indexed_files=len(covered),
     )
 
 
-def _concat(columns: Sequence[pa.ChunkedArray]) -> pa.Array:
-    return pa.chunked_array([chunk for column in columns for chunk in column.chunks], pa.string()).combine_chunks()
+def _concat(columns: Sequence[pa.ChunkedArray], type_: pa.DataType) -> pa.Array:
+    return pa.chunked_array([chunk for column in columns for chunk in column.chunks], type_).combine_chunks()
 
 
 def confirmed_ids(keys: TenantKeys, candidates: pa.Array, cache: dict[str, pa.Array]) -> pa.Array:
@@ -189,7 +223,7 @@ def confirmed_ids(keys: TenantKeys, candidates: pa.Array, cache: dict[str, pa.Ar
     if not pc.any(hits).as_py():
         return pa.array([], pa.string())
     found = []
-    for rel in pc.unique(keys.files.filter(hits)).to_pylist():
+    for rel in pc.unique(keys.files.filter(hits)).dictionary_decode().to_pylist():
         if rel not in cache:
             cache[rel] = keys.read_directly.get(rel)
             if cache[rel] is None:
@@ -209,8 +243,8 @@ def refresh_key_index(
     files = _lake_files(lake, tenant, table)
     key_files = _key_files(lake, tenant)
     entries = _valid_entries(_read_entries(key_files), files)
-    covered = set(pc.unique(entries["file"]).to_pylist()) if entries.num_rows else set()
-    parts = [entries.select(KEY_FILE_SCHEMA.names)]
+    covered = _files_of(entries)
+    parts = [entries.cast(KEY_FILE_SCHEMA)]
     for rel in sorted(set(files) - covered):
         path, size, mtime = files[rel]
         column = _read_column(path, ["message_id"]).column(0).cast(pa.string())
