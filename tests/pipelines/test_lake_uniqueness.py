@@ -3,7 +3,8 @@
 The audit's hole: an event whose time is derived (no ``timestamp``: ``receivedAt``; a mobile event whose
 clock-skew correction ``receivedAt - (sentAt - originalTimestamp)`` moves with the delivery) lands on a
 different date when it is delivered again, and a check limited to the row's own partition let it in
-twice. Then the key index (``LAKE/_keys``) under crashes: slower at worst, never a lost or a doubled event.
+twice. Then the key index (``LAKE/_keys``) under crashes, compaction and erasure: slower at worst, never a
+lost or a doubled event.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import os
 import duckdb
 import pytest
 
-from pipelines import stream_events
+from pipelines import compact_lake, erase, stream_events
 from pipelines.ingest_batch import run
 from tests.pipelines.corpus import TENANT, dumps, event
 from tests.s3_lake import s3_lake_fs  # noqa: F401  (fixture)
@@ -166,6 +167,46 @@ def test_key_entries_for_rows_that_are_not_in_the_lake_drop_nothing(tmp_path):
     assert rows_of(lake, "m-00900") == ["2026-10-01"]
     ingest(landing, lake, "--reprocess")
     assert len(lake_keys(lake)) == 7 and rows_of(lake, "m-00020") == ["2026-10-01"]
+
+
+def test_compaction_merges_the_index_and_it_still_finds_every_key(tmp_path):
+    landing, lake = tmp_path / "landing", tmp_path / "lake"
+    landing.mkdir()
+    first_day(landing, lake)
+    write_lines(landing / "day1b.ndjson", [event(i) for i in range(30, 34)])  # a second file in 2026-10-01
+    ingest(landing, lake)
+    before = key_files(lake)
+    assert len(before) >= 2
+    compact_lake.run(["--lake", str(lake), "--min-age-minutes", "0"])
+    after = key_files(lake)
+    assert len(after) == 1 and after[0] not in before
+    second_day(landing)
+    two = ingest(landing, lake)
+    assert (two.lake_rows, two.lake_duplicates) == (1, 1)
+    assert len(lake_keys(lake)) == 11
+
+
+def test_a_file_rewritten_by_erasure_is_read_directly_and_compaction_drops_the_erased_keys(tmp_path, monkeypatch):
+    """Erasure rewrites a lake file under its name and leaves the index alone (other persons' files keep
+    their bytes): the file's old entries stop counting, so it is read, and compaction drops them."""
+    import pyarrow.parquet as pq
+
+    landing, lake = tmp_path / "landing", tmp_path / "lake"
+    landing.mkdir()
+    first, _ = REDELIVERIES["no timestamp, time from receivedAt"]
+    write_lines(landing / "day1.ndjson", [first, event(1, userId="erase-me"), event(2)])
+    ingest(landing, lake)
+    monkeypatch.setenv("LIVORA_PII_SALT", SALT[1])
+    erase.run(["--lake", str(lake), "--tenant", TENANT, "--user-id", "erase-me", "--requested-by", "t"])
+    assert rows_of(lake, "m-00001") == []
+    second_day(landing)
+    two = ingest(landing, lake)
+    assert (two.lake_rows, two.lake_duplicates) == (1, 1)
+    assert rows_of(lake, "m-00900") == ["2026-10-01"]
+
+    compact_lake.run(["--lake", str(lake), "--min-age-minutes", "0"])
+    indexed = [mid for path in key_files(lake) for mid in pq.read_table(path)["message_id"].to_pylist()]
+    assert sorted(indexed) == ["m-00002", "m-00020", "m-00900"]
 
 
 @pytest.mark.integration
