@@ -28,6 +28,7 @@ from apache_beam.metrics import Metrics
 
 from connectors import paths
 from connectors.aws import S3Encryption
+from connectors.lake_keys import confirmed_ids, tenant_keys, write_key_file
 from schemas.failures import FailedEvent
 from schemas.lake import EVENTS_FILE_SCHEMA, EVENTS_SCHEMA, EVENTS_TABLE
 from transforms.event_tables import file_table, from_ipc, source_path, to_ipc
@@ -188,6 +189,9 @@ class _WritePartitionBatchFn(beam.DoFn):
             lake_file_name(self.tag, bucket),
             encryption=self.encryption,
         )
+        if self.table == EVENTS_TABLE:  # after the lake file: a crash in between leaves a file read directly
+            ids = rows["message_id"] if isinstance(rows, pa.Table) else [r["message_id"] for r in rows]
+            write_key_file(self.lake, tenant, date, path, ids, self.encryption)
         self.files.inc()
         yield path, len(rows)
 
@@ -197,40 +201,43 @@ def lake_file_name(tag: str, shard: int | str) -> str:
     return f"part-{shard}.parquet" if isinstance(shard, str) else f"part-{tag}-{shard:04d}.parquet"
 
 
-class _DropLakeDuplicatesFn(beam.DoFn):
-    """Rows whose ``(tenant_id, message_id)`` is already in their partition's other files are duplicates.
+def _batch_ids(rows) -> list[str]:
+    rows = list(rows)
+    if rows and isinstance(rows[0], bytes):
+        return from_ipc(rows)["message_id"].to_pylist()
+    return [r["message_id"] for r in rows]
 
-    "Other files": every file of the partition but those named after this run's own tags (they are
-    being rewritten by it). Keys are read once per partition and bundle, message ids only.
+
+class _FindInLakeFn(beam.DoFn):
+    """All the new ids of one tenant -> those already in one of its other lake files, on any date.
+
+    "Other files": every file of the tenant but those named after this run's own tags (they are being
+    rewritten by it). The tenant's ids come from the key index (:mod:`connectors.lake_keys`) plus a
+    direct read of the files it does not describe; a hit is confirmed in the lake file itself.
     """
 
     def __init__(self, lake: str, own_tags: Sequence[str], table: str):
         self.lake, self.own, self.table = lake, tuple(f"part-{t}-" for t in own_tags), table
-        self.dropped = Metrics.counter("livora", "lake_duplicates")
-
-    def start_bundle(self):
-        self._known: dict[tuple[str, str], pa.Array] = {}
-
-    def _known_ids(self, tenant: str, date: str) -> pa.Array:
-        """The partition's message ids outside this run's own files (one Arrow array: no Python set)."""
-        key = (tenant, date)
-        if key not in self._known:
-            from connectors.analytics_io import read_parquet
-
-            directory = partition_path(self.lake, self.table, {"tenant_id": tenant, "event_date": date})
-            columns = [
-                read_parquet(meta.path, columns=["message_id"]).column(0)
-                for meta in FileSystems.match([f"{directory}/*.parquet"])[0].metadata_list
-                if not os.path.basename(meta.path).startswith(self.own)
-            ]
-            ids = pa.chunked_array(columns, pa.string()).combine_chunks() if columns else pa.array([], pa.string())
-            self._known[key] = ids
-        return self._known[key]
+        self.read_directly = Metrics.counter("livora", "lake_files_read_for_keys")
 
     def process(self, element):
+        tenant, id_lists = element
+        new_ids = pa.array([i for ids in id_lists for i in ids], pa.string())
+        known = tenant_keys(self.lake, tenant, self.own, self.table)
+        self.read_directly.inc(len(known.read_directly))
+        present = confirmed_ids(known, new_ids, {}) if len(known.ids) else pa.array([], pa.string())
+        if len(present):
+            yield tenant, present
+
+
+class _DropKnownKeysFn(beam.DoFn):
+    def __init__(self):
+        self.dropped = Metrics.counter("livora", "lake_duplicates")
+
+    def process(self, element, present: Mapping[str, pa.Array]):
         (tenant, date, shard), rows = element
-        known = self._known_ids(tenant, date)
-        if not len(known):
+        known = present.get(tenant)
+        if known is None:
             yield element
             return
         rows = list(rows)
@@ -251,12 +258,14 @@ class _DropLakeDuplicatesFn(beam.DoFn):
 
 
 class DropLakeDuplicates(beam.PTransform):
-    """Keep ``(tenant_id, message_id)`` unique in the events table across runs, inputs and sources.
+    """Keep ``(tenant_id, message_id)`` unique in the events table across runs, inputs, sources and dates.
 
     Input and main output: lake-file batches (:attr:`transforms.composites.ProcessedEvents.lake_files`
     or row-dict batches); output ``duplicates``: ``(tenant_id, message_id)`` per row already in the lake.
-    The check reads the message ids of the partitions the run writes to (not the whole lake): the same
-    event sent again lands on the same UTC date, since its timestamp is the same.
+    The check covers every partition of the tenant, not only the one a row lands in: the same event
+    delivered again may get another UTC date (no ``timestamp``, so its time is ``receivedAt``; a
+    clock-skew correction that moves it past midnight). It reads the tenant's key index
+    (``LAKE/_keys``, :mod:`connectors.lake_keys`), not the lake's history.
 
     Args:
         lake: lake root.
@@ -270,8 +279,16 @@ class DropLakeDuplicates(beam.PTransform):
         self.lake, self.own_tags, self.table = lake, list(own_tags), table
 
     def expand(self, batches):
-        fn = _DropLakeDuplicatesFn(self.lake, self.own_tags, self.table)
-        return batches | "DropKnownKeys" >> beam.ParDo(fn).with_outputs("duplicates", main="rows")
+        present = (
+            batches
+            | "NewIds" >> beam.Map(lambda batch: (batch[0][0], _batch_ids(batch[1])))
+            | "NewIdsByTenant" >> beam.GroupByKey()
+            | "FindInLake" >> beam.ParDo(_FindInLakeFn(self.lake, self.own_tags, self.table))
+        )
+        drop = _DropKnownKeysFn()
+        return batches | "DropKnownKeys" >> beam.ParDo(drop, beam.pvalue.AsDict(present)).with_outputs(
+            "duplicates", main="rows"
+        )
 
 
 class WriteLakePartitions(beam.PTransform):

@@ -10,6 +10,8 @@ object compaction writes carries SSE-KMS with that key.
 One partition per task, partitions in parallel. Safe to re-run (an already compact partition is
 skipped; output names are deterministic) and crash-safe (a re-run finishes or undoes an interrupted
 partition first). What readers see while it runs: see connectors/compaction.py and docs/sinks.md.
+Compacting the events table also merges each compacted tenant's key index (``LAKE/_keys``,
+connectors/lake_keys.py) into one file describing the new lake files.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import apache_beam as beam
 from connectors.aws import AwsSettings, S3Encryption
 from connectors.compaction import arrow_s3_filesystem, compact_partition, exchange_supported, list_partitions
 from connectors.lake import partition_file_patterns, table_path
+from connectors.lake_keys import refresh_key_index
 from connectors.run_records import note_input, note_outputs
 from pipelines.logs import Progress
 from pipelines.options import (
@@ -48,6 +51,8 @@ COUNTERS = (
     "duplicates_removed",
     "strays_moved",
     "recovered",
+    "key_files_merged",
+    "tenants_reindexed",
 )
 
 
@@ -122,6 +127,23 @@ class _CompactPartitionFn(beam.DoFn):
         ):
             c[name].inc(value)
         yield json.dumps(result.as_dict())
+        if self._args[1] == EVENTS_TABLE:  # the tenant's key index is merged once its partitions are done
+            yield beam.pvalue.TaggedOutput("tenants", partition["tenant_id"])
+
+
+class _RefreshKeyIndexFn(beam.DoFn):
+    """One tenant's key index (LAKE/_keys) merged into one file that describes the compacted lake files."""
+
+    def __init__(self, lake: str, table: str, encryption: S3Encryption | None = None):
+        self._lake, self._table, self._encryption = lake, table, encryption
+        self._merged = beam.metrics.Metrics.counter(NAMESPACE, "key_files_merged")
+        self._tenants = beam.metrics.Metrics.counter(NAMESPACE, "tenants_reindexed")
+
+    def process(self, tenant: str):
+        done = refresh_key_index(self._lake, tenant, self._table, self._encryption)
+        self._merged.inc(done["key_files_merged"])
+        self._tenants.inc()
+        yield tenant
 
 
 def build(pipeline: beam.Pipeline, opts: CompactLakeOptions, partitions: list[dict[str, str]]):
@@ -135,12 +157,18 @@ def build(pipeline: beam.Pipeline, opts: CompactLakeOptions, partitions: list[di
         opts.settings(),
         opts.encryption(),
     )
-    return (
+    compacted = (
         pipeline
         | "Partitions" >> beam.Create(partitions)
         | "SpreadPartitions" >> beam.Reshuffle()
-        | "CompactPartitions" >> beam.ParDo(fn)
+        | "CompactPartitions" >> beam.ParDo(fn).with_outputs("tenants", main="results")
     )
+    _ = (
+        compacted.tenants
+        | "TenantsCompacted" >> beam.Distinct()
+        | "RefreshKeyIndex" >> beam.ParDo(_RefreshKeyIndexFn(opts.lake, opts.table, opts.encryption()))
+    )
+    return compacted.results
 
 
 def run(argv: list[str] | None = None) -> dict[str, int]:
