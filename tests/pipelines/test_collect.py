@@ -5,7 +5,6 @@ restart, spool re-send and the stream pipeline)."""
 from __future__ import annotations
 
 import base64
-import io
 import json
 import os
 import signal
@@ -23,8 +22,9 @@ from connectors.kinesis import default_kinesis_client
 from connectors.lake import read_dead_letters, read_events
 from infra.local_stack import free_port
 from infra.resources import StreamingResources, create_streaming_resources
-from pipelines import cli, stream_events
+from pipelines import cli
 from tests.connectors.collector_helpers import metric, read_stream, wait_healthy
+from tests.stream_runs import run_stream_pass
 from transforms.webhooks import sign
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -152,17 +152,7 @@ def test_logs_hold_no_payload_values_keys_or_secrets(aws, tmp_path):
 
 
 def _run_stream_pipeline(aws, res, lake: str, tmp_path):
-    argv = [
-        f"--stream={res.stream}",
-        f"--lake={lake}",
-        f"--aws-endpoint-url={aws.endpoint_url}",
-        f"--consumer-app={res.consumer_app}",
-        f"--dedupe-table={res.dedupe_table}",
-        "--buckets=2",
-        "--min-call-interval=0.02",
-        f"--webhook-secrets={tmp_path / 'secrets.json'}",
-    ]
-    return stream_events.run(argv, out=io.StringIO())
+    return run_stream_pass(aws, res, lake, f"--webhook-secrets={tmp_path / 'secrets.json'}")
 
 
 def test_kill_9_loses_no_acknowledged_event(aws, tmp_path):

@@ -13,7 +13,6 @@ import contextlib
 import functools
 import html
 import http.server
-import io
 import json
 import os
 import re
@@ -32,10 +31,10 @@ import pytest
 from connectors.lake import read_dead_letters, read_events
 from infra.local_stack import free_port
 from infra.resources import StreamingResources, create_streaming_resources
-from pipelines import stream_events
 from pipelines.collect import build_collector
 from tests.connectors.collector_helpers import metric, serving
 from tests.connectors.collector_helpers import stream_events as kinesis_events
+from tests.stream_runs import run_stream_pass
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -250,18 +249,7 @@ def test_analytics_next_in_chromium_through_collector_into_the_lake(aws, tmp_pat
 
     # And through the stream pipeline into the lake.
     lake = str(tmp_path / "lake")
-    summary = stream_events.run(
-        [
-            f"--stream={res.stream}",
-            f"--lake={lake}",
-            f"--aws-endpoint-url={aws.endpoint_url}",
-            f"--consumer-app={res.consumer_app}",
-            f"--dedupe-table={res.dedupe_table}",
-            "--buckets=2",
-            "--min-call-interval=0.02",
-        ],
-        out=io.StringIO(),
-    )
+    summary = run_stream_pass(aws, res, lake)
     assert read_dead_letters(summary.dead_letters_path) == []
     rows = read_events(
         lake,

@@ -9,7 +9,6 @@ must count the same.
 from __future__ import annotations
 
 import datetime as dt
-import io
 import os
 import shutil
 import signal
@@ -22,8 +21,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from connectors.synthetic import generate_events
-from pipelines import product_analytics, stream_events
+from pipelines import product_analytics
 from pipelines.ingest_batch import run
+from tests.stream_runs import run_stream_pass
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -108,18 +108,7 @@ def test_the_same_events_through_the_stream_add_nothing(aws, tmp_path, days, ref
     run(["--input", str(landing / "*.ndjson"), "--lake", str(lake), "--pii-salt", "s" * 32])
     res = create_streaming_resources(aws, StreamingResources(stream="events", shards=2, bucket=None))
     put_records(aws.client("kinesis"), res.stream, day1[:600])
-    summary = stream_events.run(
-        [
-            f"--stream={res.stream}",
-            f"--lake={lake}",
-            f"--aws-endpoint-url={aws.endpoint_url}",
-            f"--consumer-app={res.consumer_app}",
-            "--dedupe-table=none",
-            "--pii-salt=" + "s" * 32,
-            "--min-call-interval=0.02",
-        ],
-        out=io.StringIO(),
-    )
+    summary = run_stream_pass(aws, res, str(lake), "--pii-salt=" + "s" * 32, dedupe_table="none")
     assert summary.total("records_read") == 600 and summary.total("lake_rows") == 0
     got = keys(lake)
     want_keys, want_counts = reference

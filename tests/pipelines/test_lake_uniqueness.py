@@ -10,16 +10,16 @@ lost or a doubled event.
 from __future__ import annotations
 
 import glob
-import io
 import os
 
 import duckdb
 import pytest
 
-from pipelines import compact_lake, erase, stream_events
+from pipelines import compact_lake, erase
 from pipelines.ingest_batch import run
 from tests.pipelines.corpus import TENANT, dumps, event
 from tests.s3_lake import s3_lake_fs  # noqa: F401  (fixture)
+from tests.stream_runs import run_stream_pass
 
 SALT = ["--pii-salt", "k" * 32]
 
@@ -220,19 +220,7 @@ def test_an_event_from_the_batch_sent_again_through_the_stream_on_another_date_i
     _, again = REDELIVERIES["no timestamp, time from receivedAt"]
     res = create_streaming_resources(aws, StreamingResources(stream="events", shards=1, bucket=None))
     put_records(aws.client("kinesis"), res.stream, [dumps(again), dumps(event(40))])
-    summary = stream_events.run(
-        [
-            f"--stream={res.stream}",
-            f"--lake={lake}",
-            f"--aws-endpoint-url={aws.endpoint_url}",
-            f"--consumer-app={res.consumer_app}",
-            "--dedupe-table=none",
-            "--quality-gate=off",
-            "--min-call-interval=0.02",
-            f"--pii-salt={SALT[1]}",
-        ],
-        out=io.StringIO(),
-    )
+    summary = run_stream_pass(aws, res, str(lake), "--quality-gate=off", f"--pii-salt={SALT[1]}", dedupe_table="none")
     assert summary.total("records_read") == 2
     assert (summary.total("lake_rows"), summary.total("duplicates")) == (1, 1)
     assert rows_of(lake, "m-00900") == ["2026-10-01"]

@@ -22,6 +22,7 @@ from pipelines import stream_events
 from pipelines.demo_stream import put_records
 from tests.connectors.kinesis_helpers import faithful_kinesis_server, split_first_shard
 from tests.run_records import read_run_records
+from tests.stream_runs import stream_argv
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -35,15 +36,7 @@ def _resources(aws, shards: int = 3, sinks: bool = True) -> StreamingResources:
 
 
 def _argv(aws, res: StreamingResources, lake: str, warehouse: str | None = None, *extra: str) -> list[str]:
-    argv = [
-        f"--stream={res.stream}",
-        f"--lake={lake}",
-        f"--aws-endpoint-url={aws.endpoint_url}",
-        f"--consumer-app={res.consumer_app}",
-        f"--dedupe-table={res.dedupe_table}",
-        "--buckets=2",
-        "--min-call-interval=0.02",
-    ]
+    argv = stream_argv(aws, res, lake)
     if warehouse:
         argv.append(f"--warehouse={warehouse}")
     if res.profiles_table:
