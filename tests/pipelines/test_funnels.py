@@ -268,7 +268,7 @@ def test_workers_log_lake_read_progress_in_rows_up_to_100_percent(lake, tmp_path
     total = duckdb.execute(
         f"""SELECT count(*) FROM read_parquet('{lake}/events/**/*.parquet', hive_partitioning = true)
             WHERE event_date BETWEEN '2026-10-02' AND '2026-10-05'""",
-    ).fetchone()[0]
+    ).fetchall()[0][0]  # fetchone would leave the default connection mid-result
     argv = [
         "--lake",
         lake,

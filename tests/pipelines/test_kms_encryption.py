@@ -211,7 +211,9 @@ def test_compaction_outputs_and_markers_carry_the_kms_key(aws, s3_lake_fs):  # n
     assert totals["recovered"] == 1 and totals["partitions_compacted"] == len(days) - 1, totals
     keys = _written(s3, "prod/")
     assert not set(keys) & set(before)  # every input replaced; what is left compaction wrote
-    assert all(k.rsplit("/", 1)[1].startswith("part-c") for k in keys), keys
+    index = [k for k in keys if k.startswith("prod/_keys/")]  # compaction merges the key index too
+    assert index and all(k.rsplit("/", 1)[1].startswith("keys-merged-") for k in index), index
+    assert all(k.rsplit("/", 1)[1].startswith("part-c") for k in keys if k not in index), keys
     _assert_encrypted_with(s3, keys, key)
 
 
