@@ -39,6 +39,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 import uuid
 from collections.abc import Mapping, Sequence
@@ -236,6 +237,15 @@ def _dedupe_sorted(table: pa.Table) -> pa.Table:
 
 def _output_names(cid: str, count: int) -> list[str]:
     return [f"part-c{cid}-{i:05d}.parquet" for i in range(count)]
+
+
+_COMPACTED_NAME = re.compile(r"part-c[0-9a-f]{12}-[0-9]{5}\.parquet")
+
+
+def is_compacted_file(name: str) -> bool:
+    """True for a file compaction wrote (``part-c<12 hex>-<5 digits>``): an ingest file whose content tag
+    happens to start with ``c`` (``part-c<15 hex>-<4 digits>``) is not one."""
+    return _COMPACTED_NAME.fullmatch(name) is not None
 
 
 def _write_outputs(

@@ -36,6 +36,7 @@ from zoneinfo import ZoneInfo
 
 import pyarrow.parquet as pq
 
+from connectors.compaction import is_compacted_file
 from connectors.lake import read_events
 from pipelines.errors import ReconciliationError, UsageError
 from pipelines.options import AwsOptions, DateRangeOptions, main_entry, parse_options, require_lake
@@ -159,7 +160,7 @@ def ingest_tagged_rows(lake: str, tags, partitions) -> tuple[dict[tuple[str, str
     compacted = []
     for tenant, day in sorted(partitions):
         directory = os.path.join(lake, "events", f"tenant_id={tenant}", f"event_date={day}")
-        if glob.glob(os.path.join(directory, "part-c*.parquet")):
+        if any(is_compacted_file(os.path.basename(p)) for p in glob.glob(os.path.join(directory, "part-c*.parquet"))):
             compacted.append(f"{tenant}/{day}")
             continue
         for tag in tags:

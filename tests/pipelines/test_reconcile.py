@@ -177,6 +177,6 @@ def test_ingest_books_per_tenant_and_day_catch_each_lake_change(ingested, tmp_pa
     os.remove(victim.replace(".parquet", "-copy.parquet"))
 
     # 3. a compacted partition is skipped, not reported
-    os.rename(victim, os.path.join(os.path.dirname(victim), "part-c0123456789-00000.parquet"))
+    os.rename(victim, os.path.join(os.path.dirname(victim), "part-c0123456789ab-00000.parquet"))
     summary = reconcile.run(["--lake", lake])
     assert summary["success"] and summary["skipped"] == [f"ingest_vs_lake {tenant}/{day}: compacted since ingest"]
